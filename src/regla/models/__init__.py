@@ -1,0 +1,3 @@
+"""Model families of regla, each registered in timm's model registry on import."""
+
+from . import regla  # noqa: F401
