@@ -1,0 +1,757 @@
+"""RepNeXt: a fast multi-scale CNN using structural reparameterization.
+
+Paper: Zhao, Luo, Ouyang, "RepNeXt: A Fast Multi-Scale CNN using Structural Reparameterization",
+arXiv:2406.16004 (``shared/papers/repnext.txt``). Official release: https://github.com/suous/RepNeXt.
+
+Written for regla from the paper; module and parameter names follow the official release so that its
+checkpoints (training form ``*.pth`` and fused TorchScript ``*_fused.pt``) load with ``strict=True``.
+
+Structure (paper Sec. 3.1, Fig. 2):
+
+* stem: two 3x3 stride-2 ``ConvNorm`` with GELU in between;
+* four stages; stages 2-4 start with a ``RepNeXtDownsample`` (Eq. 2) whose token mixer is ``CopyConv`` (Sec. 3.3);
+* ``MetaNeXtBlock`` (Eq. 1): ``Y = X + ChannelMixer(Norm(TokenMixer(X)))`` with ``ChunkConv`` (Sec. 3.2, Eqs. 3-6);
+* classifier: BN + Linear, with the distillation head of the release (both heads always exist; their outputs
+  are averaged at inference).
+
+Structural reparameterization (``RepNeXt.fuse()`` or ``timm.utils.reparameterize_model``) folds every
+``ConvNorm``/``NormLinear`` BN into its conv/linear, merges the training-time branches of ``RepDWConvS``
+(3x3 + 1x3 + 3x1 + dilated 2x2) into one 3x3 depthwise kernel and those of ``RepDWConvM`` (7x7 + 5x3 + 3x5 +
+1x7->7x1 + 1x5->5x1) into one 7x7 depthwise kernel, and averages the two classifier heads. As in the official
+deploy form, the identity chunk stays an identity, the 1x11 -> 11x1 strip pair stays two convs (merging it into an
+11x11 kernel would cost 121 instead of 22 MACs per pixel and is not exact at the borders because the first strip
+has a bias), and the stand-alone ``norm`` BN after the token mixer is kept (the fused checkpoints contain it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from torch import nn
+
+__all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict"]
+
+_logger = logging.getLogger(__name__)
+
+_RELEASE = "https://github.com/suous/RepNeXt/releases/download/v1.0/"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normalization that tolerates a single value per channel (batch 1 in training mode).
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _batch_norm_tolerant(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BN forward; in training mode with one value per channel, normalize with the running statistics.
+
+    Batch statistics of a single value are undefined (PyTorch raises); this happens for the classifier BN at
+    batch 1 and for the last stage at batch 1 and 32x32 input. Running statistics are then used and not updated.
+    """
+    if bn.training and x.numel() // x.shape[1] <= 1:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return nn.modules.batchnorm._BatchNorm.forward(bn, x)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that accepts one value per channel in training mode (see ``_batch_norm_tolerant``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _batch_norm_tolerant(self, x)
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that accepts one value per channel in training mode (see ``_batch_norm_tolerant``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _batch_norm_tolerant(self, x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kernel algebra used by the reparameterization (Sec. 3.2, "Reparameterized ... depthwise convolution").
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` such that ``bn(x) == scale * x + shift`` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _pad_to(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad a centred ``(..., kh, kw)`` kernel to ``size`` (both differences must be even)."""
+    dh, dw = size[0] - kernel.shape[-2], size[1] - kernel.shape[-1]
+    return F.pad(kernel, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
+
+
+def _dilate(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Equivalent dense kernel of a dilated kernel: ``k`` taps spread ``dilation`` apart, zeros between."""
+    kh, kw = kernel.shape[-2:]
+    out = kernel.new_zeros(*kernel.shape[:-2], (kh - 1) * dilation + 1, (kw - 1) * dilation + 1)
+    out[..., ::dilation, ::dilation] = kernel
+    return out
+
+
+def _strip_product(conv_w: nn.Conv2d, conv_h: nn.Conv2d) -> torch.Tensor:
+    """Kernel of ``conv_h(conv_w(x))`` for bias-free depthwise ``1xk`` then ``kx1``: per-channel outer product."""
+    return conv_h.weight * conv_w.weight  # (C,1,k,1) * (C,1,1,k) -> (C,1,k,k)
+
+
+def _depthwise_conv(channels: int, kernel: torch.Tensor, bias: torch.Tensor, stride: int) -> nn.Conv2d:
+    """A biased depthwise conv holding ``kernel``, with 'same' padding for odd square kernels."""
+    k = kernel.shape[-1]
+    conv = nn.Conv2d(channels, channels, k, stride=stride, padding=k // 2, groups=channels,
+                     device=kernel.device, dtype=kernel.dtype)
+    conv.weight.copy_(kernel)
+    conv.bias.copy_(bias)
+    return conv
+
+
+def _dw(channels: int, kernel_size: tuple[int, int], stride: tuple[int, int], bias: bool,
+        dilation: int = 1) -> nn.Conv2d:
+    """Depthwise conv with 'same' padding for odd kernels (and the release's padding 1 for the dilated 2x2)."""
+    padding = tuple(((k - 1) * dilation + 1) // 2 for k in kernel_size)
+    return nn.Conv2d(channels, channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     groups=channels, bias=bias)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Basic layers.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ConvNorm(nn.Sequential):
+    """Bias-free convolution followed by BN (children ``conv``, ``norm``); ``fuse()`` folds the BN into the conv."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, padding: int = 0) -> None:
+        super().__init__()
+        self.add_module("conv", nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, bias=False))
+        self.add_module("norm", BatchNorm2d(out_chs))
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        conv = self.conv
+        scale, shift = _bn_scale_shift(self.norm)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(shift)
+        return fused
+
+
+class NormLinear(nn.Sequential):
+    """BN1d followed by a linear layer (children ``norm``, ``linear``); ``fuse()`` folds the BN into the linear."""
+
+    def __init__(self, in_features: int, out_features: int, std: float = 0.02) -> None:
+        super().__init__()
+        self.add_module("norm", BatchNorm1d(in_features))
+        self.add_module("linear", nn.Linear(in_features, out_features))
+        trunc_normal_(self.linear.weight, std=std)
+        nn.init.zeros_(self.linear.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        scale, shift = _bn_scale_shift(self.norm)
+        lin = self.linear
+        fused = nn.Linear(lin.in_features, lin.out_features, device=lin.weight.device, dtype=lin.weight.dtype)
+        fused.weight.copy_(lin.weight * scale[None, :])
+        fused.bias.copy_(lin.weight @ shift + lin.bias)
+        return fused
+
+
+def channel_mixer(dim: int, hidden_dim: int, act_layer: Callable[[], nn.Module] = nn.GELU) -> nn.Sequential:
+    """``ChannelMixer(X) = Conv1x1_down(GELU(Conv1x1_up(X)))`` of Eq. 1, with BN after each 1x1 conv."""
+    return nn.Sequential(ConvNorm(dim, hidden_dim), act_layer(), ConvNorm(hidden_dim, dim))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Token mixers (Sec. 3.2 and 3.3).
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RepDWConvS(nn.Module):
+    """Reparameterized small-kernel depthwise conv, ``RepDWConvS`` of Eqs. 6-7.
+
+    Stride 1 (Eq. 6): ``DW3x3 + DW1x3 + DW3x1 + DW2x2(d=2)`` in parallel. Stride 2 (Sec. 3.3, copy convolution):
+    the strips run in series, ``DW3x3 + DW3x1(DW1x3) + DW2x2(d=2)``, and (as released) carry no bias.
+    ``fuse()`` returns one 3x3 depthwise conv.
+    """
+
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv_3_3 = _dw(channels, (3, 3), (stride, stride), bias=True)
+        self.conv_3_w = _dw(channels, (1, 3), (1, stride), bias=stride == 1)
+        self.conv_3_h = _dw(channels, (3, 1), (stride, 1), bias=stride == 1)
+        self.conv_2_2 = _dw(channels, (2, 2), (stride, stride), bias=True, dilation=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            strips = self.conv_3_w(x) + self.conv_3_h(x)
+        else:
+            strips = self.conv_3_h(self.conv_3_w(x))
+        return self.conv_3_3(x) + strips + self.conv_2_2(x)
+
+    def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` of the single 3x3 depthwise conv equal to this module."""
+        w = self.conv_3_3.weight + _dilate(self.conv_2_2.weight, 2)
+        b = self.conv_3_3.bias + self.conv_2_2.bias
+        if self.stride == 1:
+            w = w + _pad_to(self.conv_3_w.weight, (3, 3)) + _pad_to(self.conv_3_h.weight, (3, 3))
+            b = b + self.conv_3_w.bias + self.conv_3_h.bias
+        else:
+            w = w + _strip_product(self.conv_3_w, self.conv_3_h)
+        return w, b
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        w, b = self.fused_kernel()
+        return _depthwise_conv(w.shape[0], w, b, self.stride)
+
+
+class RepDWConvM(nn.Module):
+    """Reparameterized medium-kernel depthwise conv, ``RepDWConvM`` of Eqs. 6-7 (five kernel patterns).
+
+    ``DW7x7 + DW5x3 + DW3x5 + DW7x1(DW1x7) + DW5x1(DW1x5)``; the serial strips carry no bias.
+    ``fuse()`` returns one 7x7 depthwise conv.
+    """
+
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv_7_7 = _dw(channels, (7, 7), (stride, stride), bias=True)
+        self.conv_5_3 = _dw(channels, (5, 3), (stride, stride), bias=True)
+        self.conv_3_5 = _dw(channels, (3, 5), (stride, stride), bias=True)
+        self.conv_7_w = _dw(channels, (1, 7), (1, stride), bias=False)
+        self.conv_7_h = _dw(channels, (7, 1), (stride, 1), bias=False)
+        self.conv_5_w = _dw(channels, (1, 5), (1, stride), bias=False)
+        self.conv_5_h = _dw(channels, (5, 1), (stride, 1), bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_7_7(x) + self.conv_5_3(x) + self.conv_3_5(x)
+        return y + self.conv_7_h(self.conv_7_w(x)) + self.conv_5_h(self.conv_5_w(x))
+
+    def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` of the single 7x7 depthwise conv equal to this module."""
+        size = (7, 7)
+        w = (self.conv_7_7.weight
+             + _pad_to(self.conv_5_3.weight, size)
+             + _pad_to(self.conv_3_5.weight, size)
+             + _strip_product(self.conv_7_w, self.conv_7_h)
+             + _pad_to(_strip_product(self.conv_5_w, self.conv_5_h), size))
+        b = self.conv_7_7.bias + self.conv_5_3.bias + self.conv_3_5.bias
+        return w, b
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        w, b = self.fused_kernel()
+        return _depthwise_conv(w.shape[0], w, b, self.stride)
+
+
+class ChunkConv(nn.Module):
+    """Chunk convolution, Algorithm 1 / Eqs. 3-5: split channels in four, ``(identity, S, M, 1x11->11x1)``, concat.
+
+    The large branch ("equivalent large-kernel depthwise convolution") is two biased strip convs ``conv_l.0`` (1x11)
+    and ``conv_l.1`` (11x1), kept as is by ``fuse()``.
+    """
+
+    def __init__(self, dim: int, large_kernel: int = 11) -> None:
+        super().__init__()
+        if dim % 4:
+            raise ValueError(f"ChunkConv needs channels divisible by 4, got {dim}")
+        c = dim // 4
+        self.conv_s = RepDWConvS(c)
+        self.conv_m = RepDWConvM(c)
+        self.conv_l = nn.Sequential(
+            _dw(c, (1, large_kernel), (1, 1), bias=True),
+            _dw(c, (large_kernel, 1), (1, 1), bias=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i, s, m, l = torch.chunk(x, 4, dim=1)
+        return torch.cat((i, self.conv_s(s), self.conv_m(m), self.conv_l(l)), dim=1)
+
+
+class CopyConv(nn.Module):
+    """Copy convolution, Algorithm 2 / Eqs. 7-8: ``Concat(RepDWConvS_s2(X), RepDWConvM_s2(X))``, doubling channels."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv_s = RepDWConvS(dim, stride=2)
+        self.conv_m = RepDWConvM(dim, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.conv_s(x), self.conv_m(x)), dim=1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Blocks, stages, stem, classifier.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RepNeXtStem(nn.Module):
+    """Stem of Sec. 3.1: two 3x3 stride-2 convs (``ConvNorm``) with GELU in between; overall stride 4."""
+
+    def __init__(self, in_chs: int, out_chs: int, act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.stride = 4
+        self.stem = nn.Sequential(
+            ConvNorm(in_chs, out_chs // 2, 3, stride=2, padding=1),
+            act_layer(),
+            ConvNorm(out_chs // 2, out_chs, 3, stride=2, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
+
+
+class MetaNeXtBlock(nn.Module):
+    """MetaNeXt block, Eq. 1: ``Y = X + ChannelMixer(Norm(ChunkConv(X)))``."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 2.0, act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.token_mixer = ChunkConv(dim)
+        self.norm = BatchNorm2d(dim)
+        self.channel_mixer = channel_mixer(dim, int(dim * mlp_ratio), act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.channel_mixer(self.norm(self.token_mixer(x)))
+
+
+class RepNeXtDownsample(nn.Module):
+    """Downsampling MetaNeXt block, Eq. 2: ``X^ = Norm(CopyConv(X)); Y = X^ + ChannelMixer(X^)``; C -> 2C, H/2, W/2."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 2.0, act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        out_dim = dim * 2
+        self.token_mixer = CopyConv(dim)
+        self.norm = BatchNorm2d(out_dim)
+        self.channel_mixer = channel_mixer(out_dim, int(out_dim * mlp_ratio), act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.token_mixer(x))
+        return x + self.channel_mixer(x)
+
+
+class RepNeXtStage(nn.Module):
+    """One stage: optional ``RepNeXtDownsample`` (stages 2-4) then ``depth`` ``MetaNeXtBlock``s."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int, mlp_ratio: float = 2.0,
+                 act_layer: Callable[[], nn.Module] = nn.GELU, downsample: bool = True) -> None:
+        super().__init__()
+        if downsample:
+            if out_dim != 2 * in_dim:
+                raise ValueError(f"copy convolution doubles channels: {in_dim} -> {out_dim} is not possible")
+            self.downsample: nn.Module = RepNeXtDownsample(in_dim, mlp_ratio, act_layer)
+        else:
+            if in_dim != out_dim:
+                raise ValueError(f"stage without downsampling keeps channels: {in_dim} != {out_dim}")
+            self.downsample = nn.Identity()
+        self.blocks = nn.Sequential(*[MetaNeXtBlock(out_dim, mlp_ratio, act_layer) for _ in range(depth)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class RepNeXtClassifier(nn.Module):
+    """Classifier as released: two ``NormLinear`` heads (``head``, ``head_dist``), always both present.
+
+    Returns ``(head(x), head_dist(x))`` in distilled training, else their mean (the release averages the two heads
+    at inference whether or not it was trained with distillation). ``fuse()`` returns one averaged ``nn.Linear``.
+    """
+
+    def __init__(self, dim: int, num_classes: int, distillation: bool = False) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.distilled_training = distillation
+        self.head: nn.Module = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist: nn.Module = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x1, x2 = self.head(x), self.head_dist(x)
+        if self.training and self.distilled_training and not torch.jit.is_scripting():
+            return x1, x2
+        return (x1 + x2) / 2
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        if self.num_classes <= 0:
+            return nn.Identity()
+        head, head_dist = self.head.fuse(), self.head_dist.fuse()
+        head.weight.copy_((head.weight + head_dist.weight) / 2)
+        head.bias.copy_((head.bias + head_dist.bias) / 2)
+        return head
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fuse_children(module: nn.Module) -> None:
+    """Replace, depth first, every child that has ``fuse()`` by its fused version (the release's procedure)."""
+    for name, child in module.named_children():
+        if hasattr(child, "fuse"):
+            child = child.fuse()
+            setattr(module, name, child)
+        _fuse_children(child)
+
+
+class RepNeXt(nn.Module):
+    """RepNeXt (Sec. 3.1, Fig. 2): stem, four stages of ``MetaNeXtBlock``s joined by ``RepNeXtDownsample``, head.
+
+    Args:
+        in_chans: input channels.
+        num_classes: classes of the classifier (0 for none).
+        embed_dim: channels of each stage; each must be twice the previous one (copy convolution).
+        depth: ``MetaNeXtBlock``s per stage.
+        mlp_ratio: channel-mixer expansion.
+        global_pool: ``'avg'`` or ``''``.
+        act_layer: activation of stem and channel mixers.
+        distillation: start in distilled training mode (return both heads while training).
+        drop_rate: dropout before the classifier.
+        fused: build the inference (reparameterized) form directly, e.g. to load ``*_fused.pt`` checkpoints.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: Sequence[int] = (48, 96, 192, 384),
+        depth: Sequence[int] = (3, 3, 15, 2),
+        mlp_ratio: float = 2.0,
+        global_pool: str = "avg",
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        distillation: bool = False,
+        drop_rate: float = 0.0,
+        fused: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("", "avg"):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if kwargs:
+            _logger.debug("RepNeXt ignores %s", sorted(kwargs))
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.embed_dim = tuple(embed_dim)
+        self.grad_checkpointing = False
+
+        self.stem = RepNeXtStem(in_chans, embed_dim[0], act_layer)
+        self.stages, self.feature_info = self._build_stages(embed_dim, depth, mlp_ratio, act_layer)
+        self.num_features = self.head_hidden_size = embed_dim[-1]
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head: nn.Module = RepNeXtClassifier(embed_dim[-1], num_classes, distillation)
+        if fused:
+            self.fuse()
+
+    def _build_stages(self, embed_dim: Sequence[int], depth: Sequence[int], mlp_ratio: float,
+                      act_layer: Callable[[], nn.Module]) -> tuple[nn.Sequential, list[dict[str, Any]]]:
+        stages, feature_info = [], []
+        in_dim, stride = embed_dim[0], self.stem.stride
+        for i, (dim, d) in enumerate(zip(embed_dim, depth, strict=True)):
+            stages.append(RepNeXtStage(in_dim, dim, d, mlp_ratio, act_layer, downsample=i > 0))
+            stride *= 2 if i > 0 else 1
+            feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
+            in_dim = dim
+        return nn.Sequential(*stages), feature_info
+
+    # ---- timm protocol -------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    @property
+    def is_fused(self) -> bool:
+        """True once no training-time branch (``ConvNorm``, ``Rep*`` convs, two-head classifier) is left."""
+        training_only = (ConvNorm, NormLinear, RepDWConvS, RepDWConvM, RepNeXtClassifier)
+        return not any(isinstance(m, training_only) for m in self.modules())
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, distillation: bool = False) -> None:
+        """New classifier; a plain ``nn.Linear`` if the model is already fused."""
+        if global_pool is not None:
+            if global_pool not in ("", "avg"):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        p = next(self.parameters())
+        if self.is_fused:
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        else:
+            self.head = RepNeXtClassifier(self.num_features, num_classes, distillation)
+        self.head.to(device=p.device, dtype=p.dtype).train(self.training)
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Return ``(head, head_dist)`` logits while training (no effect once fused)."""
+        if isinstance(self.head, RepNeXtClassifier):
+            self.head.distilled_training = enable
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features of the selected stages (``indices``: last n if int, all if None); see timm's protocol."""
+        if output_fmt != "NCHW":
+            raise ValueError("RepNeXt features are NCHW only")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop stages after the last requested intermediate (and the head if asked or if stages were dropped)."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[: max_index + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ---- reparameterization and checkpoints ----------------------------------------------------------------
+    @torch.no_grad()
+    def fuse(self) -> RepNeXt:
+        """Structural reparameterization in place (Sec. 3.2); returns ``self``. Output is unchanged in eval mode."""
+        _fuse_children(self)
+        return self
+
+    def load_pretrained(self, checkpoint_path: str | Path) -> None:
+        """Load an official checkpoint file (``.pth``/``.pth.tar`` training form or TorchScript ``_fused.pt``).
+
+        Used by timm for the ``custom_load`` pretrained configs below. A fused checkpoint fuses this model first.
+        If the classifier size differs from the checkpoint's, the classifier keeps its initialization.
+        """
+        state_dict = checkpoint_filter_fn(load_official_state_dict(checkpoint_path), self)
+        own = self.state_dict()
+        dropped = [k for k in state_dict if k.startswith("head.")
+                   and (k not in own or own[k].shape != state_dict[k].shape)]
+        for k in dropped:
+            del state_dict[k]
+        result = self.load_state_dict(state_dict, strict=not dropped)
+        if dropped and any(not k.startswith("head.") for k in result.missing_keys + result.unexpected_keys):
+            raise RuntimeError(f"checkpoint does not match the model: {result}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoint conversion.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _is_torchscript(path: str | Path) -> bool:
+    """True for a TorchScript archive (the release's ``*_fused.pt`` are ``torch.jit.trace`` outputs)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, Any]:
+    """Read an official RepNeXt checkpoint file without executing pickled code.
+
+    TorchScript archives are opened with ``torch.jit.load`` and their state dict returned; other files are read with
+    ``torch.load(weights_only=True)``, allowing the ``argparse.Namespace`` the release's training scripts store.
+    """
+    if _is_torchscript(path):
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _is_fused_state_dict(state_dict: dict[str, Any]) -> bool:
+    return "stem.stem.0.weight" in state_dict
+
+
+@torch.no_grad()
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Official checkpoint -> our state dict.
+
+    Keys are identical; this unwraps the release's containers (``{'model': ...}`` from its DeiT-style ``main.py``,
+    ``{'state_dict': ...}`` from its timm-style ``moganet_train.py``), strips a DDP ``module.`` prefix, and, for a fused
+    (deploy-form) checkpoint, fuses ``model`` in place so that the keys match.
+    """
+    for key in ("model", "state_dict"):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+            break
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    fused_ckpt = _is_fused_state_dict(state_dict)
+    model_fused = "stem.stem.0.weight" in model.state_dict()
+    if fused_ckpt and not model_fused:
+        _logger.info("fused RepNeXt checkpoint: reparameterizing the model before loading")
+        if isinstance(model, RepNeXt):
+            model.fuse()
+        else:
+            _fuse_children(model)
+    elif model_fused and not fused_ckpt:
+        raise ValueError("training-form checkpoint cannot be loaded into a fused model; load it first, then fuse")
+    return state_dict
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.stem.0.conv",
+        "classifier": ("head.head.linear", "head.head_dist.linear"),
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2406.16004",
+        "origin_url": "https://github.com/suous/RepNeXt",
+        "custom_load": True,  # release files may hold an argparse.Namespace or be TorchScript: RepNeXt.load_pretrained
+        **kwargs,
+    }
+
+
+def _release_cfgs() -> dict[str, dict[str, Any]]:
+    cfgs: dict[str, dict[str, Any]] = {}
+    for v in ("m0", "m1", "m2", "m3", "m4", "m5"):
+        # RepViT training recipe, distilled, 300 epochs (README table 1); the first tag is the default.
+        cfgs[f"repnext_{v}.dist_300e_in1k"] = _cfg(_RELEASE + f"repnext_{v}_distill_300e.pth")
+        cfgs[f"repnext_{v}.dist_300e_in1k_fused"] = _cfg(
+            _RELEASE + f"repnext_{v}_distill_300e_fused.pt", first_conv="stem.stem.0", classifier="head")
+    for v in ("m0", "m1", "m2"):
+        # StarNet training recipe (README table 2), eval crop 0.9.
+        cfgs[f"repnext_{v}.starnet_dist_300e_in1k"] = _cfg(
+            _RELEASE + f"repnext_{v}_sz224_4xbs256_ep300_distill.pth.tar", crop_pct=0.9)
+        cfgs[f"repnext_{v}.starnet_300e_in1k"] = _cfg(
+            _RELEASE + f"repnext_{v}_sz224_4xbs512_ep300.pth.tar", crop_pct=0.9)
+    return cfgs
+
+
+default_cfgs = generate_default_cfgs(_release_cfgs())
+
+
+def _create_repnext(variant: str, pretrained: bool = False, **kwargs: Any) -> RepNeXt:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        RepNeXt,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+# (embed_dim, depth) of the release's model/repnext.py; M1-M5 are Table 2's models, M0 a later compact release.
+_VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "m0": ((40, 80, 160, 320), (2, 2, 9, 1)),
+    "m1": ((48, 96, 192, 384), (3, 3, 15, 2)),
+    "m2": ((56, 112, 224, 448), (3, 3, 15, 2)),
+    "m3": ((64, 128, 256, 512), (3, 3, 13, 2)),
+    "m4": ((64, 128, 256, 512), (5, 5, 25, 4)),
+    "m5": ((80, 160, 320, 640), (7, 7, 35, 2)),
+}
+
+
+def _variant(name: str, pretrained: bool, kwargs: dict[str, Any]) -> RepNeXt:
+    embed_dim, depth = _VARIANTS[name]
+    return _create_repnext(f"repnext_{name}", pretrained=pretrained, **dict(dict(embed_dim=embed_dim, depth=depth),
+                                                                           **kwargs))
+
+
+@register_model
+def repnext_m0(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
+    """RepNeXt-M0 (compact model of the official release, not in the paper's tables)."""
+    return _variant("m0", pretrained, kwargs)
+
+
+@register_model
+def repnext_m1(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
+    """RepNeXt-M1 (Table 2: 4.8M params, 0.8 GMACs)."""
+    return _variant("m1", pretrained, kwargs)
+
+
+@register_model
+def repnext_m2(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
+    """RepNeXt-M2 (Table 2: 6.5M params, 1.1 GMACs)."""
+    return _variant("m2", pretrained, kwargs)
+
+
+@register_model
+def repnext_m3(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
+    """RepNeXt-M3 (Table 2: 7.8M params, 1.3 GMACs)."""
+    return _variant("m3", pretrained, kwargs)
+
+
+@register_model
+def repnext_m4(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
+    """RepNeXt-M4 (Table 2: 13.3M params, 2.3 GMACs)."""
+    return _variant("m4", pretrained, kwargs)
+
+
+@register_model
+def repnext_m5(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
+    """RepNeXt-M5 (Table 2: 21.7M params, 4.5 GMACs)."""
+    return _variant("m5", pretrained, kwargs)
