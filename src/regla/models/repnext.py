@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -615,7 +616,13 @@ def load_official_state_dict(path: str | Path) -> dict[str, Any]:
     if _is_torchscript(path):
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     torch.serialization.add_safe_globals([argparse.Namespace])
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise RuntimeError(
+            f"{path}: not loadable with weights_only=True ({e}). If you trust the file, extract its weights with "
+            "torch.load(path, weights_only=False)['model'] and pass them to load_state_dict via checkpoint_filter_fn."
+        ) from e
 
 
 def _is_fused_state_dict(state_dict: dict[str, Any]) -> bool:
