@@ -449,7 +449,7 @@ class RepNeXt(nn.Module):
         if global_pool not in ("", "avg"):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         if kwargs:
-            _logger.debug("RepNeXt ignores %s", sorted(kwargs))
+            _logger.warning("RepNeXt ignores unsupported arguments %s", sorted(kwargs))
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
