@@ -1,4 +1,6 @@
 """Model families of regla, each registered in timm's model registry on import."""
 
-from . import regla  # noqa: F401
-from . import repnext  # noqa: F401
+from . import regla, repnext  # noqa: F401  (registration)
+from ._helpers import check_state_dict, load_weights, read_state_dict
+
+__all__ = ["check_state_dict", "load_weights", "read_state_dict"]
