@@ -1,0 +1,106 @@
+"""Export equivalence (ONNX Runtime / TorchScript vs PyTorch), Core ML conversion, checkpoints, ``regla export``."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import regla  # noqa: F401  (registers regla_* and repnext_*)
+from regla.cli import main
+from regla.deploy import CheckpointError, ExportError, create_fused_model, export_model, fuse
+from regla.deploy.checkpoint import read_state_dict
+
+# one size of each family: ours first, then timm's peers
+FAMILY_MODELS = ["regla_t", "repnext_m1", "repvit_m0_9", "iformer_t", "mobilenetv4_conv_small"]
+OURS = ["regla_t", "repnext_m1"]
+ATOL = 1e-4
+
+
+def perturbed(name: str, seed: int = 0) -> torch.nn.Module:
+    """An unfused model with every parameter randomly moved away from its init.
+
+    Fresh models can have zero-initialised heads or tiny layer scales, whose near-zero logits would make any
+    export look equivalent; perturbing gives logits of order one and a meaningful comparison.
+    """
+    model = timm.create_model(name, pretrained=False).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            scale = max(float(p.std()) if p.numel() > 1 else 0.0, 0.1)
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1 * scale)
+    return model
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_onnx_matches_torch_square_and_non_square(name, tmp_path):
+    model = fuse(perturbed(name))
+    with torch.inference_mode():
+        scale = float(model(torch.randn(1, 3, 64, 64)).abs().max())
+    assert scale > 1e-2, f"{name}: logits too small ({scale:g}) for a meaningful check"
+    # export_model checks one file (dynamic axes) in ONNX Runtime at 1x3x64x64 and at 2x3x96x128 (non-square)
+    result = export_model(model, "onnx", tmp_path / f"{name}.onnx", img_size=64, atol=ATOL)
+    assert result.path.is_file()
+    assert result.checked_shapes == [(1, 3, 64, 64), (2, 3, 96, 128)]
+    assert result.max_abs_diff is not None and result.max_abs_diff <= ATOL * max(1.0, scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OURS)
+def test_torchscript_and_coreml(name, tmp_path):
+    model = fuse(perturbed(name))
+    ts = export_model(model, "torchscript", tmp_path / f"{name}.pt", img_size=(96, 128))
+    assert ts.max_abs_diff is not None and ts.max_abs_diff <= ATOL
+    ml = export_model(model, "coreml", tmp_path / f"{name}.mlpackage", img_size=64)
+    assert ml.path.is_dir() and (ml.path / "Manifest.json").is_file()
+
+
+def test_checkpoint_roundtrip_safetensors_and_pth(tmp_path):
+    from safetensors.torch import save_file
+
+    model = perturbed("repvit_m0_9")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save({"model": state}, tmp_path / "w.pth")  # wrapped like a training checkpoint
+    torch.save(fuse(perturbed("repvit_m0_9")).state_dict(), tmp_path / "fused.pth")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref = fuse(model)(x)
+        for f in ("w.safetensors", "w.pth"):
+            torch.testing.assert_close(create_fused_model("repvit_m0_9", tmp_path / f)(x), ref, rtol=1e-4,
+                                       atol=1e-4)
+        create_fused_model("repvit_m0_9", tmp_path / "fused.pth")  # fused-form checkpoints load too
+
+
+def test_checkpoint_mismatch_names_keys(tmp_path):
+    state = timm.create_model("repvit_m0_9").state_dict()
+    dropped = next(iter(state))
+    del state[dropped]
+    state["head.head.l.weight"] = torch.zeros(3, 3)
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as err:
+        create_fused_model("repvit_m0_9", tmp_path / "bad.pth")
+    msg = str(err.value)
+    assert dropped in msg and "extra.weight" in msg and "head.head.l.weight" in msg
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "missing.safetensors")
+
+
+def test_verification_fails_loudly(tmp_path, monkeypatch):
+    import regla.deploy.export as ex
+
+    monkeypatch.setattr(ex, "_tolerance", lambda ref, atol: -1.0)  # nothing can pass
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        export_model("shvit_s1", "onnx", tmp_path / "m.onnx", img_size=64)
+    assert not (tmp_path / "m.onnx").exists() and (tmp_path / "m.onnx.failed").exists()
+
+
+def test_cli_export_and_errors(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "shvit_s1", "--format", "onnx", "--output", str(out), "--img-size", "64", "96"]) == 0
+    assert out.is_file() and "max abs diff" in capsys.readouterr().out
+    assert main(["export", "shvit_s11", "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "did you mean: shvit_s1" in capsys.readouterr().err
+    assert main(["export", "shvit_s1", "-o", str(tmp_path / "x.onnx"), "-c", str(tmp_path / "nope.pth")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
