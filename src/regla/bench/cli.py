@@ -1,0 +1,81 @@
+"""``regla bench``: params, MACs, CPU latency (ONNX Runtime and eager PyTorch) and memory of ours vs the peers."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+DEFAULT_RESOLUTIONS = (224, 512)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``regla bench`` options on ``parser``."""
+    parser.add_argument("--models", "-m", nargs="+", default=None, metavar="NAME",
+                        help="models to compare: names, comma lists or globs ('regla_*'); default: ReGLA T-X and the "
+                             "Table 2 peers that are registered")
+    parser.add_argument("--resolutions", "-r", type=int, nargs="+", default=list(DEFAULT_RESOLUTIONS), metavar="PX",
+                        help="square input sides, 32..1024 (default 224 512; add 1024 for the 512->1024 growth)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads for ONNX Runtime and PyTorch (default: physical cores)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up runs per model, backend, resolution")
+    parser.add_argument("--min-runs", type=int, default=15, help="fewest timed runs per measurement (default 15)")
+    parser.add_argument("--max-runs", type=int, default=100, help="most timed runs per measurement (default 100)")
+    parser.add_argument("--target-time", type=float, default=1.0,
+                        help="seconds of timed runs to aim for per measurement, within the run limits (default 1)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed runs are split into")
+    parser.add_argument("--backends", nargs="+", choices=("ort", "eager"), default=["ort", "eager"],
+                        help="what to time (default both)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak memory probe")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--reference", default="regla_m",
+                        help="model whose latency ratios to the others are reported (default regla_m)")
+    parser.add_argument("--output", "-o", default="bench_out", help="output folder (default bench_out/)")
+
+
+def _command_line() -> str:
+    argv = sys.argv[1:]
+    tail = argv[argv.index("bench") + 1:] if "bench" in argv else argv
+    return "regla bench" + "".join(" " + shlex.quote(a) for a in tail)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the table, write JSON/CSV/Markdown/PNGs. Returns 2 on bad input, 1 if all failed."""
+    import timm
+
+    from .models import UnknownModelError, resolve_models
+    from .report import errors, latency_ratios, text_table, write_outputs
+    from .runner import BenchConfig, run_bench
+
+    try:
+        names = resolve_models(args.models, timm.list_models())
+        cfg = BenchConfig(models=names, resolutions=sorted(set(args.resolutions)), threads=args.threads,
+                          warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
+                          target_s=args.target_time, rounds=args.rounds, memory=not args.no_memory,
+                          backends=tuple(args.backends))
+        cfg.validate()
+    except (UnknownModelError, ValueError) as e:
+        print(f"regla bench: error: {e}", file=sys.stderr)
+        return 2
+    if args.models is None:
+        from .models import DEFAULT_MODELS
+
+        missing = [m.name for m in DEFAULT_MODELS if m.name not in names]
+        if missing:
+            print(f"regla bench: not registered, skipped: {', '.join(missing)}", file=sys.stderr)
+    print(f"regla bench: {len(names)} models at {', '.join(map(str, cfg.resolutions))} px -> {args.output}/",
+          file=sys.stderr)
+    doc = run_bench(cfg, command=_command_line())
+    paths = write_outputs(doc, args.output, reference=args.reference, plots=not args.no_plots)
+    print(text_table(doc))
+    for res in cfg.resolutions:
+        ratios = latency_ratios(doc, args.reference, res)
+        if ratios:
+            print(f"\nORT latency of {args.reference} at {res} px / each model's: "
+                  + ", ".join(f"{label} {x:.2f}" for label, x in ratios))
+    m = doc["machine"]
+    print(f"\n{m['cpu']}, {m['threads']} threads; {doc['duration_s']:.0f} s; wrote "
+          + ", ".join(str(p) for p in paths.values()))
+    for err in errors(doc):
+        print(f"regla bench: warning: {err}", file=sys.stderr)
+    return 1 if all(r["error"] and not r["latency_ms"] for r in doc["results"]) else 0

@@ -1,0 +1,111 @@
+"""PNG plots of a bench result document (matplotlib, Agg backend; returned as bytes for atomic writes)."""
+
+from __future__ import annotations
+
+import io
+
+FAMILY_COLORS = {
+    "ReGLA": "#d62728", "iFormer": "#1f77b4", "RepViT": "#2ca02c", "RepNeXt": "#9467bd", "MobileNetV4": "#ff7f0e",
+    "EfficientViT": "#8c564b", "FastViT": "#e377c2", "SHViT": "#17becf",
+}
+MARKERS = "osD^v<>pP*Xh"
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _color(family: str, i: int) -> str:
+    return FAMILY_COLORS.get(family, f"C{i % 10}")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _families(doc: dict) -> dict[str, list[dict]]:
+    fams: dict[str, list[dict]] = {}
+    for r in doc["results"]:
+        if r["latency_ms"]:
+            fams.setdefault(r["family"], []).append(r)
+    return fams
+
+
+def _subtitle(doc: dict) -> str:
+    m = doc["machine"]
+    return f"{m['cpu']}, {m['threads']} threads, batch 1, fp32, {doc['date_utc']}"
+
+
+def latency_vs_resolution_png(doc: dict) -> bytes:
+    """Log-log latency vs input side, one panel per backend, legend with each model's fitted growth exponent."""
+    plt = _plt()
+    backends = [b for b in ("ort", "eager") if b in doc["config"]["backends"]]
+    fig, axes = plt.subplots(1, len(backends), figsize=(7.5 * len(backends), 6.5), squeeze=False)
+    resolutions = sorted(int(r) for r in doc["config"]["resolutions"])
+    for ax, backend in zip(axes[0], backends, strict=True):
+        for fi, (family, members) in enumerate(_families(doc).items()):
+            for mi, r in enumerate(members):
+                per = r["latency_ms"].get(backend, {})
+                xs = [x for x in resolutions if str(x) in per]
+                if not xs:
+                    continue
+                ys = [per[str(x)]["median_ms"] for x in xs]
+                exp = r["growth_exponent"].get(backend)
+                label = r["label"] + (f" (k={exp:.2f})" if exp is not None else "")
+                ax.plot(xs, ys, marker=MARKERS[mi % len(MARKERS)], linestyle=LINESTYLES[mi % len(LINESTYLES)],
+                        color=_color(family, fi), label=label, linewidth=1.4, markersize=5)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(resolutions, [str(x) for x in resolutions])
+        ax.minorticks_off()
+        ax.set_xlabel("input side (px), square input; log scale")
+        ax.set_ylabel("median latency (ms), log scale")
+        name = "ONNX Runtime (CPU)" if backend == "ort" else "PyTorch eager (CPU)"
+        ax.set_title(f"{name}: latency vs resolution\nk = fitted exponent of latency vs pixel count (1 = linear)",
+                     fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.suptitle(_subtitle(doc), fontsize=9, y=0.995)
+    return _png(fig)
+
+
+def accuracy_vs_latency_png(doc: dict) -> bytes:
+    """Published Top-1 vs latency measured here (ONNX Runtime), one panel per resolution, as in the paper's Fig. 1."""
+    plt = _plt()
+    resolutions = sorted(int(r) for r in doc["config"]["resolutions"])
+    backend = "ort" if "ort" in doc["config"]["backends"] else "eager"
+    fig, axes = plt.subplots(1, len(resolutions), figsize=(6.5 * len(resolutions), 5.8), squeeze=False)
+    for ax, res in zip(axes[0], resolutions, strict=True):
+        for fi, (family, members) in enumerate(_families(doc).items()):
+            pts = [(r["latency_ms"][backend][str(res)]["median_ms"], r["published_top1"]["top1"], r["label"])
+                   for r in members if r["published_top1"] and str(res) in r["latency_ms"].get(backend, {})]
+            if not pts:
+                continue
+            pts.sort()
+            color = _color(family, fi)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[fi % len(MARKERS)], color=color,
+                    label=family, linewidth=2.2 if family == "ReGLA" else 1.2, markersize=6)
+            for x, y, label in pts:
+                ax.annotate(label.split("-", 1)[-1], (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6,
+                            color=color)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"latency at {res}x{res} px (ms), measured here, "
+                      f"{'ONNX Runtime' if backend == 'ort' else 'PyTorch eager'} CPU; log scale")
+        ax.set_ylabel("ImageNet-1K Top-1 (%), PUBLISHED figure")
+        ax.set_title(f"Published Top-1 vs measured latency, {res} px", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(_subtitle(doc), fontsize=9, y=0.995)
+    fig.text(0.01, -0.02, "Top-1 accuracies are published figures (224 px training, no distillation), copied from: "
+             "ReGLA Table 2 (ReGLA, MobileNetV4, EfficientViT, SHViT), iFormer Table 3, RepViT Table 2, "
+             "RepNeXt Table 3 (RepNeXt, FastViT); see results.json for each model's source.", fontsize=7, ha="left")
+    return _png(fig)

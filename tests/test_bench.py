@@ -1,0 +1,98 @@
+"""``regla bench``: model selection, statistics, and a smoke run of the whole command (no timing thresholds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import regla  # noqa: F401  (registers regla_* and repnext_*)
+from regla.bench.measure import interleaved, runs_for, summarize
+from regla.bench.models import DEFAULT_MODELS, UnknownModelError, resolve_models
+from regla.bench.runner import fit_growth_exponent
+from regla.cli import main
+
+AVAILABLE = ["iformer_t", "iformer_m", "repvit_m0_9", "repvit_m1_1", "shvit_s1", "regla_m"]
+
+
+def test_resolve_names_lists_globs_and_defaults():
+    assert resolve_models(["iformer_t,repvit_m0_9", "shvit_s1"], AVAILABLE) == ["iformer_t", "repvit_m0_9",
+                                                                                 "shvit_s1"]
+    assert resolve_models(["repvit_*", "repvit_m1_1"], AVAILABLE) == ["repvit_m0_9", "repvit_m1_1"]
+    defaults = resolve_models(None, AVAILABLE)
+    assert defaults == [m.name for m in DEFAULT_MODELS if m.name in AVAILABLE]  # unregistered ones skipped
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(UnknownModelError, match="did you mean: iformer_m"):
+        resolve_models(["iformer_mm"], AVAILABLE)
+    with pytest.raises(UnknownModelError, match="matches no registered model"):
+        resolve_models(["nothing_*"], AVAILABLE)
+
+
+def test_default_list_has_published_figures_with_sources():
+    names = [m.name for m in DEFAULT_MODELS]
+    assert len(names) == len(set(names))
+    for family in ("regla_", "iformer_", "repvit_", "repnext_", "mobilenetv4_", "efficientvit_", "fastvit_", "shvit_"):
+        assert any(n.startswith(family) for n in names), family
+    for m in DEFAULT_MODELS:
+        assert m.published is not None and 60 < m.published.top1 < 90 and "Table" in m.published.source
+
+
+def test_statistics_and_run_counts():
+    st = summarize([0.001 * i for i in range(1, 101)])
+    assert st.n == 100 and abs(st.median_ms - 50.5) < 1e-9 and st.p10_ms < st.p25_ms < st.p75_ms < st.p90_ms
+    assert runs_for(0.5, target_s=1.0, min_runs=15, max_runs=100, rounds=5) == 15
+    assert runs_for(0.001, target_s=1.0, min_runs=15, max_runs=100, rounds=5) == 100
+    assert runs_for(0.07, target_s=1.0, min_runs=1, max_runs=100, rounds=4) == 16  # 15 rounded up to rounds
+    # latency proportional to pixel count -> exponent 1; constant -> 0
+    assert abs(fit_growth_exponent([224, 512, 1024], [1.0, (512 / 224) ** 2, (1024 / 224) ** 2]) - 1.0) < 1e-9
+    assert abs(fit_growth_exponent([224, 512], [3.0, 3.0])) < 1e-9
+    assert fit_growth_exponent([224], [3.0]) is None
+
+
+def test_interleaving_rotates_order():
+    calls = []
+    runners = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = interleaved(runners, {"a": 3, "b": 3, "c": 3}, rounds=3, estimates={"a": 1, "b": 1, "c": 1})
+    assert all(len(t) == 3 for t in times.values())
+    assert calls == list("abc" "bca" "cab")
+
+
+def test_bench_smoke(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--models", "shvit_s1,mobilenetv4_conv_small", "--resolutions", "64", "--threads", "1",
+            "--warmup", "1", "--min-runs", "2", "--max-runs", "3", "--rounds", "1", "--target-time", "0.01",
+            "--output", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "SHViT-S1" in printed and "MNV4-Conv-S" in printed
+    for f in ("results.json", "results.csv", "results.md", "latency_vs_resolution.png", "accuracy_vs_latency.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert (out / "latency_vs_resolution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["machine"]["threads"] == 1 and doc["config"]["resolutions"] == [64]
+    assert doc["command"].startswith("regla bench")
+    for r in doc["results"]:
+        assert r["error"] is None and r["params"] > 1e6 and r["macs"]["64"] > 1e6
+        assert r["published_top1"]["top1"] > 70
+        for backend in ("ort", "eager"):
+            st = r["latency_ms"][backend]["64"]
+            assert 0 < st["p10_ms"] <= st["median_ms"] <= st["p90_ms"] and st["n"] >= 2
+        assert r["eager_layout"]["64"] in ("contiguous", "channels_last")
+        assert r["memory"]["64"]["peak_rss_mb"] > 0 and r["memory"]["64"]["peak_delta_mb"] >= 0
+        assert r["onnx_max_abs_diff"] is not None
+
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 and {r["backend"] for r in rows} == {"ort", "eager"}
+    assert all(float(r["median_ms"]) > 0 and r["threads"] == "1" and r["resolution"] == "64" for r in rows)
+
+
+def test_bench_unknown_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", "--models", "repvit_m1_11", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'repvit_m1_11'" in err and "repvit_m1_1" in err
+    assert main(["bench", "--models", "shvit_s1", "--resolutions", "2048", "--output", str(tmp_path)]) == 2
+    assert "32..1024" in capsys.readouterr().err
