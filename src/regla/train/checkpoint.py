@@ -1,0 +1,201 @@
+"""Training checkpoints: atomic writes, full-state resume, clear errors for corrupt or foreign files.
+
+Each epoch writes ``last.pth`` (and ``best.pth`` when validation top-1 improves) through
+:func:`regla.utils.io.atomic_write_bytes` (write a temporary file, fsync, rename), so a run killed at any moment
+leaves the previous checkpoint intact. A checkpoint holds the model, EMA, optimizer, scheduler, loss scaler, the
+number of finished epochs and every rank's RNG state (python, numpy, torch, CUDA); the training sampler's order is a
+function of that state and the epoch, so a resumed run continues on the same curve.
+
+``last.safetensors`` / ``best.safetensors`` hold the plain (EMA if enabled) weights, loadable with
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=N))``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from regla.utils.io import atomic_write_bytes
+
+FORMAT = "regla-train-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, not ours, or from another architecture."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG state (python, numpy, torch CPU and CUDA) in a form ``torch.load(weights_only)`` reads."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a state from :func:`rng_state`."""
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def gather_rng_states(distributed: bool) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (one entry when not distributed)."""
+    state = rng_state()
+    if not distributed:
+        return [state]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, state)
+    return out
+
+
+def to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def make_checkpoint(*, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
+                    cfg: dict[str, Any], class_map: dict[str, int] | None, num_classes: int,
+                    best: dict[str, Any], rng_states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything a resume needs; ``epoch`` is the number of finished epochs."""
+    return {
+        "format": FORMAT,
+        "arch": {"model": cfg["model"], "num_classes": num_classes,
+                 "distillation": cfg["distillation_type"] != "none", "in_chans": cfg["in_chans"]},
+        "epoch": epoch,
+        "model": unwrap(model).state_dict(),
+        "model_ema": unwrap(ema.module).state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "best": dict(best),
+        "rng": rng_states,
+        "cfg": dict(cfg),
+        "class_map": class_map,
+    }
+
+
+def save_checkpoint(ckpt: dict[str, Any], run_dir: Path, is_best: bool) -> None:
+    """Write ``last.pth`` (and ``best.pth``) and their safetensors atomically; never a half-written file."""
+    data = to_bytes(ckpt)
+    atomic_write_bytes(run_dir / "last.pth", data)
+    weights = ckpt["model_ema"] if ckpt["model_ema"] is not None else ckpt["model"]
+    st = safetensors_bytes(weights)
+    atomic_write_bytes(run_dir / "last.safetensors", st)
+    if is_best:
+        atomic_write_bytes(run_dir / "best.pth", data)
+        atomic_write_bytes(run_dir / "best.safetensors", st)
+
+
+def safetensors_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    """A state dict as safetensors bytes (contiguous CPU copies, no shared storage)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()})
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a ``regla train`` checkpoint; unreadable or foreign files raise :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"{path} holds weights only; --resume needs a .pth checkpoint (last.pth)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated file?): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a `regla train` checkpoint (no '{FORMAT}' format tag)")
+    return ckpt
+
+
+def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path: str | Path) -> None:
+    """Refuse a checkpoint from another architecture or class count, naming both."""
+    arch = ckpt["arch"]
+    if arch["model"] != cfg["model"]:
+        raise CheckpointError(f"{path} was trained as {arch['model']!r}; this run builds {cfg['model']!r} "
+                              f"(use --model {arch['model']} or another checkpoint)")
+    if arch["num_classes"] != num_classes:
+        raise CheckpointError(f"{path} has {arch['num_classes']} classes; this dataset has {num_classes}")
+    if arch["distillation"] != (cfg["distillation_type"] != "none"):
+        raise CheckpointError(f"{path} was trained with distillation={arch['distillation']}; this run differs")
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``load_state_dict(strict=True)`` with a readable message on any key or shape mismatch."""
+    own = unwrap(model).state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+        raise CheckpointError(f"{path} does not fit this model ({type(unwrap(model)).__name__}): "
+                              + "; ".join(parts) + " - a checkpoint from another architecture?")
+    unwrap(model).load_state_dict(state_dict, strict=True)
+
+
+def restore(ckpt: dict[str, Any], *, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any,
+            rank: int, world_size: int, path: str | Path) -> None:
+    """Put a checkpoint's state back into the live objects (weights, EMA, optimizer, schedule, scaler, RNG)."""
+    load_weights(model, ckpt["model"], path)
+    if ema is not None:
+        if ckpt["model_ema"] is None:
+            raise CheckpointError(f"{path} has no EMA weights but this run keeps an EMA (--set model_ema=false?)")
+        load_weights(ema.module, ckpt["model_ema"], path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt["scheduler"] is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt["scaler"] is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    states = ckpt["rng"]
+    if len(states) == world_size:
+        set_rng_state(states[rank])
+    else:
+        import warnings
+
+        warnings.warn(f"{path} was written by {len(states)} process(es), this run has {world_size}: "
+                      "RNG streams restart from the seed, so augmentation differs from the original run", stacklevel=2)

@@ -1,0 +1,84 @@
+"""Per-epoch metrics: ``metrics.csv``, ``metrics.jsonl`` and TensorBoard events in the run folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from regla.utils.io import atomic_write_text
+
+_logger = logging.getLogger("regla.train")
+
+COLUMNS = ("epoch", "train_loss", "lr", "val_loss", "top1", "top5", "top1_ema", "top5_ema", "best_top1",
+           "train_img_s", "epoch_time_s", "skipped_images")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl`` (an unfinished last line, from a killed run, is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class MetricsLogger:
+    """Appends one row per epoch to CSV and JSONL, and scalars to TensorBoard (if installed)."""
+
+    def __init__(self, run_dir: str | Path, resume_epoch: int | None = None, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.jsonl = self.run_dir / "metrics.jsonl"
+        self.csv = self.run_dir / "metrics.csv"
+        if resume_epoch is not None:
+            self._truncate(resume_epoch)
+        self.writer = self._tensorboard(resume_epoch) if tensorboard else None
+
+    def _truncate(self, epoch: int) -> None:
+        """Forget rows of epochs after the checkpoint we resume from (they will be trained again)."""
+        rows = [r for r in read_jsonl(self.jsonl) if r.get("epoch", 0) <= epoch]
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.csv, self._csv_text(rows, header=True))
+
+    def _tensorboard(self, resume_epoch: int | None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is in the `train` extra
+            _logger.warning("tensorboard not installed: no TensorBoard events (pip install 'regla[train]')")
+            return None
+        return SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=resume_epoch)
+
+    @staticmethod
+    def _csv_text(rows: list[dict[str, Any]], header: bool) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        if header:
+            w.writeheader()
+        for r in rows:
+            w.writerow(r)
+        return buf.getvalue()
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one epoch's row everywhere."""
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        header = not self.csv.is_file() or self.csv.stat().st_size == 0
+        with open(self.csv, "a", newline="") as f:
+            f.write(self._csv_text([row], header=header))
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, (int, float)) and v is not None:
+                    self.writer.add_scalar(k, v, row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

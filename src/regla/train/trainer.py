@@ -1,0 +1,294 @@
+"""``regla train``: the whole run, from a recipe to checkpoints and metrics.
+
+Reproduces the classification protocol of ReGLA §4.1 (300 epochs, 20-epoch linear warm-up, AdamW, cosine,
+RandAugment, Mixup/CutMix, label smoothing, random erasing, stochastic depth, EMA) with timm's components, on one
+CPU process or under ``torchrun`` on any number of GPUs and nodes (NCCL on GPU, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from regla.utils.io import atomic_write_text
+
+from . import checkpoint as ckpt_mod
+from .config import dump, scaled_lr
+from .data import build_datasets, build_eval_loader, build_train_loader, read_skipped
+from .distill import DistillationLoss, load_teacher
+from .engine import StepContext, evaluate, train_one_epoch
+from .logs import MetricsLogger
+from .modeling import create_student, wrap_ddp
+
+_logger = logging.getLogger("regla.train")
+
+
+class RunError(RuntimeError):
+    """A run that must not start (it would overwrite a finished run, for instance)."""
+
+
+@dataclass
+class Dist:
+    """Where this process sits in the job."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    epochs: int
+    last: dict[str, Any] = field(default_factory=dict)
+    best_top1: float = 0.0
+    skipped_images: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def setup_distributed(cfg: dict[str, Any]) -> Dist:
+    """timm's ``init_distributed_device_so``: torchrun/SLURM environment -> process group (NCCL or gloo)."""
+    from timm.utils.distributed import init_distributed_device_so
+
+    info = init_distributed_device_so(device=resolve_device(cfg["device"]))
+    return Dist(device=torch.device(info["device"]), rank=info["global_rank"], world_size=info["world_size"],
+                local_rank=info["local_rank"], distributed=info["distributed"])
+
+
+def setup_determinism(cfg: dict[str, Any], d: Dist) -> None:
+    """Threads, seeds (seed + rank, timm's ``random_seed``) and, if asked, deterministic kernels."""
+    from timm.utils import random_seed
+
+    if cfg["torch_threads"]:
+        torch.set_num_threads(int(cfg["torch_threads"]))
+    random_seed(cfg["seed"], d.rank)
+    if cfg["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=d.device.type != "cpu")
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def run_dir_for(cfg: dict[str, Any], resume: bool) -> Path:
+    """The run folder; a new run refuses a folder that already holds checkpoints (nothing gets overwritten)."""
+    run_dir = Path(cfg["output"] or Path("runs") / cfg["model"]).expanduser()
+    if not resume and (run_dir / "last.pth").exists():
+        raise RunError(f"{run_dir} already holds a run (last.pth); resume it with --resume {run_dir}, "
+                       "or choose another --output")
+    return run_dir
+
+
+def prepare_run_dir(run_dir: Path, cfg: dict[str, Any], resume: bool, d: Dist) -> Path:
+    """Create the run folder and record the recipe (rank 0), once every input check has passed."""
+    if d.primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (run_dir / "skipped_images.txt").unlink(missing_ok=True)
+        atomic_write_text(run_dir / ("config.yaml" if not resume else "config.resumed.yaml"), dump(cfg))
+    if d.distributed:
+        dist.barrier()
+    return run_dir
+
+
+def amp_dtype(cfg: dict[str, Any]) -> torch.dtype | None:
+    if not cfg["amp"]:
+        return None
+    return torch.bfloat16 if cfg["amp_dtype"] == "bfloat16" else torch.float16
+
+
+def build_criterion(cfg: dict[str, Any], num_classes: int, device: torch.device) -> DistillationLoss:
+    """timm's SoftTargetCrossEntropy (mixup) / LabelSmoothingCrossEntropy, wrapped in DeiT's distillation loss."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
+        base = SoftTargetCrossEntropy()  # label smoothing is folded into the mixed targets
+    elif cfg["smoothing"] > 0:
+        base = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
+    else:
+        base = torch.nn.CrossEntropyLoss()
+    teacher = None
+    if cfg["distillation_type"] != "none":
+        teacher = load_teacher(cfg["teacher_model"], cfg["teacher_path"], num_classes, device)
+    return DistillationLoss(base, teacher, cfg["distillation_type"], cfg["distillation_alpha"],
+                            cfg["distillation_tau"])
+
+
+def build_optimizer_and_schedule(cfg: dict[str, Any], model: torch.nn.Module, lr: float, updates_per_epoch: int):
+    """timm's ``create_optimizer_v2`` (no weight decay on norms/biases) and ``create_scheduler_v2`` (warm-up)."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    kw: dict[str, Any] = {"eps": cfg["opt_eps"]} if cfg["opt"].lower().startswith("adam") else {}
+    if cfg["opt_betas"]:
+        kw["betas"] = tuple(cfg["opt_betas"])
+    optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
+                                    momentum=cfg["momentum"], **kw)
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"], warmup_epochs=cfg["warmup_epochs"],
+        warmup_lr=cfg["warmup_lr"], min_lr=cfg["min_lr"], cooldown_epochs=cfg["cooldown_epochs"],
+        step_on_epochs=not cfg["sched_on_updates"], updates_per_epoch=updates_per_epoch)
+    return optimizer, scheduler, num_epochs
+
+
+def train(cfg: dict[str, Any], resume: str | Path | None = None, show_bar: bool = True) -> RunResult:
+    """Run (or resume) training as ``cfg`` says; returns the run folder and the final metrics."""
+    d = setup_distributed(cfg)
+    try:
+        return _train(cfg, resume, show_bar, d)
+    finally:
+        if d.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _resume_path(resume: str | Path) -> Path:
+    path = Path(resume)
+    return path / "last.pth" if path.is_dir() else path
+
+
+def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Dist) -> RunResult:
+    from timm.utils import ModelEmaV3, NativeScaler, distribute_bn
+
+    setup_determinism(cfg, d)
+    ckpt = ckpt_mod.load_checkpoint(_resume_path(resume)) if resume else None  # fail before touching anything
+    if ckpt is not None and not cfg["output"]:
+        cfg["output"] = str(_resume_path(resume).parent)
+    run_dir = run_dir_for(cfg, ckpt is not None)
+    skipped_log = run_dir / "skipped_images.txt"
+    data = build_datasets(cfg, skipped_log=skipped_log)
+    if ckpt is not None:
+        ckpt_mod.check_arch(ckpt, cfg, data.num_classes, resume)
+    prepare_run_dir(run_dir, cfg, ckpt is not None, d)
+
+    use_prefetcher = d.device.type == "cuda"
+    train_loader, mixup_fn = build_train_loader(cfg, data.train, d.device, d.distributed, data.num_classes,
+                                                use_prefetcher)
+    val_loader = build_eval_loader(cfg, data.val, d.device, use_prefetcher, rank=d.rank, world=d.world_size)
+    updates_per_epoch = len(train_loader) // cfg["grad_accum"]
+    if updates_per_epoch == 0:
+        raise RunError(f"the training set ({len(data.train)} images) is smaller than one global batch "
+                       f"({cfg['batch_size']} x {d.world_size} processes x {cfg['grad_accum']} accumulation)")
+
+    model = create_student(cfg, data.num_classes).to(d.device)
+    if cfg["initial_checkpoint"]:
+        ckpt_mod.load_weights(model, _initial_weights(cfg["initial_checkpoint"]), cfg["initial_checkpoint"])
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEmaV3(model, decay=cfg["model_ema_decay"], use_warmup=cfg["model_ema_warmup"]) \
+        if cfg["model_ema"] else None  # before SyncBN/DDP, as timm's train.py
+    lr = scaled_lr(cfg, d.world_size)
+    optimizer, scheduler, num_epochs = build_optimizer_and_schedule(cfg, model, lr, updates_per_epoch)
+    dtype = amp_dtype(cfg)
+    scaler = NativeScaler(device=d.device.type) if dtype == torch.float16 else None
+
+    start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
+    if ckpt is not None:
+        ckpt_mod.restore(ckpt, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                         rank=d.rank, world_size=d.world_size, path=resume)
+        start_epoch, best = int(ckpt["epoch"]), dict(ckpt["best"])
+        if cfg["sched_on_updates"]:
+            scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            scheduler.step(start_epoch)
+        del ckpt
+    train_model = wrap_ddp(model, d.device, cfg["sync_bn"], d.distributed)
+    if cfg["compile"]:
+        train_model = torch.compile(train_model)
+    criterion = build_criterion(cfg, data.num_classes, d.device)
+    ctx = StepContext(model=train_model, criterion=criterion, optimizer=optimizer, device=d.device, scaler=scaler,
+                      amp_dtype=dtype, channels_last=cfg["channels_last"], clip_grad=cfg["clip_grad"],
+                      clip_mode=cfg["clip_mode"], grad_accum=cfg["grad_accum"])
+    if d.primary:
+        _logger.info("training %s on %d images, %d classes; %d process(es) on %s; global batch %d; lr %.3g; "
+                     "epochs %d -> %d; run folder %s", cfg["model"], len(data.train), data.num_classes,
+                     d.world_size, d.device, cfg["batch_size"] * d.world_size * cfg["grad_accum"], lr,
+                     start_epoch, num_epochs, run_dir)
+    logger = MetricsLogger(run_dir, resume_epoch=start_epoch if start_epoch or resume else None) \
+        if d.primary else None
+    result = RunResult(run_dir=run_dir, epochs=num_epochs, best_top1=best["top1"])
+    for epoch in range(start_epoch, num_epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(ctx, train_loader, epoch, mixup_fn=mixup_fn, scheduler=scheduler, ema=ema,
+                                updates_per_epoch=updates_per_epoch, sched_on_updates=cfg["sched_on_updates"],
+                                show_bar=show_bar and d.primary)
+        if not cfg["sched_on_updates"]:
+            scheduler.step(epoch + 1)
+        if d.distributed and not cfg["sync_bn"]:
+            distribute_bn(model, d.world_size, reduce=True)  # same BN statistics on every rank
+        row = {"epoch": epoch + 1, **stats, **_validate(cfg, model, ema, val_loader, d, dtype, epoch, num_epochs)}
+        score = row["top1_ema"] if ema is not None else row["top1"]
+        is_best = score is not None and score > best["top1"]
+        if is_best:
+            best = {"top1": score, "epoch": epoch + 1}
+        skipped = read_skipped(skipped_log)
+        row.update(best_top1=best["top1"], skipped_images=len(skipped))
+        rng_states = ckpt_mod.gather_rng_states(d.distributed)
+        if d.primary:
+            _report(row, skipped, result.skipped_images)
+            logger.log(row)
+            state = ckpt_mod.make_checkpoint(model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
+                                             scaler=scaler, epoch=epoch + 1, cfg=cfg, class_map=data.class_map,
+                                             num_classes=data.num_classes, best=best, rng_states=rng_states)
+            ckpt_mod.save_checkpoint(state, run_dir, is_best)
+        if d.distributed:
+            dist.barrier()
+        result.last, result.skipped_images = row, skipped
+    result.best_top1 = best["top1"]
+    if logger is not None:
+        logger.close()
+    return result
+
+
+def _initial_weights(path: str) -> dict[str, torch.Tensor]:
+    """Weights to start from: a ``regla train`` checkpoint (EMA if any) or a safetensors file."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    ck = ckpt_mod.load_checkpoint(path)
+    return ck["model_ema"] or ck["model"]
+
+
+def _validate(cfg, model, ema, val_loader, d: Dist, dtype, epoch: int, num_epochs: int) -> dict[str, Any]:
+    """Top-1/top-5 of the model and of its EMA, every ``eval_every`` epochs and after the last."""
+    row: dict[str, Any] = {"val_loss": None, "top1": None, "top5": None, "top1_ema": None, "top5_ema": None}
+    if (epoch + 1) % cfg["eval_every"] and epoch + 1 != num_epochs:
+        return row
+    m = evaluate(model, val_loader, d.device, amp_dtype=dtype, channels_last=cfg["channels_last"])
+    row.update(val_loss=m["val_loss"], top1=m["top1"], top5=m["top5"])
+    if ema is not None:
+        e = evaluate(ema.module, val_loader, d.device, amp_dtype=dtype, channels_last=cfg["channels_last"])
+        row.update(top1_ema=e["top1"], top5_ema=e["top5"])
+    return row
+
+
+def _report(row: dict[str, Any], skipped: list[str], before: list[str]) -> None:
+    """One log line per epoch, and a warning naming newly skipped images."""
+    ema = f" | EMA top-1 {row['top1_ema']:.2f}" if row.get("top1_ema") is not None else ""
+    top1 = f"top-1 {row['top1']:.2f} top-5 {row['top5']:.2f}" if row.get("top1") is not None else "no eval"
+    _logger.info("epoch %d: loss %.4f | %s%s | lr %.3g | %.0f img/s", row["epoch"], row["train_loss"], top1, ema,
+                 row["lr"], row["train_img_s"])
+    new = sorted(set(skipped) - set(before))
+    if new:
+        _logger.warning("%d unreadable image(s) skipped so far (listed in skipped_images.txt); new: %s",
+                        len(skipped), ", ".join(new[:5]) + (" ..." if len(new) > 5 else ""))
