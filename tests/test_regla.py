@@ -273,19 +273,22 @@ def test_any_input_size_batch_one(size: tuple[int, int], train: bool) -> None:
 def test_state_dict_round_trip(tmp_path, suffix: str) -> None:
     from safetensors.torch import save_file
 
-    model = randomize_bn(timm.create_model("regla_t", num_classes=10)).eval()
+    model = randomize_bn(timm.create_model("regla_t")).eval()
     path = tmp_path / f"weights{suffix}"
     if suffix == ".safetensors":
         save_file(model.state_dict(), str(path))
     else:
         torch.save({"model": model.state_dict(), "epoch": 3}, path)
     x = torch.randn(1, 3, 64, 64)
-    loaded = timm.create_model("regla_t", num_classes=10, pretrained=True,
-                               pretrained_cfg_overlay=dict(file=str(path))).eval()
+    loaded = timm.create_model("regla_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
-        fresh = load_weights(timm.create_model("regla_t", num_classes=10).eval(), path)
+        fresh = load_weights(timm.create_model("regla_t").eval(), path)
         torch.testing.assert_close(fresh(x), model(x))
+    # fine-tuning: another class count keeps the backbone and re-initialises the classifier (timm's behaviour)
+    tuned = timm.create_model("regla_t", num_classes=10, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(tuned.stem.conv1.c.weight, model.stem.conv1.c.weight)
+    assert tuned.head.head.weight.shape == (10, 1024)
 
 
 def test_state_dict_errors_name_keys(tmp_path) -> None:

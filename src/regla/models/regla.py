@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, calculate_drop_path_rates, trunc_normal_
+from timm.layers import DropPath, calculate_drop_path_rates, get_act_layer, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -122,9 +122,9 @@ class Residual(nn.Module):
 
 
 class Stem(nn.Module):
-    """Two stride-2 3x3 convs to H/4 (§3.4): 3 -> C1/2 -> C1, BN + GELU after each."""
+    """Two stride-2 3x3 convs to H/4 (§3.4): 3 -> C1/2 -> C1, BN + activation after each."""
 
-    def __init__(self, in_chans: int, out_chs: int, act_layer: type[nn.Module] = nn.GELU):
+    def __init__(self, in_chans: int, out_chs: int, act_layer: type[nn.Module] = nn.ReLU):
         super().__init__()
         self.conv1 = ConvNorm(in_chans, out_chs // 2, 3, stride=2)
         self.act1 = act_layer()
@@ -143,12 +143,12 @@ class Stem(nn.Module):
 class ELRF(nn.Module):
     """Efficient Large Receptive Field block (§3.3, Fig. 2).
 
-    ``x + PW(GELU(DW5x5(GELU(PW(DW3x3(x))))))``: a 3x3 depthwise conv, then an FFN whose hidden layer carries a
+    ``x + PW(act(DW5x5(act(PW(DW3x3(x))))))``: a 3x3 depthwise conv, then an FFN whose hidden layer carries a
     5x5 depthwise conv (MobileNetV4's ExtraDW layout). The two kernels compose to a 7x7 receptive field.
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 3.0, drop_path: float = 0.0,
-                 act_layer: type[nn.Module] = nn.GELU):
+                 act_layer: type[nn.Module] = nn.ReLU):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.dw3 = ConvNorm(dim, dim, 3, groups=dim)
@@ -169,7 +169,7 @@ class ConvBlock(nn.Module):
     """Table 5 baseline: ``x + FFN(DWConv_k(x))`` with a single k x k depthwise conv (k = 7 or 9)."""
 
     def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: float = 3.0, drop_path: float = 0.0,
-                 act_layer: type[nn.Module] = nn.GELU):
+                 act_layer: type[nn.Module] = nn.ReLU):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.dw = ConvNorm(dim, dim, kernel_size, groups=dim)
@@ -271,10 +271,10 @@ class RGMA(nn.Module):
 
 
 class FFN(nn.Module):
-    """Table 7 'FFN': ``x + PW(GELU(PW(x)))``."""
+    """Table 7 'FFN': ``x + PW(act(PW(x)))``."""
 
     def __init__(self, dim: int, mlp_ratio: float = 2.0, drop_path: float = 0.0,
-                 act_layer: type[nn.Module] = nn.GELU):
+                 act_layer: type[nn.Module] = nn.ReLU):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.pw1 = ConvNorm(dim, hidden, 1)
@@ -287,10 +287,10 @@ class FFN(nn.Module):
 
 
 class MIB(nn.Module):
-    """Table 7 'MIB': MobileNetV2 inverted bottleneck ``x + PW(GELU(DW3x3(GELU(PW(x)))))``."""
+    """Table 7 'MIB': MobileNetV2 inverted bottleneck ``x + PW(act(DW3x3(act(PW(x)))))``."""
 
     def __init__(self, dim: int, mlp_ratio: float = 2.0, drop_path: float = 0.0,
-                 act_layer: type[nn.Module] = nn.GELU):
+                 act_layer: type[nn.Module] = nn.ReLU):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.pw1 = ConvNorm(dim, hidden, 1)
@@ -428,6 +428,8 @@ class ReGLA(nn.Module):
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linearly increasing over all blocks.
         distillation: add a DeiT-style distillation classifier.
+        act_layer: activation of the conv blocks, stem and pre-logits (timm name or class); ReLU by default
+            (MobileNetV4's UIB, which ELRF builds on; fuses into the conv at inference), ``"gelu"`` for iFormer's.
     """
 
     def __init__(
@@ -449,10 +451,11 @@ class ReGLA(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         distillation: bool = False,
-        act_layer: type[nn.Module] = nn.GELU,
+        act_layer: str | type[nn.Module] = "relu",
     ):
         super().__init__()
         _check_choice("early_block", early_block, EARLY_BLOCKS)
+        act_layer = get_act_layer(act_layer)
         _check_choice("gating", gating, GATINGS)
         _check_choice("post_attn", post_attn, POST_ATTNS)
         if global_pool not in ("", "avg"):
@@ -484,7 +487,7 @@ class ReGLA(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = embed_dims[-1]
 
-        # Pre-logits: 1x1 conv + GELU on the pooled features, MobileNetV4-style (docs/architecture.md). No norm,
+        # Pre-logits: 1x1 conv + activation on the pooled features, MobileNetV4-style (docs/architecture.md). No norm,
         # so that training with batch 1 works.
         self.head_hidden_size = head_hidden_size or self.num_features
         self.pre_logits = (nn.Sequential(nn.Conv2d(self.num_features, head_hidden_size, 1), act_layer())
