@@ -96,3 +96,18 @@ def test_bench_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert "unknown model 'repvit_m1_11'" in err and "repvit_m1_1" in err
     assert main(["bench", "--models", "shvit_s1", "--resolutions", "2048", "--output", str(tmp_path)]) == 2
     assert "32..1024" in capsys.readouterr().err
+
+
+def test_profile_summary_groups_by_op_and_block():
+    from regla.bench.profile import summarize_profile
+
+    ev = lambda node, op, us: {"cat": "Node", "name": node + "_kernel_time", "dur": us, "args": {"op_name": op}}  # noqa: E731
+    events = [ev("/stages/stages.2/blocks/blocks.0/attn/MatMul", "MatMul", 3000),
+              ev("/stages/stages.2/blocks/blocks.0/mlp/fc1/Conv", "Conv", 1000),
+              ev("/stages/stages.2/blocks/blocks.1/attn/MatMul_1", "MatMul", 2000),
+              {"cat": "Session", "name": "model_run", "dur": 99999}]
+    prof = summarize_profile(events, runs=2)
+    assert prof["total_kernel_ms"] == 3.0
+    assert prof["by_op_type"][0] == {"name": "MatMul", "ms": 2.5, "share": 0.8333, "nodes": 1}
+    assert [e["name"] for e in prof["by_block"]] == ["stages.2/blocks.0", "stages.2/blocks.1"]
+    assert prof["by_component"][0]["name"] == "stages.2/attn"

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="intra-op threads for ONNX Runtime and PyTorch (default: physical cores)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up runs per model, backend, resolution")
-    parser.add_argument("--min-runs", type=int, default=15, help="fewest timed runs per measurement (default 15)")
+    parser.add_argument("--min-runs", type=int, default=10, help="fewest timed runs per measurement (default 10)")
     parser.add_argument("--max-runs", type=int, default=100, help="most timed runs per measurement (default 100)")
     parser.add_argument("--target-time", type=float, default=1.0,
                         help="seconds of timed runs to aim for per measurement, within the run limits (default 1)")
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--reference", default="regla_m",
                         help="model whose latency ratios to the others are reported (default regla_m)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: ONNX Runtime per-node profile of each model (time by operator type, "
+                             "by stage/sub-module and by block), printed and written as profile_<model>_<px>.json")
     parser.add_argument("--output", "-o", default="bench_out", help="output folder (default bench_out/)")
 
 
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         missing = [m.name for m in DEFAULT_MODELS if m.name not in names]
         if missing:
             print(f"regla bench: not registered, skipped: {', '.join(missing)}", file=sys.stderr)
+    if args.profile:
+        return run_profile(names, cfg, args.output)
     print(f"regla bench: {len(names)} models at {', '.join(map(str, cfg.resolutions))} px -> {args.output}/",
           file=sys.stderr)
     doc = run_bench(cfg, command=_command_line())
@@ -79,3 +84,28 @@ def run(args: argparse.Namespace) -> int:
     for err in errors(doc):
         print(f"regla bench: warning: {err}", file=sys.stderr)
     return 1 if all(r["error"] and not r["latency_ms"] for r in doc["results"]) else 0
+
+
+def run_profile(names: list[str], cfg, output: str) -> int:
+    """``--profile``: where ONNX Runtime spends its time, per model and resolution."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from ..deploy.checkpoint import create_fused_model
+    from ..deploy.export import export_onnx
+    from ..utils import atomic_write_text
+    from .measure import physical_cores
+    from .models import bench_model
+    from .profile import format_profile, profile_onnx
+
+    threads = cfg.threads or physical_cores()
+    with tempfile.TemporaryDirectory(prefix="regla-profile-") as tmp:
+        for name in names:
+            path = export_onnx(create_fused_model(name), Path(tmp) / f"{name}.onnx", min(cfg.resolutions))
+            for res in cfg.resolutions:
+                prof = profile_onnx(path, res, threads, runs=max(cfg.min_runs, 1))
+                prof.update(model=name, resolution=res, threads=threads)
+                out = atomic_write_text(Path(output) / f"profile_{name}_{res}.json", json.dumps(prof, indent=2))
+                print(format_profile(bench_model(name).label, res, prof) + f"\n  -> {out}\n")
+    return 0

@@ -117,7 +117,7 @@ def eager_runner(model: nn.Module, shape: tuple[int, ...], channels_last: bool, 
 
 
 def pick_eager_layout(model: nn.Module, shape: tuple[int, ...], warmup: int) -> tuple[Runner, bool, list[float]]:
-    """Time ``warmup`` runs in each layout (after one untimed run) and keep the faster one.
+    """Time ``warmup - 1`` runs in each layout (after one untimed run) and keep the faster one.
 
     Returns the runner in the chosen layout, whether it is channels-last, and the chosen layout's warm-up times.
     """
@@ -125,7 +125,7 @@ def pick_eager_layout(model: nn.Module, shape: tuple[int, ...], warmup: int) -> 
     for cl in (False, True):
         run = eager_runner(model, shape, cl)
         run()
-        trials[cl] = time_runs(run, max(1, warmup))
+        trials[cl] = time_runs(run, max(1, warmup - 1))
     best = min(trials, key=lambda cl: float(np.median(trials[cl])))
     return eager_runner(model, shape, best), best, trials[best]
 

@@ -40,7 +40,7 @@ class BenchConfig:
     resolutions: list[int] = field(default_factory=lambda: [224, 512])
     threads: int = 0  # 0: physical cores
     warmup: int = 3
-    min_runs: int = 15
+    min_runs: int = 10
     max_runs: int = 100
     target_s: float = 1.0
     rounds: int = 5
@@ -104,6 +104,7 @@ def machine_info(threads: int) -> dict:
         "onnxruntime": onnxruntime.__version__,
         "timm": timm.__version__,
         "numpy": np.__version__,
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ},
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
