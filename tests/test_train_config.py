@@ -1,0 +1,88 @@
+"""Recipes, command-line overrides, LR scaling and the CLI wiring of `regla train` / `regla eval` / `regla plot`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from regla.train.config import DEFAULTS, ConfigError, build_config, parse_override, scaled_lr
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_every_table2_recipe_exists_and_loads():
+    names = [f"regla_{v}" for v in "tsmlx"] + [f"iformer_{v}" for v in "tsml"] + \
+            ["repvit_m1_0", "repvit_m1_1", "repvit_m1_5"] + [f"repnext_m{i}" for i in range(1, 6)]
+    for name in names:
+        cfg = build_config(str(CONFIGS / f"{name}.yaml"), ["teacher_path=/nonexistent/regnety_160.pth"])
+        assert cfg["model"] == name
+        assert cfg["epochs"] == 300 and cfg["img_size"] == 224 and cfg["opt"] == "adamw"
+        assert cfg["sched"] == "cosine" and cfg["mixup"] == 0.8 and cfg["cutmix"] == 1.0
+        assert cfg["smoothing"] == 0.1 and cfg["reprob"] == 0.25 and cfg["aa"].startswith("rand-m9")
+
+
+def test_regla_recipes_follow_section_4_1_and_iformer():
+    for v in "tsmlx":
+        cfg = build_config(f"regla_{v}")
+        assert cfg["warmup_epochs"] == 20  # ReGLA §4.1
+        assert cfg["lr_base"] == 4e-3 and cfg["lr_base_batch"] == 4096 and cfg["weight_decay"] == 0.05
+        assert cfg["model_ema"] is True and cfg["distillation_type"] == "none"
+    assert build_config("regla_l")["drop_path"] == 0.1 and build_config("regla_t")["drop_path"] == 0.0
+
+
+def test_peer_recipes_distill_from_regnety160():
+    cfg = build_config("repvit_m1_1", ["teacher_path=/x.pth"])
+    assert (cfg["distillation_type"], cfg["teacher_model"], cfg["distillation_alpha"]) == ("hard", "regnety_160", 0.5)
+    assert cfg["lr_base"] == 1e-3 and cfg["lr_base_batch"] == 512 and cfg["warmup_epochs"] == 5
+    assert build_config("repnext_m5", ["teacher_path=/x.pth"])["weight_decay"] == 0.03
+    with pytest.raises(ConfigError, match="teacher_path"):
+        build_config("repvit_m1_1")
+
+
+def test_lr_scales_with_global_batch():
+    cfg = build_config("regla_t")
+    assert scaled_lr(cfg, world_size=8) == pytest.approx(4e-3)  # 8 x 512 = 4096: the published point
+    assert scaled_lr(cfg, world_size=1) == pytest.approx(4e-3 * 512 / 4096)
+    cfg2 = build_config("regla_t", ["batch_size=128", "grad_accum=4"])
+    assert scaled_lr(cfg2, world_size=2) == pytest.approx(4e-3 * 1024 / 4096)
+    rv = build_config("repvit_m1_0", ["teacher_path=/x"])
+    assert scaled_lr(rv, world_size=8) == pytest.approx(4e-3)  # 1e-3 * 2048 / 512
+    assert scaled_lr(build_config("regla_t", ["lr=1e-3"]), world_size=8) == 1e-3  # absolute lr wins
+
+
+def test_set_overrides_parse_yaml_values_and_reject_unknown_keys():
+    cfg = build_config("regla_t", ["scale=[0.5, 1.0]", "aa=null", "lr_base=2e-3", "sync-bn=true", "epochs=7"])
+    assert cfg["scale"] == [0.5, 1.0] and cfg["aa"] is None and cfg["lr_base"] == 2e-3
+    assert cfg["sync_bn"] is True and cfg["epochs"] == 7
+    assert parse_override("lr=1e-3") == ("lr", 1e-3)
+    with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):
+        build_config("regla_t", ["learning_rate=1"])
+    with pytest.raises(ConfigError, match="amp_dtype"):
+        build_config(None, ["amp_dtype=int8"])
+    with pytest.raises(ConfigError, match="key=value"):
+        build_config(None, ["epochs"])
+    with pytest.raises(ConfigError, match="not found"):
+        build_config("no_such_recipe")
+
+
+def test_every_recipe_key_is_known():
+    for path in CONFIGS.glob("*.yaml"):
+        unknown = set(yaml.safe_load(path.read_text())) - set(DEFAULTS)
+        assert not unknown, f"{path.name}: {unknown}"
+
+
+def test_cli_registers_subcommands_and_resolves_flags(capsys):
+    from regla.cli import main
+
+    assert main(["train", "-c", "regla_s", "--lr", "1e-3", "--set", "epochs=5", "--amp", "bf16",
+                 "--sync-bn", "--print-config"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["model"] == "regla_s" and out["lr"] == 1e-3 and out["epochs"] == 5
+    assert out["amp"] is True and out["amp_dtype"] == "bfloat16" and out["sync_bn"] is True
+    assert main(["train", "--demo", "--print-config"]) == 0
+    demo = yaml.safe_load(capsys.readouterr().out)
+    assert demo["model"] == "regla_t" and demo["img_size"] == 32
+    assert main(["train", "--set", "nope=1", "--print-config"]) == 2
+    assert "unknown option 'nope'" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""Shared helpers of the tests/test_train*.py files: tiny image folders and tiny CPU recipes (regla_t at 32 px)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+torch.set_num_threads(1)  # the test machine's cores are shared
+
+MODEL = os.environ.get("REGLA_TEST_MODEL", "regla_t")
+SIZE = 32
+
+
+def pattern(label: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """An RGB image whose class is visible: a bright bar in a class-specific position, plus noise."""
+    img = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)
+    band = size // 4
+    start = (label * band) % (size - band + 1)
+    img[:, start:start + band, label % 3] = 230
+    return img
+
+
+def make_folder(root: Path, classes: int = 3, train_per_class: int = 8, val_per_class: int = 4,
+                size: int = 16, seed: int = 0) -> Path:
+    """``root/{train,val}/class_<k>/<n>.png`` with learnable patterns."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for k in range(classes):
+            d = root / split / f"class_{k}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(pattern(k, rng, size)).save(d / f"{i:03d}.png")
+    return root
+
+
+def tiny_recipe(data_dir: Path, output: Path, **overrides: Any) -> dict[str, Any]:
+    """A seconds-long deterministic CPU recipe on ``data_dir``."""
+    from regla.train.config import build_config
+
+    base = dict(model=MODEL, data_dir=str(data_dir), output=str(output), img_size=SIZE, crop_pct=1.0, epochs=2,
+                batch_size=8, lr=2e-3, warmup_epochs=0, aa=None, mixup=0.0, cutmix=0.0, reprob=0.0,
+                color_jitter=0.0, hflip=0.0, scale=[0.8, 1.0], model_ema=False, workers=0, device="cpu",
+                torch_threads=1, deterministic=True, seed=0)
+    base.update(overrides)
+    return build_config(None, base=base)
+
+
+def ddp_recipe() -> dict[str, Any]:
+    """Recipe of the DDP gradient test: no stochastic layers, label smoothing on."""
+    from regla.train.config import build_config
+
+    return build_config(None, base=dict(model=MODEL, device="cpu", mixup=0.0, cutmix=0.0, drop_path=0.0,
+                                        smoothing=0.1))
+
+
+def ddp_batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed global batch (the same in every process), in float64 so that only the algorithm can differ."""
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(n, 3, SIZE, SIZE, generator=g, dtype=torch.float64), torch.randint(0, 5, (n,), generator=g)
