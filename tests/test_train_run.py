@@ -170,3 +170,41 @@ def test_plot_draws_png(run, tmp_path):
     assert main(["plot", str(result.run_dir), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
     assert main(["plot", str(tmp_path)]) == 2
+
+
+def test_systems_options_run_together(tmp_path):
+    """The GPU data path (prefetcher + FastCollateMixup), bf16 autocast, channels-last, gradient accumulation,
+    gradient checkpointing, AGC clipping and a per-epoch schedule, in one short CPU run."""
+    data = make_folder(tmp_path / "data", classes=2, train_per_class=8, val_per_class=2)
+    cfg = tiny_recipe(data, tmp_path / "run", epochs=2, batch_size=4, grad_accum=2, prefetcher=True, mixup=0.8,
+                      cutmix=1.0, reprob=0.25, aa="rand-m9-mstd0.5-inc1", amp=True, amp_dtype="bfloat16",
+                      channels_last=True, grad_checkpointing=True, clip_grad=0.02, clip_mode="agc",
+                      sched_on_updates=False, warmup_epochs=1, model_ema=True, deterministic=False)
+    result = train(cfg, show_bar=False)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r["train_loss"] == r["train_loss"] for r in rows)
+    assert rows[0]["lr"] == pytest.approx(cfg["warmup_lr"])  # per-epoch schedule: the warm-up epoch ...
+    assert rows[1]["lr"] == pytest.approx(cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]))  # ... mid-cosine
+
+
+def test_eval_under_torchrun_counts_each_image_once(run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_train_ddp import free_port
+
+    from regla.train.eval_cli import evaluate_cli
+
+    data, result, _ = run
+    single = evaluate_cli(eval_args(data, result.run_dir / "last.pth"))
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "regla.cli", "eval", "--data", str(data), "--checkpoint", str(result.run_dir / "last.pth"),
+           "--device", "cpu", "--workers", "0", "--batch-size", "4", "--json", str(out)]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    two = json.loads(out.read_text())
+    assert two["processes"] == 2 and two["n"] == single["n"] == 15  # 15 images: 8 + 7, no padding
+    assert two["top1"] == pytest.approx(single["top1"]) and two["top5"] == pytest.approx(single["top5"])

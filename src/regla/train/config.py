@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "sync_bn": False,
     "workers": 8,
     "pin_mem": True,
+    "prefetcher": None,  # None: timm's GPU prefetcher (normalise, erase, fast mixup on device) on CUDA only
     "seed": 0,
     "deterministic": False,
     "torch_threads": None,

@@ -179,7 +179,7 @@ def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Di
         ckpt_mod.check_arch(ckpt, cfg, data.num_classes, resume)
     prepare_run_dir(run_dir, cfg, ckpt is not None, d)
 
-    use_prefetcher = d.device.type == "cuda"
+    use_prefetcher = d.device.type == "cuda" if cfg["prefetcher"] is None else bool(cfg["prefetcher"])
     train_loader, mixup_fn = build_train_loader(cfg, data.train, d.device, d.distributed, data.num_classes,
                                                 use_prefetcher)
     val_loader = build_eval_loader(cfg, data.val, d.device, use_prefetcher, rank=d.rank, world=d.world_size)
