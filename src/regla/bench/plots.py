@@ -21,6 +21,15 @@ def _plt():
     return plt
 
 
+def _plain_log_axis(axis) -> None:
+    """Log-scale axis labelled 1, 2, 5, 10, 20, 50 ... in plain numbers (no overlapping minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _color(family: str, i: int) -> str:
     return FAMILY_COLORS.get(family, f"C{i % 10}")
 
@@ -48,8 +57,10 @@ def _subtitle(doc: dict) -> str:
 def latency_vs_resolution_png(doc: dict) -> bytes:
     """Log-log latency vs input side, one panel per backend, legend with each model's fitted growth exponent."""
     plt = _plt()
+    from matplotlib.ticker import NullFormatter
+
     backends = [b for b in ("ort", "eager") if b in doc["config"]["backends"]]
-    fig, axes = plt.subplots(1, len(backends), figsize=(7.5 * len(backends), 6.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(backends), figsize=(7.5 * len(backends), 8.5), squeeze=False)
     resolutions = sorted(int(r) for r in doc["config"]["resolutions"])
     for ax, backend in zip(axes[0], backends, strict=True):
         for fi, (family, members) in enumerate(_families(doc).items()):
@@ -66,14 +77,22 @@ def latency_vs_resolution_png(doc: dict) -> bytes:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(resolutions, [str(x) for x in resolutions])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        _plain_log_axis(ax.yaxis)
+        lo, hi = ax.get_ylim()
+        x0, x1 = resolutions[0], resolutions[-1]
+        if x1 > x0:  # guide: latency proportional to pixel count, through the geometric middle of the plot
+            mid = (lo * hi) ** 0.5
+            ax.plot([x0, x1], [mid / (x1 / x0), mid * (x1 / x0)], color="k", linestyle=(0, (4, 3)), linewidth=1.8,
+                    zorder=5, label="∝ pixels (k = 1)")
+            ax.set_ylim(lo, hi)
         ax.set_xlabel("input side (px), square input; log scale")
         ax.set_ylabel("median latency (ms), log scale")
         name = "ONNX Runtime (CPU)" if backend == "ort" else "PyTorch eager (CPU)"
         ax.set_title(f"{name}: latency vs resolution\nk = fitted exponent of latency vs pixel count (1 = linear)",
                      fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, loc="upper left")
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.suptitle(_subtitle(doc), fontsize=9, y=0.995)
     return _png(fig)
 
@@ -98,6 +117,7 @@ def accuracy_vs_latency_png(doc: dict) -> bytes:
                 ax.annotate(label.split("-", 1)[-1], (x, y), textcoords="offset points", xytext=(4, -9), fontsize=6,
                             color=color)
         ax.set_xscale("log")
+        _plain_log_axis(ax.xaxis)
         ax.set_xlabel(f"latency at {res}x{res} px (ms), measured here, "
                       f"{'ONNX Runtime' if backend == 'ort' else 'PyTorch eager'} CPU; log scale")
         ax.set_ylabel("ImageNet-1K Top-1 (%), PUBLISHED figure")
@@ -105,7 +125,7 @@ def accuracy_vs_latency_png(doc: dict) -> bytes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(_subtitle(doc), fontsize=9, y=0.995)
-    fig.text(0.01, -0.02, "Top-1 accuracies are published figures (224 px training, no distillation), copied from: "
+    fig.text(0.01, -0.02, "Top-1 accuracies are published ImageNet-1K figures (no distillation), copied from: "
              "ReGLA Table 2 (ReGLA, MobileNetV4, EfficientViT, SHViT), iFormer Table 3, RepViT Table 2, "
              "RepNeXt Table 3 (RepNeXt, FastViT); see results.json for each model's source.", fontsize=7, ha="left")
     return _png(fig)
