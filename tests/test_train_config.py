@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import timm
 import yaml
 
+import regla  # noqa: F401  (registers regla_* and repnext_*)
 from regla.train.config import DEFAULTS, ConfigError, build_config, parse_override, scaled_lr
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -21,6 +23,7 @@ def test_every_table2_recipe_exists_and_loads():
         assert cfg["epochs"] == 300 and cfg["img_size"] == 224 and cfg["opt"] == "adamw"
         assert cfg["sched"] == "cosine" and cfg["mixup"] == 0.8 and cfg["cutmix"] == 1.0
         assert cfg["smoothing"] == 0.1 and cfg["reprob"] == 0.25 and cfg["aa"].startswith("rand-m9")
+        assert timm.is_model(name), f"{name} is not registered in timm"
 
 
 def test_regla_recipes_follow_section_4_1_and_iformer():

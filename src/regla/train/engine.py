@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .checkpoint import unwrap
+
 
 @dataclass
 class StepContext:
@@ -115,7 +117,7 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, sche
         if need_update:
             num_updates += 1
             if ema is not None:
-                ema.update(ctx.model, step=num_updates)
+                ema.update(unwrap(ctx.model), step=num_updates)
             if scheduler is not None and sched_on_updates:
                 scheduler.step_update(num_updates=num_updates)
         rate = seen / max(time.perf_counter() - start, 1e-9)
