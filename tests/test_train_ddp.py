@@ -55,3 +55,29 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
     assert max_diff(ddp["sync_True"], ref) < 1e-5
     # without SyncBN each rank normalises with its own half-batch statistics, so gradients differ
     assert max_diff(ddp["sync_False"], ref) > 1e-4
+
+
+def test_regla_train_under_torchrun_with_sync_bn_and_resume(tmp_path):
+    """The whole `regla train` under 2-process torchrun on CPU: DDP, SyncBN, EMA, checkpoint with both ranks' RNG
+    states, then a resumed epoch."""
+    import yaml
+
+    from regla.train.checkpoint import load_checkpoint
+    from train_helpers import make_folder, tiny_recipe
+
+    data = make_folder(tmp_path / "data", classes=3, train_per_class=8, val_per_class=3)
+    cfg = tiny_recipe(data, tmp_path / "out", epochs=1, batch_size=4, sync_bn=True, model_ema=True, workers=1,
+                      mixup=0.8)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "regla.cli", "train",
+            "--no-progress"]
+    for extra in (["-c", str(tmp_path / "r.yaml")], ["--resume", str(tmp_path / "out"), "--set", "epochs=2"]):
+        proc = subprocess.run(base[:4] + [f"--master_port={free_port()}"] + base[4:] + extra, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert proc.stdout.count("done:") == 1  # one report, from rank 0
+    ck = load_checkpoint(tmp_path / "out" / "last.pth")
+    assert ck["epoch"] == 2 and len(ck["rng"]) == 2  # both ranks' RNG streams are saved ...
+    assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # ... and they differ (seed + rank)
+    assert "global batch 8" in proc.stdout  # 2 processes x 4

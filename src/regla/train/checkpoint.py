@@ -178,16 +178,28 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: st
     unwrap(model).load_state_dict(state_dict, strict=True)
 
 
+SCHEDULE_KEYS = ("epochs", "sched", "warmup_epochs", "warmup_lr", "min_lr", "cooldown_epochs", "sched_on_updates",
+                 "lr", "lr_base", "lr_base_batch", "batch_size", "grad_accum")
+
+
+def schedule_changed(ckpt: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """Recipe keys that shape the LR schedule and differ between the checkpoint and this run."""
+    return [k for k in SCHEDULE_KEYS if ckpt["cfg"].get(k) != cfg.get(k)]
+
+
 def restore(ckpt: dict[str, Any], *, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any,
-            rank: int, world_size: int, path: str | Path) -> None:
-    """Put a checkpoint's state back into the live objects (weights, EMA, optimizer, schedule, scaler, RNG)."""
+            rank: int, world_size: int, path: str | Path, restore_scheduler: bool = True) -> None:
+    """Put a checkpoint's state back into the live objects (weights, EMA, optimizer, schedule, scaler, RNG).
+
+    With ``restore_scheduler=False`` (the schedule's recipe changed, e.g. more epochs) the new schedule is kept.
+    """
     load_weights(model, ckpt["model"], path)
     if ema is not None:
         if ckpt["model_ema"] is None:
             raise CheckpointError(f"{path} has no EMA weights but this run keeps an EMA (--set model_ema=false?)")
         load_weights(ema.module, ckpt["model_ema"], path)
     optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt["scheduler"] is not None:
+    if restore_scheduler and scheduler is not None and ckpt["scheduler"] is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt["scaler"] is not None:
         scaler.load_state_dict(ckpt["scaler"])

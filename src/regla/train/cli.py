@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, CheckpointError, RunError, FileNotFoundError, ValueError) as e:
         print(f"regla train: error: {e}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     last = result.last
     if last.get("top1") is not None:
         print(f"done: {result.epochs} epochs, val top-1 {last['top1']:.2f}% (best {result.best_top1:.2f}%), "

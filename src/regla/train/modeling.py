@@ -46,6 +46,22 @@ def create_student(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     return model
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum of the ranks' gradients (each rank's loss uses the global sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are over every rank (differentiable all-reduce; works on gloo/CPU).
 
@@ -63,8 +79,7 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         return y
 
     def _synced(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         n = all_reduce(count.detach().clone())

@@ -202,8 +202,12 @@ def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Di
 
     start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
     if ckpt is not None:
+        changed = ckpt_mod.schedule_changed(ckpt, cfg)
+        if changed and d.primary:
+            _logger.warning("resuming with a changed schedule (%s): the LR follows the new recipe from epoch %d",
+                            ", ".join(changed), ckpt["epoch"] + 1)
         ckpt_mod.restore(ckpt, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                         rank=d.rank, world_size=d.world_size, path=resume)
+                         rank=d.rank, world_size=d.world_size, path=resume, restore_scheduler=not changed)
         start_epoch, best = int(ckpt["epoch"]), dict(ckpt["best"])
         if cfg["sched_on_updates"]:
             scheduler.step_update(start_epoch * updates_per_epoch)
