@@ -207,3 +207,22 @@ def test_eval_under_torchrun_counts_each_image_once(run, tmp_path):
     two = json.loads(out.read_text())
     assert two["processes"] == 2 and two["n"] == single["n"] == 15  # 15 images: 8 + 7, no padding
     assert two["top1"] == pytest.approx(single["top1"]) and two["top5"] == pytest.approx(single["top5"])
+
+
+def test_eval_of_weights_saved_from_a_fused_model(run, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+    from timm.utils import reparameterize_model
+
+    data, result, _ = run
+    model = timm.create_model(MODEL, num_classes=3)
+    model.load_state_dict(load_checkpoint(result.run_dir / "last.pth")["model_ema"])
+    fused = reparameterize_model(model)
+    assert set(fused.state_dict()) != set(model.state_dict())  # fusion changes the parameter layout
+    path = tmp_path / "fused.safetensors"
+    save_file({k: v.contiguous() for k, v in fused.state_dict().items()}, str(path))
+    from regla.train.eval_cli import evaluate_cli
+
+    a = evaluate_cli(eval_args(data, path, model=MODEL))
+    b = evaluate_cli(eval_args(data, result.run_dir / "last.pth", fuse=True))
+    assert a["fused"] and (a["n"], a["top1"], a["top5"]) == (b["n"], b["top1"], b["top5"])

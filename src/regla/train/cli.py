@@ -65,7 +65,12 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
     base: dict[str, Any] = {}
     if args.demo:
-        from .demo import DEMO_RECIPE, write_digits
+        try:
+            import sklearn  # noqa: F401
+
+            from .demo import DEMO_RECIPE, write_digits
+        except ImportError as e:
+            raise FileNotFoundError("the demo reads scikit-learn's digits: pip install 'regla[train]'") from e
 
         base = {**DEMO_RECIPE, "data_dir": str(write_digits())} if not args.print_config else dict(DEMO_RECIPE)
     if args.resume and not args.config:

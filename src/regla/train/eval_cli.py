@@ -60,7 +60,7 @@ def load_for_eval(args: argparse.Namespace, folder_classes: list[str] | None) ->
 
     import regla  # noqa: F401
 
-    from .checkpoint import CheckpointError, load_checkpoint, load_weights
+    from .checkpoint import CheckpointError, load_checkpoint
     from .config import DEFAULTS
     from .data import class_map_for
 
@@ -95,13 +95,28 @@ def load_for_eval(args: argparse.Namespace, folder_classes: list[str] | None) ->
     if distillation:
         kwargs["distillation"] = True
     model = timm.create_model(cfg["model"], pretrained=False, **kwargs)
-    load_weights(model, state, path)
-    if args.fuse:
-        from timm.utils import reparameterize_model
-
-        model = reparameterize_model(model)
+    model = load_maybe_fused(model, state, path, args)
     cfg["class_map"] = class_map
     return model, cfg
+
+
+def load_maybe_fused(model: torch.nn.Module, state: dict, path: Path, args: argparse.Namespace) -> torch.nn.Module:
+    """Load training-time weights (then fuse if ``--fuse``), or weights saved from an already fused model."""
+    from timm.utils import reparameterize_model
+
+    from .checkpoint import CheckpointError, load_weights
+
+    try:
+        load_weights(model, state, path)
+    except CheckpointError as unfused_error:
+        fused = reparameterize_model(model)
+        try:
+            load_weights(fused, state, path)
+        except CheckpointError:
+            raise unfused_error from None
+        args.fuse = True  # the file holds a fused model
+        return fused
+    return reparameterize_model(model) if args.fuse else model
 
 
 def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
