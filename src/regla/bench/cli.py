@@ -36,6 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", default="bench_out", help="output folder (default bench_out/)")
 
 
+def _warn_if_busy(threads: int) -> None:
+    """Warn when other processes already keep the CPUs busy: multi-threaded timings then degrade badly."""
+    import os
+
+    from .measure import physical_cores
+
+    if not hasattr(os, "getloadavg"):
+        return
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    used = threads or physical_cores()
+    if load + used > cpus + 0.5:
+        print(f"regla bench: warning: load average {load:.1f} on {cpus} CPUs before starting; with {used} thread(s) "
+              "the timings will be noisy (and multi-threaded ones can slow down several-fold); "
+              "prefer an idle machine or fewer --threads", file=sys.stderr)
+
+
 def _command_line() -> str:
     argv = sys.argv[1:]
     tail = argv[argv.index("bench") + 1:] if "bench" in argv else argv
@@ -68,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"regla bench: not registered, skipped: {', '.join(missing)}", file=sys.stderr)
     if args.profile:
         return run_profile(names, cfg, args.output)
+    _warn_if_busy(cfg.threads)
     print(f"regla bench: {len(names)} models at {', '.join(map(str, cfg.resolutions))} px -> {args.output}/",
           file=sys.stderr)
     doc = run_bench(cfg, command=_command_line())
