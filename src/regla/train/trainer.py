@@ -165,19 +165,53 @@ def _resume_path(resume: str | Path) -> Path:
     return path / "last.pth" if path.is_dir() else path
 
 
-def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Dist) -> RunResult:
-    from timm.utils import ModelEmaV3, NativeScaler, distribute_bn
+@dataclass
+class Parts:
+    """Everything a run trains with, built once by :func:`_build`."""
 
+    data: Any
+    train_loader: Any
+    val_loader: Any
+    mixup_fn: Any
+    model: torch.nn.Module  # bare model (weights saved from here)
+    ema: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    ctx: StepContext  # holds the wrapped (DDP / compiled) model
+    lr: float
+    num_epochs: int
+    updates_per_epoch: int
+
+
+def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Dist) -> RunResult:
     setup_determinism(cfg, d)
     ckpt = ckpt_mod.load_checkpoint(_resume_path(resume)) if resume else None  # fail before touching anything
     if ckpt is not None and not cfg["output"]:
         cfg["output"] = str(_resume_path(resume).parent)
     run_dir = run_dir_for(cfg, ckpt is not None)
-    skipped_log = run_dir / "skipped_images.txt"
-    data = build_datasets(cfg, skipped_log=skipped_log)
+    data = build_datasets(cfg, skipped_log=run_dir / "skipped_images.txt")
     if ckpt is not None:
         ckpt_mod.check_arch(ckpt, cfg, data.num_classes, resume)
     prepare_run_dir(run_dir, cfg, ckpt is not None, d)
+    parts = _build(cfg, d, data)
+    start_epoch, best = _resume_into(parts, ckpt, cfg, d, resume) if ckpt is not None else (0, None)
+    del ckpt
+    parts.ctx.model = wrap_ddp(parts.model, d.device, cfg["sync_bn"], d.distributed)
+    if cfg["compile"]:
+        parts.ctx.model = torch.compile(parts.ctx.model)
+    if d.primary:
+        _logger.info("training %s on %d images, %d classes; %d process(es) on %s; global batch %d; lr %.3g; "
+                     "epochs %d -> %d; run folder %s", cfg["model"], len(data.train), data.num_classes,
+                     d.world_size, d.device, cfg["batch_size"] * d.world_size * cfg["grad_accum"], parts.lr,
+                     start_epoch, parts.num_epochs, run_dir)
+    return _run_epochs(parts, cfg, d, run_dir, start_epoch, best or {"top1": -1.0, "epoch": -1},
+                       resumed=resume is not None, show_bar=show_bar)
+
+
+def _build(cfg: dict[str, Any], d: Dist, data) -> Parts:
+    """Loaders, model, EMA (before SyncBN/DDP, as timm's train.py), optimizer, schedule, scaler and loss."""
+    from timm.utils import ModelEmaV3, NativeScaler
 
     use_prefetcher = d.device.type == "cuda" if cfg["prefetcher"] is None else bool(cfg["prefetcher"])
     train_loader, mixup_fn = build_train_loader(cfg, data.train, d.device, d.distributed, data.num_classes,
@@ -187,73 +221,60 @@ def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Di
     if updates_per_epoch == 0:
         raise RunError(f"the training set ({len(data.train)} images) is smaller than one global batch "
                        f"({cfg['batch_size']} x {d.world_size} processes x {cfg['grad_accum']} accumulation)")
-
     model = create_student(cfg, data.num_classes).to(d.device)
     if cfg["initial_checkpoint"]:
         ckpt_mod.load_weights(model, _initial_weights(cfg["initial_checkpoint"]), cfg["initial_checkpoint"])
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEmaV3(model, decay=cfg["model_ema_decay"], use_warmup=cfg["model_ema_warmup"]) \
-        if cfg["model_ema"] else None  # before SyncBN/DDP, as timm's train.py
+        if cfg["model_ema"] else None
     lr = scaled_lr(cfg, d.world_size)
     optimizer, scheduler, num_epochs = build_optimizer_and_schedule(cfg, model, lr, updates_per_epoch)
     dtype = amp_dtype(cfg)
     scaler = NativeScaler(device=d.device.type) if dtype == torch.float16 else None
+    ctx = StepContext(model=model, criterion=build_criterion(cfg, data.num_classes, d.device), optimizer=optimizer,
+                      device=d.device, scaler=scaler, amp_dtype=dtype, channels_last=cfg["channels_last"],
+                      clip_grad=cfg["clip_grad"], clip_mode=cfg["clip_mode"], grad_accum=cfg["grad_accum"])
+    return Parts(data=data, train_loader=train_loader, val_loader=val_loader, mixup_fn=mixup_fn, model=model,
+                 ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ctx=ctx, lr=lr,
+                 num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)
 
-    start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
-    if ckpt is not None:
-        changed = ckpt_mod.schedule_changed(ckpt, cfg)
-        if changed and d.primary:
-            _logger.warning("resuming with a changed schedule (%s): the LR follows the new recipe from epoch %d",
-                            ", ".join(changed), ckpt["epoch"] + 1)
-        ckpt_mod.restore(ckpt, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                         rank=d.rank, world_size=d.world_size, path=resume, restore_scheduler=not changed)
-        start_epoch, best = int(ckpt["epoch"]), dict(ckpt["best"])
-        if cfg["sched_on_updates"]:
-            scheduler.step_update(start_epoch * updates_per_epoch)
-        else:
-            scheduler.step(start_epoch)
-        del ckpt
-    train_model = wrap_ddp(model, d.device, cfg["sync_bn"], d.distributed)
-    if cfg["compile"]:
-        train_model = torch.compile(train_model)
-    criterion = build_criterion(cfg, data.num_classes, d.device)
-    ctx = StepContext(model=train_model, criterion=criterion, optimizer=optimizer, device=d.device, scaler=scaler,
-                      amp_dtype=dtype, channels_last=cfg["channels_last"], clip_grad=cfg["clip_grad"],
-                      clip_mode=cfg["clip_mode"], grad_accum=cfg["grad_accum"])
-    if d.primary:
-        _logger.info("training %s on %d images, %d classes; %d process(es) on %s; global batch %d; lr %.3g; "
-                     "epochs %d -> %d; run folder %s", cfg["model"], len(data.train), data.num_classes,
-                     d.world_size, d.device, cfg["batch_size"] * d.world_size * cfg["grad_accum"], lr,
-                     start_epoch, num_epochs, run_dir)
-    logger = MetricsLogger(run_dir, resume_epoch=start_epoch if start_epoch or resume else None) \
-        if d.primary else None
-    result = RunResult(run_dir=run_dir, epochs=num_epochs, best_top1=best["top1"])
-    for epoch in range(start_epoch, num_epochs):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(ctx, train_loader, epoch, mixup_fn=mixup_fn, scheduler=scheduler, ema=ema,
-                                updates_per_epoch=updates_per_epoch, sched_on_updates=cfg["sched_on_updates"],
-                                show_bar=show_bar and d.primary)
-        if not cfg["sched_on_updates"]:
-            scheduler.step(epoch + 1)
-        if d.distributed and not cfg["sync_bn"]:
-            distribute_bn(model, d.world_size, reduce=True)  # same BN statistics on every rank
-        row = {"epoch": epoch + 1, **stats, **_validate(cfg, model, ema, val_loader, d, dtype, epoch, num_epochs)}
-        score = row["top1_ema"] if ema is not None else row["top1"]
+
+def _resume_into(parts: Parts, ckpt: dict[str, Any], cfg: dict[str, Any], d: Dist, resume) -> tuple[int, dict]:
+    """Restore a checkpoint into ``parts``; returns the epoch to start from and the best score so far."""
+    changed = ckpt_mod.schedule_changed(ckpt, cfg)
+    if changed and d.primary:
+        _logger.warning("resuming with a changed schedule (%s): the LR follows the new recipe from epoch %d",
+                        ", ".join(changed), ckpt["epoch"] + 1)
+    ckpt_mod.restore(ckpt, model=parts.model, ema=parts.ema, optimizer=parts.optimizer, scheduler=parts.scheduler,
+                     scaler=parts.scaler, rank=d.rank, world_size=d.world_size, path=resume,
+                     restore_scheduler=not changed)
+    start_epoch = int(ckpt["epoch"])
+    if cfg["sched_on_updates"]:
+        parts.scheduler.step_update(start_epoch * parts.updates_per_epoch)
+    else:
+        parts.scheduler.step(start_epoch)
+    return start_epoch, dict(ckpt["best"])
+
+
+def _run_epochs(parts: Parts, cfg: dict[str, Any], d: Dist, run_dir: Path, start_epoch: int, best: dict,
+                resumed: bool, show_bar: bool) -> RunResult:
+    """Train, evaluate, log and checkpoint each remaining epoch."""
+    logger = MetricsLogger(run_dir, resume_epoch=start_epoch if resumed else None) if d.primary else None
+    result = RunResult(run_dir=run_dir, epochs=parts.num_epochs, best_top1=best["top1"])
+    for epoch in range(start_epoch, parts.num_epochs):
+        row = _train_and_eval_epoch(parts, cfg, d, epoch, show_bar)
+        score = row["top1_ema"] if parts.ema is not None else row["top1"]
         is_best = score is not None and score > best["top1"]
         if is_best:
             best = {"top1": score, "epoch": epoch + 1}
-        skipped = read_skipped(skipped_log)
+        skipped = read_skipped(run_dir / "skipped_images.txt")
         row.update(best_top1=best["top1"], skipped_images=len(skipped))
-        rng_states = ckpt_mod.gather_rng_states(d.distributed)
+        rng_states = ckpt_mod.gather_rng_states(d.distributed)  # every rank takes part
         if d.primary:
             _report(row, skipped, result.skipped_images)
-            logger.log(row)
-            state = ckpt_mod.make_checkpoint(model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
-                                             scaler=scaler, epoch=epoch + 1, cfg=cfg, class_map=data.class_map,
-                                             num_classes=data.num_classes, best=best, rng_states=rng_states)
-            ckpt_mod.save_checkpoint(state, run_dir, is_best)
+            logger.log(row)  # before the checkpoint: a resume truncates rows of unfinished epochs
+            _save(parts, cfg, run_dir, epoch, best, rng_states, is_best)
         if d.distributed:
             dist.barrier()
         result.last, result.skipped_images = row, skipped
@@ -261,6 +282,32 @@ def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Di
     if logger is not None:
         logger.close()
     return result
+
+
+def _train_and_eval_epoch(parts: Parts, cfg: dict[str, Any], d: Dist, epoch: int, show_bar: bool) -> dict:
+    """One epoch of training, the per-epoch schedule step, BN sync and validation; returns the metrics row."""
+    from timm.utils import distribute_bn
+
+    if hasattr(parts.train_loader.sampler, "set_epoch"):
+        parts.train_loader.sampler.set_epoch(epoch)  # DistributedSampler order is a function of (seed, epoch)
+    stats = train_one_epoch(parts.ctx, parts.train_loader, epoch, mixup_fn=parts.mixup_fn, scheduler=parts.scheduler,
+                            ema=parts.ema, updates_per_epoch=parts.updates_per_epoch,
+                            sched_on_updates=cfg["sched_on_updates"], show_bar=show_bar and d.primary)
+    if not cfg["sched_on_updates"]:
+        parts.scheduler.step(epoch + 1)
+    if d.distributed and not cfg["sync_bn"]:
+        distribute_bn(parts.model, d.world_size, reduce=True)  # same BN statistics on every rank
+    val = _validate(cfg, parts.model, parts.ema, parts.val_loader, d, parts.ctx.amp_dtype, epoch, parts.num_epochs)
+    return {"epoch": epoch + 1, **stats, **val}
+
+
+def _save(parts: Parts, cfg: dict[str, Any], run_dir: Path, epoch: int, best: dict, rng_states: list,
+          is_best: bool) -> None:
+    state = ckpt_mod.make_checkpoint(model=parts.model, ema=parts.ema, optimizer=parts.optimizer,
+                                     scheduler=parts.scheduler, scaler=parts.scaler, epoch=epoch + 1, cfg=cfg,
+                                     class_map=parts.data.class_map, num_classes=parts.data.num_classes, best=best,
+                                     rng_states=rng_states)
+    ckpt_mod.save_checkpoint(state, run_dir, is_best)
 
 
 def _initial_weights(path: str) -> dict[str, torch.Tensor]:
