@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+_INDEXED = re.compile(r"\.\d+$")  # a module-list entry: "stages.2", "blocks.13"
+
 
 def _block_of(node: str, depth: int) -> str:
     parts = [p for p in node.strip("/").split("/") if p]
     # exporter names repeat the module path: /stages/stages.2/blocks/blocks.3/... -> keep the indexed parts
-    indexed = [p for p in parts[:-1] if any(c.isdigit() for c in p)]
+    indexed = [p for p in parts[:-1] if _INDEXED.search(p)]
     return "/".join(indexed[:depth]) or (parts[0] if len(parts) > 1 else "(top level)")
 
 
 def _component_of(node: str) -> str:
     """``stages.2/attn`` for ``/stages/stages.2/blocks/blocks.3/attn/qkv/Conv``: stage and sub-module of a block."""
     parts = [p for p in node.strip("/").split("/") if p][:-1]
-    idx = [i for i, p in enumerate(parts) if any(c.isdigit() for c in p)]
+    idx = [i for i, p in enumerate(parts) if _INDEXED.search(p)]
     if not idx:
         return parts[0] if parts else "(top level)"
     after = parts[idx[-1] + 1] if idx[-1] + 1 < len(parts) else "(block)"
