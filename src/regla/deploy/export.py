@@ -105,7 +105,7 @@ def _export_onnx_legacy(model: nn.Module, x: torch.Tensor, path: Path, dynamic: 
 
 def _export_onnx_dynamo(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int) -> None:
     dim = torch.export.Dim.DYNAMIC
-    shapes = {"x": {0: dim, 2: dim, 3: dim}} if dynamic else None
+    shapes = ({0: dim, 2: dim, 3: dim},) if dynamic else None  # positional: whatever forward() names its input
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (x,), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
