@@ -105,7 +105,6 @@ def machine_info(threads: int) -> dict:
         "timm": timm.__version__,
         "numpy": np.__version__,
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ},
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -235,6 +234,7 @@ def run_bench(cfg: BenchConfig, workdir: str | os.PathLike | None = None, comman
     cfg.threads = threads
     set_torch_threads(threads)
     started = dt.datetime.now(dt.timezone.utc)
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="regla-bench-", dir=workdir) as tmp:
         with torch.inference_mode(False):
@@ -246,6 +246,7 @@ def run_bench(cfg: BenchConfig, workdir: str | os.PathLike | None = None, comman
             probe_memory(prepared, by_name, cfg)
     add_growth(results, cfg.resolutions)
     machine = machine_info(threads)
+    machine["loadavg_start"] = load_start
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {
         "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
