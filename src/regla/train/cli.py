@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             print(dump(cfg), end="")
             return 0
         result = train(cfg, resume=args.resume, show_bar=not args.no_progress)
-    except (ConfigError, DataError, CheckpointError, RunError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, RunError, FileNotFoundError, ValueError,
+            FloatingPointError) as e:
         print(f"regla train: error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:

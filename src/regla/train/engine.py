@@ -86,18 +86,23 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, scheduler=None, ema=None,
                     updates_per_epoch: int, sched_on_updates: bool = True, show_bar: bool = True,
-                    max_batches: int | None = None) -> dict[str, float]:
-    """Train for one epoch; returns mean loss, learning rate at the end, images/s and the number of updates."""
+                    max_batches: int | None = None, log_every: int = 50) -> dict[str, float]:
+    """Train for one epoch; returns mean loss, learning rate at the end, images/s and the epoch's time.
+
+    On GPUs the loss is read back (a host sync) only every ``log_every`` steps, as timm's train.py does; the bar
+    and the non-finite-loss check follow that rhythm. On CPU they run every step.
+    """
     from timm.utils import AverageMeter
     from tqdm import tqdm
 
     ctx.model.train()
-    losses = AverageMeter()
+    losses = AverageMeter()  # accumulates device tensors: no sync per step
     num_updates = epoch * updates_per_epoch
     n_batches = len(loader) if max_batches is None else min(max_batches, len(loader))
     n_batches -= n_batches % ctx.grad_accum  # leftover micro-batches that cannot fill an update are dropped
     if n_batches == 0:
         raise ValueError(f"an epoch has fewer batches ({len(loader)}) than grad_accum ({ctx.grad_accum})")
+    every = 1 if ctx.device.type == "cpu" else max(1, log_every)
     bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}", disable=not show_bar, leave=False, dynamic_ncols=True)
     seen, start = 0, time.perf_counter()
     for i, (images, targets) in enumerate(loader):
@@ -108,11 +113,8 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, sche
         need_update = (i + 1) % ctx.grad_accum == 0
         with no_sync(ctx.model, need_update):
             loss = forward_loss(ctx, images, targets)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i}: stopping "
-                                         "(lower the learning rate or turn off fp16)")
             backward(ctx, loss, need_update)
-        losses.update(loss.item(), images.shape[0])
+        losses.update(loss.detach().float(), images.shape[0])
         seen += images.shape[0]
         if need_update:
             num_updates += 1
@@ -120,13 +122,22 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, sche
                 ema.update(unwrap(ctx.model), step=num_updates)
             if scheduler is not None and sched_on_updates:
                 scheduler.step_update(num_updates=num_updates)
-        rate = seen / max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix(loss=f"{losses.avg:.4f}", img_s=f"{rate:.0f}", lr=f"{current_lr(ctx.optimizer):.2e}")
+        if (i + 1) % every == 0 or i + 1 == n_batches:
+            _check_finite(loss, epoch, i)
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{float(losses.avg):.4f}", img_s=f"{rate:.0f}", lr=f"{current_lr(ctx.optimizer):.2e}")
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
-    return {"train_loss": reduce_mean(losses.avg, ctx.device), "lr": current_lr(ctx.optimizer),
+    return {"train_loss": reduce_mean(float(losses.avg), ctx.device), "lr": current_lr(ctx.optimizer),
             "train_img_s": seen / max(elapsed, 1e-9) * world_size(), "epoch_time_s": elapsed}
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} at epoch {epoch + 1}, step {step}: stopping; the last "
+                                 "checkpoint is intact (lower the learning rate, or use bf16 instead of fp16)")
 
 
 def world_size() -> int:

@@ -292,7 +292,8 @@ def _train_and_eval_epoch(parts: Parts, cfg: dict[str, Any], d: Dist, epoch: int
         parts.train_loader.sampler.set_epoch(epoch)  # DistributedSampler order is a function of (seed, epoch)
     stats = train_one_epoch(parts.ctx, parts.train_loader, epoch, mixup_fn=parts.mixup_fn, scheduler=parts.scheduler,
                             ema=parts.ema, updates_per_epoch=parts.updates_per_epoch,
-                            sched_on_updates=cfg["sched_on_updates"], show_bar=show_bar and d.primary)
+                            sched_on_updates=cfg["sched_on_updates"], show_bar=show_bar and d.primary,
+                            log_every=cfg["log_every"])
     if not cfg["sched_on_updates"]:
         parts.scheduler.step(epoch + 1)
     if d.distributed and not cfg["sync_bn"]:
