@@ -109,12 +109,25 @@ class SkipUnreadable(Dataset):
                 with open(self.log_path, "a") as f:
                     f.write(name + "\n")
 
+    def _reason(self, index: int, error: Exception) -> Exception:
+        """The decoder's own error for a file timm reported only as 'failed to load'."""
+        from PIL import Image
+
+        try:
+            with Image.open(self.filename(index, absolute=True)) as img:
+                img.convert("RGB")
+        except Exception as e:  # noqa: BLE001 - any decoder error is the reason we want to show
+            return e
+        return error
+
     def __getitem__(self, index: int):
+        from PIL import Image
+
         for _ in range(self.max_tries):
             try:
                 return self.dataset[index]
-            except (OSError, RuntimeError, SyntaxError, ValueError) as e:  # PIL raises these for broken files
-                self._record(index, e.__cause__ or e)
+            except (OSError, RuntimeError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                self._record(index, self._reason(index, e))
                 index = (index + 1) % len(self.dataset)
         raise DataError(f"{self.max_tries} consecutive unreadable images, last {self.filename(index)}")
 
