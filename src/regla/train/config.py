@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "mixup_mode": "batch",
     "smoothing": 0.1,
     "aug_repeats": 0,
-    # EMA
+    # EMA (ConvNeXt [19] 0.9999; iFormer's T-L configs turn it off, see configs/iformer_*.yaml)
     "model_ema": True,
     "model_ema_decay": 0.9999,
     "model_ema_warmup": False,

@@ -1,7 +1,8 @@
 """``regla train``: the whole run, from a recipe to checkpoints and metrics.
 
-Reproduces the classification protocol of ReGLA §4.1 (300 epochs, 20-epoch linear warm-up, AdamW, cosine,
-RandAugment, Mixup/CutMix, label smoothing, random erasing, stochastic depth, EMA) with timm's components, on one
+Reproduces the classification protocol of ReGLA §4.1 (ImageNet-1K at 224 px, 300 epochs, 20-epoch linear warm-up,
+"training protocols from recent lightweight architectures [19, 46]": ConvNeXt/iFormer's AdamW, cosine, RandAugment,
+Mixup/CutMix, label smoothing, random erasing, stochastic depth, EMA) with timm's components, on one
 CPU process or under ``torchrun`` on any number of GPUs and nodes (NCCL on GPU, gloo on CPU).
 """
 
