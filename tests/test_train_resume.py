@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 
@@ -79,3 +80,20 @@ def test_resume_restores_optimizer_scheduler_and_rng(tmp_path):
     assert {"python", "numpy", "torch"} <= set(ck["rng"][0])
     again = train(dict(cfg, epochs=2), resume=tmp_path / "run", show_bar=False)
     assert again.last["epoch"] == 2
+
+
+def test_rows_of_a_run_that_died_before_its_first_checkpoint_are_dropped(tmp_path):
+    data = make_folder(tmp_path / "data", classes=2, train_per_class=4, val_per_class=1)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 99.0}) + "\n")
+    (out / "metrics.csv").write_text("epoch,train_loss\n1,99.0\n")
+    train(tiny_recipe(data, out, epochs=1, batch_size=4), show_bar=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["train_loss"] != 99.0
+    assert "99.0" not in (out / "metrics.csv").read_text()
+    (out / "last.pth").unlink()  # best.pth alone still marks a run that must not be overwritten
+    from regla.train.trainer import RunError
+
+    with pytest.raises(RunError, match="best.pth"):
+        train(tiny_recipe(data, out, epochs=1, batch_size=4), show_bar=False)

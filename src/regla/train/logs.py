@@ -38,7 +38,7 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.jsonl = self.run_dir / "metrics.jsonl"
         self.csv = self.run_dir / "metrics.csv"
-        if resume_epoch is not None:
+        if resume_epoch is not None and (self.jsonl.exists() or self.csv.exists()):
             self._truncate(resume_epoch)
         self.writer = self._tensorboard(resume_epoch) if tensorboard else None
 

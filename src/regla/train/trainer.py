@@ -93,8 +93,9 @@ def setup_determinism(cfg: dict[str, Any], d: Dist) -> None:
 def run_dir_for(cfg: dict[str, Any], resume: bool) -> Path:
     """The run folder; a new run refuses a folder that already holds checkpoints (nothing gets overwritten)."""
     run_dir = Path(cfg["output"] or Path("runs") / cfg["model"]).expanduser()
-    if not resume and (run_dir / "last.pth").exists():
-        raise RunError(f"{run_dir} already holds a run (last.pth); resume it with --resume {run_dir}, "
+    held = [n for n in ("last.pth", "best.pth") if (run_dir / n).exists()]
+    if not resume and held:
+        raise RunError(f"{run_dir} already holds a run ({', '.join(held)}); resume it with --resume {run_dir}, "
                        "or choose another --output")
     return run_dir
 
@@ -206,8 +207,7 @@ def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Di
                      "epochs %d -> %d; run folder %s", cfg["model"], len(data.train), data.num_classes,
                      d.world_size, d.device, cfg["batch_size"] * d.world_size * cfg["grad_accum"], parts.lr,
                      start_epoch, parts.num_epochs, run_dir)
-    return _run_epochs(parts, cfg, d, run_dir, start_epoch, best or {"top1": -1.0, "epoch": -1},
-                       resumed=resume is not None, show_bar=show_bar)
+    return _run_epochs(parts, cfg, d, run_dir, start_epoch, best or {"top1": -1.0, "epoch": -1}, show_bar)
 
 
 def _build(cfg: dict[str, Any], d: Dist, data) -> Parts:
@@ -259,9 +259,10 @@ def _resume_into(parts: Parts, ckpt: dict[str, Any], cfg: dict[str, Any], d: Dis
 
 
 def _run_epochs(parts: Parts, cfg: dict[str, Any], d: Dist, run_dir: Path, start_epoch: int, best: dict,
-                resumed: bool, show_bar: bool) -> RunResult:
+                show_bar: bool) -> RunResult:
     """Train, evaluate, log and checkpoint each remaining epoch."""
-    logger = MetricsLogger(run_dir, resume_epoch=start_epoch if resumed else None) if d.primary else None
+    # rows after the checkpoint's epoch (all rows, for a new run) are from a run that died: they are dropped
+    logger = MetricsLogger(run_dir, resume_epoch=start_epoch) if d.primary else None
     result = RunResult(run_dir=run_dir, epochs=parts.num_epochs, best_top1=best["top1"])
     for epoch in range(start_epoch, parts.num_epochs):
         row = _train_and_eval_epoch(parts, cfg, d, epoch, show_bar)
