@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"\nORT latency of {args.reference} at {res} px / each model's: "
                   + ", ".join(f"{label} {x:.2f}" for label, x in ratios))
     m = doc["machine"]
-    print(f"\n{m['cpu']}, {m['threads']} threads; {doc['duration_s']:.0f} s; wrote "
+    print(f"\n{m['cpu']}, threads: {m['threads']}; {doc['duration_s']:.0f} s; wrote "
           + ", ".join(str(p) for p in paths.values()))
     for err in errors(doc):
         print(f"regla bench: warning: {err}", file=sys.stderr)

@@ -51,7 +51,7 @@ def _families(doc: dict) -> dict[str, list[dict]]:
 
 def _subtitle(doc: dict) -> str:
     m = doc["machine"]
-    return f"{m['cpu']}, {m['threads']} threads, batch 1, fp32, {doc['date_utc']}"
+    return f"{m['cpu']}, threads: {m['threads']}, batch 1, fp32, {doc['date_utc']}"
 
 
 def latency_vs_resolution_png(doc: dict) -> bytes:

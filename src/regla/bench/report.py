@@ -142,7 +142,7 @@ def summary_markdown(doc: dict, reference: str | None, plots: Sequence[str]) -> 
         "",
         f"- Command: `{doc['command']}`",
         f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['physical_cores']} physical cores; "
-        f"**{m['threads']} threads** (ONNX Runtime intra-op and PyTorch); load average at start "
+        f"**threads: {m['threads']}** (ONNX Runtime intra-op and PyTorch); load average at start "
         f"{_fmt(m['loadavg_start'][0], '.2f') if m.get('loadavg_start') else '-'}, at end "
         f"{_fmt(m['loadavg_end'][0], '.2f') if m.get('loadavg_end') else '-'}",
         f"- Software: torch {m['torch']}, onnxruntime {m['onnxruntime']}, timm {m['timm']}, Python {m['python']}",
