@@ -89,3 +89,39 @@ def test_cli_registers_subcommands_and_resolves_flags(capsys):
     assert demo["model"] == "regla_t" and demo["img_size"] == 32
     assert main(["train", "--set", "nope=1", "--print-config"]) == 2
     assert "unknown option 'nope'" in capsys.readouterr().err
+
+
+ABLATIONS = {  # Tables 5-7 of the ReGLA paper: the switches each row changes from ReGLA-M
+    "table5_row1_conv9": {"early_block": "dw9", "gating": "decoupled"},
+    "table5_row2_conv7": {"early_block": "dw7", "gating": "decoupled"},
+    "table5_row3_elrf": {"gating": "decoupled"},
+    "table6_row1_nogate": {"gating": "none"},
+    "table7_row1_ffn": {"post_attn": "ffn"},
+    "table7_row2_mib": {"post_attn": "mib"},
+}
+
+
+@pytest.mark.parametrize("row,switches", ABLATIONS.items())
+def test_ablation_recipes_inherit_regla_m_and_set_switches(row, switches):
+    from regla.train.modeling import create_student
+
+    cfg = build_config(str(CONFIGS / "ablations" / f"{row}.yaml"))
+    base = build_config("regla_m")
+    assert cfg["model"] == "regla_m" and cfg["model_kwargs"] == switches
+    assert {k: v for k, v in cfg.items() if k not in ("model_kwargs", "output")} == \
+           {k: v for k, v in base.items() if k not in ("model_kwargs", "output")}
+    model = create_student(cfg, num_classes=3)
+    want = {k: v.shape for k, v in timm.create_model("regla_m", num_classes=3, **switches).state_dict().items()}
+    plain = {k: v.shape for k, v in timm.create_model("regla_m", num_classes=3).state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == want
+    if set(switches) - {"gating"} or switches.get("gating") == "none":  # gate* has gate's shapes
+        assert want != plain
+
+
+def test_recipe_base_loop_and_bad_model_kwargs(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        build_config(str(tmp_path / "a.yaml"))
+    with pytest.raises(ConfigError, match="model_kwargs must be a mapping"):
+        build_config("regla_t", ["model_kwargs=dw7"])

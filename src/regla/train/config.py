@@ -20,6 +20,7 @@ import yaml
 DEFAULTS: dict[str, Any] = {
     # model
     "model": "regla_t",
+    "model_kwargs": {},  # extra timm.create_model arguments, e.g. the ablation switches {early_block: dw7}
     "num_classes": None,  # None: the number of class folders of the training set
     "drop_path": 0.0,
     "initial_checkpoint": None,  # weights to start from (fine-tuning); not a resume
@@ -125,15 +126,27 @@ def find_config(name_or_path: str) -> Path:
     raise ConfigError(f"recipe {name_or_path!r} not found (not a file, nor a name under configs/)")
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read one recipe file; it must be a mapping of known keys."""
+def load_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one recipe file; it must be a mapping of known keys.
+
+    A recipe may start from another with ``base: NAME_OR_PATH`` (resolved like ``-c``; relative paths from the
+    recipe's folder) and change only what differs, as the ablation recipes of Tables 5-7 do.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: recipes include each other in a loop ({' -> '.join(map(str, _seen))})")
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    local = path.parent / str(base)
+    parent = load_yaml(local if local.is_file() else find_config(str(base)), (*_seen, path))
+    return {**parent, **data}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -200,6 +213,8 @@ def build_config(config: str | None, overrides: list[str] | None = None, base: d
 
 def validate(cfg: dict[str, Any]) -> None:
     """Reject values that would fail later with a less clear message."""
+    if not isinstance(cfg["model_kwargs"], dict):
+        raise ConfigError(f"model_kwargs must be a mapping of timm.create_model arguments, got {cfg['model_kwargs']!r}")
     for key in ("epochs", "batch_size", "grad_accum", "img_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")

@@ -20,7 +20,7 @@ def create_student(cfg: dict[str, Any], num_classes: int) -> nn.Module:
 
     import regla  # noqa: F401  (registers our models)
 
-    kwargs: dict[str, Any] = dict(num_classes=num_classes)
+    kwargs: dict[str, Any] = dict(cfg["model_kwargs"] or {}, num_classes=num_classes)
     if cfg["drop_path"]:  # stochastic depth; some peers (RepViT) have none and reject the argument
         kwargs["drop_path_rate"] = cfg["drop_path"]
     if cfg["in_chans"] != 3:
