@@ -159,22 +159,14 @@ def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with a readable message on any key or shape mismatch."""
-    own = unwrap(model).state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if shapes:
-            parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
-        raise CheckpointError(f"{path} does not fit this model ({type(unwrap(model)).__name__}): "
-                              + "; ".join(parts) + " - a checkpoint from another architecture?")
+    """``load_state_dict(strict=True)`` with a message naming every missing, unexpected or reshaped key."""
+    from regla.models import check_state_dict
+
+    try:
+        check_state_dict(unwrap(model), state_dict)
+    except ValueError as e:
+        raise CheckpointError(f"{path} does not fit this model: {e} - a checkpoint from another architecture?") \
+            from None
     unwrap(model).load_state_dict(state_dict, strict=True)
 
 
