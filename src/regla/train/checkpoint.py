@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from regla.models._helpers import CheckpointError  # one error type for every unusable checkpoint
 from regla.utils.io import atomic_write_bytes
 
+__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"]
+
 FORMAT = "regla-train-v1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: unreadable, not ours, or from another architecture."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:

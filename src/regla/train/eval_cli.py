@@ -66,17 +66,11 @@ def load_for_eval(args: argparse.Namespace, folder_classes: list[str] | None) ->
 
     path = Path(args.checkpoint)
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from regla.models import read_state_dict
 
         if not args.model:
             raise CheckpointError("a .safetensors file holds weights only: give --model NAME")
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} not found")
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file (corrupt?): {e}") from e
+        state = read_state_dict(path)
         cfg = dict(DEFAULTS, model=args.model)
         num_classes = args.num_classes or (len(folder_classes) if folder_classes else None)
         class_map = class_map_for(folder_classes) if folder_classes else None
