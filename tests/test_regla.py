@@ -218,6 +218,10 @@ def test_prune_intermediate_layers() -> None:
     kept = model.prune_intermediate_layers([1])
     assert kept == [1] and len(model.stages) == 2
     assert model.forward_intermediates(torch.randn(1, 3, 64, 64), intermediates_only=True)[-1].shape[1] == 64
+    keep_head = timm.create_model("regla_t")
+    keep_head.prune_intermediate_layers([1], prune_head=False)  # stages dropped: the head must go all the same
+    assert keep_head.num_features == keep_head.head_hidden_size == 64
+    assert keep_head(torch.randn(1, 3, 64, 64)).shape == (1, 64, 8, 8)
 
 
 def test_grad_checkpointing_same_result() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from timm.models._features import feature_take_indices
 from torch import nn
 
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -118,3 +119,26 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a local checkpoint into ``model`` strictly, with a clear error for any key that does not fit."""
     load_state_dict_strict(model, read_state_dict(path), str(path))
     return model
+
+
+def stage_intermediates(
+    stem: nn.Module,
+    stages: nn.Sequential,
+    x: torch.Tensor,
+    indices: int | list[int] | None,
+    stop_early: bool,
+    output_fmt: str,
+    intermediates_only: bool,
+) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+    """timm's ``forward_intermediates`` for a stem followed by a sequence of stages (outputs of the chosen stages)."""
+    if output_fmt != "NCHW":
+        raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+    take_indices, max_index = feature_take_indices(len(stages), indices)
+    run = stages if torch.jit.is_scripting() or not stop_early else stages[: max_index + 1]
+    intermediates = []
+    x = stem(x)
+    for i, stage in enumerate(run):
+        x = stage(x)
+        if i in take_indices:
+            intermediates.append(x)
+    return intermediates if intermediates_only else (x, intermediates)

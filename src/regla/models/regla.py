@@ -29,6 +29,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ._helpers import stage_intermediates
+
 __all__ = ["ReGLA", "RGMA", "ELRF", "relu_linear_attention", "PAPER_FIGURES"]
 
 EARLY_BLOCKS = ("elrf", "dw7", "dw9")
@@ -559,30 +561,19 @@ class ReGLA(nn.Module):
 
         ``norm`` is accepted for API compatibility; the model has no final norm layer.
         """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         if not _is_tracing():
             _check_input(x, self.in_chans)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        intermediates = []
-        x = self.stem(x)
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return stage_intermediates(self.stem, self.stages, x, indices, stop_early, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """Drop stages (and the head) not needed for the intermediates in ``indices``."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
         self.feature_info = self.feature_info[: max_index + 1]
         self.num_stages = len(self.stages)
-        if prune_head or max_index < len(self.feature_info) - 1:
+        if prune_head or prune_end:
             self.num_features = self.feature_info[-1]["num_chs"]
             self.pre_logits = nn.Identity()
             self.head_hidden_size = self.num_features

@@ -42,6 +42,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
+from ._helpers import stage_intermediates
+
 __all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict"]
 
 _logger = logging.getLogger(__name__)
@@ -532,19 +534,7 @@ class RepNeXt(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Features of the selected stages (``indices``: last n if int, all if None); see timm's protocol."""
-        if output_fmt != "NCHW":
-            raise ValueError("RepNeXt features are NCHW only")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        intermediates = []
-        x = self.stem(x)
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return stage_intermediates(self.stem, self.stages, x, indices, stop_early, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
