@@ -12,6 +12,8 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..models.regla import PAPER_FIGURES as REGLA_FIGURES
+
 REGLA_T2 = "ReGLA, Table 2"
 IFORMER_T3 = "iFormer, Table 3"
 REPVIT_T2 = "RepViT, Table 2 (no distillation)"
@@ -50,11 +52,11 @@ def _m(name: str, label: str, family: str, top1: float, source: str, note: str =
 
 
 DEFAULT_MODELS: tuple[BenchModel, ...] = (
-    _m("regla_t", "ReGLA-T", "ReGLA", 76.4, REGLA_T2),
-    _m("regla_s", "ReGLA-S", "ReGLA", 78.9, REGLA_T2),
-    _m("regla_m", "ReGLA-M", "ReGLA", 80.85, REGLA_T2),
-    _m("regla_l", "ReGLA-L", "ReGLA", 82.9, REGLA_T2),
-    _m("regla_x", "ReGLA-X", "ReGLA", 83.7, REGLA_T2),
+    _m("regla_t", "ReGLA-T", "ReGLA", REGLA_FIGURES["regla_t"]["top1"], REGLA_T2),
+    _m("regla_s", "ReGLA-S", "ReGLA", REGLA_FIGURES["regla_s"]["top1"], REGLA_T2),
+    _m("regla_m", "ReGLA-M", "ReGLA", REGLA_FIGURES["regla_m"]["top1"], REGLA_T2),
+    _m("regla_l", "ReGLA-L", "ReGLA", REGLA_FIGURES["regla_l"]["top1"], REGLA_T2),
+    _m("regla_x", "ReGLA-X", "ReGLA", REGLA_FIGURES["regla_x"]["top1"], REGLA_T2),
     _m("iformer_t", "iFormer-T", "iFormer", 74.1, IFORMER_T3),
     _m("iformer_s", "iFormer-S", "iFormer", 78.8, IFORMER_T3),
     _m("iformer_m", "iFormer-M", "iFormer", 80.4, IFORMER_T3),
