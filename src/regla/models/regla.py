@@ -583,10 +583,7 @@ class ReGLA(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not _is_tracing():
             _check_input(x, self.in_chans)
-        x = self.stem(x)
-        if self.training and any(s.grad_checkpointing for s in self.stages) and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages, x)
-        return self.stages(x)
+        return self.stages(self.stem(x))  # each stage checkpoints its own blocks when asked
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
