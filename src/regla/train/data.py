@@ -70,7 +70,21 @@ def class_map_for(classes: list[str]) -> dict[str, int]:
     return {c: i for i, c in enumerate(sorted(classes, key=natural_key))}
 
 
-class SkipUnreadable(Dataset):
+class _DatasetView(Dataset):
+    """A dataset wrapped around ``self.dataset`` whose ``transform`` is the wrapped one's (timm's loader sets it)."""
+
+    dataset: Any
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value) -> None:
+        self.dataset.transform = value
+
+
+class SkipUnreadable(_DatasetView):
     """Wrap a timm ``ImageDataset``: an image that fails to decode is skipped, named and counted.
 
     The next index is returned in its place (as timm does), so batches keep their size. Each skipped file is
@@ -85,14 +99,6 @@ class SkipUnreadable(Dataset):
         self.skipped: set[str] = set()
         if hasattr(dataset, "_max_retries"):
             dataset._max_retries = 1  # let a failure reach us instead of timm's silent substitution
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value) -> None:
-        self.dataset.transform = value
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -132,20 +138,12 @@ class SkipUnreadable(Dataset):
         raise DataError(f"{self.max_tries} consecutive unreadable images, last {self.filename(index)}")
 
 
-class Shard(Dataset):
+class Shard(_DatasetView):
     """Every ``world``-th sample from ``rank`` on, without padding, so distributed evaluation counts each image once."""
 
     def __init__(self, dataset: Any, rank: int, world: int):
         self.dataset = dataset
         self.indices = list(range(rank, len(dataset), world))
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value) -> None:
-        self.dataset.transform = value
 
     def __len__(self) -> int:
         return len(self.indices)
