@@ -10,7 +10,7 @@ import os
 
 from torch import nn
 
-from ..models._helpers import CheckpointError, compare_keys, read_state_dict
+from ..models._helpers import CheckpointError, load_training_or_fused, read_state_dict
 
 __all__ = ["CheckpointError", "create_fused_model", "fuse", "read_state_dict"]
 
@@ -38,14 +38,5 @@ def create_fused_model(name: str, checkpoint: str | os.PathLike | None = None, *
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
     if checkpoint is None:
         return fuse(model)
-    state = read_state_dict(checkpoint)
-    unfused_report = compare_keys(model, state)
-    if unfused_report.ok:
-        model.load_state_dict(state, strict=True)
-        return fuse(model)
-    fused = fuse(model)
-    if compare_keys(fused, state).ok:
-        fused.load_state_dict(state, strict=True)
-        return fused
-    raise CheckpointError(f"checkpoint {checkpoint} does not fit {name} (neither its training-time nor its fused "
-                          f"form); against the training-time model: {unfused_report.describe()}")
+    model, _ = load_training_or_fused(model, read_state_dict(checkpoint), f"checkpoint {checkpoint}")
+    return fuse(model)  # a no-op on an already fused model, apart from eval mode

@@ -115,6 +115,27 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
         raise CheckpointError(f"state dict does not fit {type(model).__name__}: {report.describe()}")
 
 
+def load_training_or_fused(model: nn.Module, state: Mapping[str, torch.Tensor],
+                           source: str = "checkpoint") -> tuple[nn.Module, bool]:
+    """Load ``state`` into ``model`` (training-time form) or, failing that, into its fused form.
+
+    Returns the loaded model and whether it is the fused one (``timm.utils.reparameterize_model``). If the state
+    fits neither, :class:`CheckpointError` names the keys that differ from the training-time model.
+    """
+    from timm.utils import reparameterize_model
+
+    unfused = compare_keys(model, state)
+    if unfused.ok:
+        model.load_state_dict(state, strict=True)
+        return model, False
+    fused = reparameterize_model(model)
+    if compare_keys(fused, state).ok:
+        fused.load_state_dict(state, strict=True)
+        return fused, True
+    raise CheckpointError(f"{source} does not fit {type(model).__name__} (neither its training-time nor its fused "
+                          f"form); against the training-time model: {unfused.describe()}")
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a local checkpoint into ``model`` strictly, with a clear error for any key that does not fit."""
     load_state_dict_strict(model, read_state_dict(path), str(path))

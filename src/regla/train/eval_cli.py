@@ -98,18 +98,17 @@ def load_maybe_fused(model: torch.nn.Module, state: dict, path: Path, args: argp
     """Load training-time weights (then fuse if ``--fuse``), or weights saved from an already fused model."""
     from timm.utils import reparameterize_model
 
-    from .checkpoint import CheckpointError, load_weights
+    from regla.models._helpers import load_training_or_fused
+
+    from .checkpoint import CheckpointError
 
     try:
-        load_weights(model, state, path)
-    except CheckpointError as unfused_error:
-        fused = reparameterize_model(model)
-        try:
-            load_weights(fused, state, path)
-        except CheckpointError:
-            raise unfused_error from None
+        model, fused = load_training_or_fused(model, state, str(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} - a checkpoint from another architecture?") from None
+    if fused:
         args.fuse = True  # the file holds a fused model
-        return fused
+        return model
     return reparameterize_model(model) if args.fuse else model
 
 
