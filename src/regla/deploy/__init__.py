@@ -4,7 +4,7 @@
 >>> export_model("regla_m", "onnx", "regla_m.onnx")            # doctest: +SKIP
 """
 
-from .checkpoint import CheckpointError, create_fused_model, fuse, read_state_dict
+from .checkpoint import CheckpointError, create_fused_model, fuse, read_weights
 from .export import (
     FORMATS,
     ExportError,
@@ -29,6 +29,6 @@ __all__ = [
     "export_torchscript",
     "fuse",
     "ort_session",
-    "read_state_dict",
+    "read_weights",
     "verify_onnx",
 ]

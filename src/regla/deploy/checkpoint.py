@@ -1,7 +1,6 @@
-"""Build a model for inference: create it from the timm registry, load a checkpoint, fuse it.
+"""Build a model for inference: create it from the timm registry, load a weights file, fuse it.
 
-A checkpoint may hold the training-time (unfused) weights or the already fused ones; both are accepted. Reading
-and key checks live in :mod:`regla.models._helpers`.
+Reading and loading go through :mod:`regla.checkpoints` (any file layout, training-time or fused form).
 """
 
 from __future__ import annotations
@@ -10,9 +9,9 @@ import os
 
 from torch import nn
 
-from ..models._helpers import CheckpointError, load_training_or_fused, read_state_dict
+from ..checkpoints import CheckpointError, create_model_from_weights, read_weights, require_model
 
-__all__ = ["CheckpointError", "create_fused_model", "fuse", "read_state_dict"]
+__all__ = ["CheckpointError", "create_fused_model", "fuse", "read_weights"]
 
 
 def fuse(model: nn.Module) -> nn.Module:
@@ -22,21 +21,21 @@ def fuse(model: nn.Module) -> nn.Module:
     return reparameterize_model(model.eval(), inplace=True).eval()
 
 
-def create_fused_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+def create_fused_model(name: str | None, checkpoint: str | os.PathLike | None = None,
+                       num_classes: int | None = None, **kwargs) -> nn.Module:
     """Create timm model ``name`` (after ``import regla``), load ``checkpoint`` if given, fuse it, eval mode.
 
-    The checkpoint may hold the training-time weights (loaded, then fused) or the fused ones (loaded into the fused
-    model). If it fits neither, :class:`CheckpointError` names the keys that differ from the training-time model.
+    With a checkpoint, the model name and class count may come from the file's metadata (``name=None``); they are
+    checked against the file where it records them. Training-time and fused weights are both accepted.
     """
     import timm
 
-    from ..bench.models import UnknownModelError, unknown_model_message
-
-    # our models are registered by ``import regla``, which importing this module has already run
-    if not timm.is_model(name):
-        raise UnknownModelError(unknown_model_message(name, timm.list_models()))
-    model = timm.create_model(name, pretrained=False, **kwargs).eval()
     if checkpoint is None:
-        return fuse(model)
-    model, _ = load_training_or_fused(model, read_state_dict(checkpoint), f"checkpoint {checkpoint}")
+        if name is None:
+            raise CheckpointError("give a model name or a weights file that records one")
+        require_model(name)
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return fuse(timm.create_model(name, pretrained=False, **kwargs))
+    model, _, _ = create_model_from_weights(checkpoint, name, num_classes, fuse=True, **kwargs)
     return fuse(model)  # a no-op on an already fused model, apart from eval mode

@@ -1,6 +1,9 @@
-"""Model families of regla, each registered in timm's model registry on import."""
+"""Model families of regla, each registered in timm's model registry on import.
 
+Reading weights files lives in :mod:`regla.checkpoints` (re-exported here for convenience).
+"""
+
+from ..checkpoints import CheckpointError, compare_keys, load_into, load_weights, read_weights
 from . import regla, repnext  # noqa: F401  (registration)
-from ._helpers import CheckpointError, check_state_dict, compare_keys, load_weights, read_state_dict
 
-__all__ = ["CheckpointError", "check_state_dict", "compare_keys", "load_weights", "read_state_dict"]
+__all__ = ["CheckpointError", "compare_keys", "load_into", "load_weights", "read_weights"]

@@ -29,6 +29,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..checkpoints import filter_fn
 from ._helpers import stage_intermediates
 
 __all__ = ["ReGLA", "RGMA", "ELRF", "relu_linear_attention", "PAPER_FIGURES"]
@@ -624,12 +625,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ReGLA) -> dict[str, torch.Tensor]:
-    """Unwrap common checkpoint containers (``model``, ``state_dict``, ``model_ema``) and DDP prefixes."""
-    for key in ("model_ema", "state_dict_ema", "model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+    """timm's ``pretrained_filter_fn``: :func:`regla.checkpoints.filter_fn` (containers, EMA rule, fused files)."""
+    return filter_fn(state_dict, model)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

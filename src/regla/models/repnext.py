@@ -25,10 +25,7 @@ has a bias), and the stand-alone ``norm`` BN after the token mixer is kept (the 
 
 from __future__ import annotations
 
-import argparse
 import logging
-import pickle
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
+from ..checkpoints import filter_fn, read_raw
 from ._helpers import stage_intermediates
 
 __all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict"]
@@ -589,60 +587,23 @@ class RepNeXt(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _is_torchscript(path: str | Path) -> bool:
-    """True for a TorchScript archive (the release's ``*_fused.pt`` are ``torch.jit.trace`` outputs)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
-
-
 def load_official_state_dict(path: str | Path) -> dict[str, Any]:
-    """Read an official RepNeXt checkpoint file without executing pickled code.
+    """Read an official RepNeXt checkpoint file without executing pickled code (:func:`regla.checkpoints.read_raw`).
 
-    TorchScript archives are opened with ``torch.jit.load`` and their state dict returned; other files are read with
+    TorchScript archives (the release's ``*_fused.pt``) give their state dict; other files are read with
     ``torch.load(weights_only=True)``, allowing the ``argparse.Namespace`` the release's training scripts store.
     """
-    if _is_torchscript(path):
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    torch.serialization.add_safe_globals([argparse.Namespace])
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise RuntimeError(
-            f"{path}: not loadable with weights_only=True ({e}). If you trust the file, extract its weights with "
-            "torch.load(path, weights_only=False)['model'] and pass them to load_state_dict via checkpoint_filter_fn."
-        ) from e
+    return read_raw(path)[0]
 
 
-def _is_fused_state_dict(state_dict: dict[str, Any]) -> bool:
-    return "stem.stem.0.weight" in state_dict
-
-
-@torch.no_grad()
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Official checkpoint -> our state dict.
+    """Official checkpoint -> our state dict (:func:`regla.checkpoints.filter_fn`).
 
     Keys are identical; this unwraps the release's containers (``{'model': ...}`` from its DeiT-style ``main.py``,
     ``{'state_dict': ...}`` from its timm-style ``moganet_train.py``), strips a DDP ``module.`` prefix, and, for a fused
     (deploy-form) checkpoint, fuses ``model`` in place so that the keys match.
     """
-    for key in ("model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    fused_ckpt = _is_fused_state_dict(state_dict)
-    model_fused = "stem.stem.0.weight" in model.state_dict()
-    if fused_ckpt and not model_fused:
-        _logger.info("fused RepNeXt checkpoint: reparameterizing the model before loading")
-        if isinstance(model, RepNeXt):
-            model.fuse()
-        else:
-            _fuse_children(model)
-    elif model_fused and not fused_ckpt:
-        raise ValueError("training-form checkpoint cannot be loaded into a fused model; load it first, then fuse")
-    return state_dict
+    return filter_fn(state_dict, model)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -13,9 +13,7 @@ function of that state and the epoch, so a resumed run continues on the same cur
 from __future__ import annotations
 
 import io
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from regla.models._helpers import CheckpointError  # one error type for every unusable checkpoint
+from regla.checkpoints import TRAIN_FORMAT, CheckpointError, load_into, read_train_checkpoint, safetensors_bytes
 from regla.utils.io import atomic_write_bytes
 
 __all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"]
 
-FORMAT = "regla-train-v1"
+FORMAT = TRAIN_FORMAT
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -121,28 +119,9 @@ def save_checkpoint(ckpt: dict[str, Any], run_dir: Path, is_best: bool) -> None:
         atomic_write_bytes(run_dir / "best.safetensors", st)
 
 
-def safetensors_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
-    """A state dict as safetensors bytes (contiguous CPU copies, no shared storage)."""
-    from safetensors.torch import save
-
-    return save({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()})
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a ``regla train`` checkpoint; unreadable or foreign files raise :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
-    if path.suffix == ".safetensors":
-        raise CheckpointError(f"{path} holds weights only; --resume needs a .pth checkpoint (last.pth)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated file?): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a `regla train` checkpoint (no '{FORMAT}' format tag)")
-    return ckpt
+    """Read a ``regla train`` checkpoint (:func:`regla.checkpoints.read_train_checkpoint`)."""
+    return read_train_checkpoint(path)
 
 
 def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path: str | Path) -> None:
@@ -158,15 +137,11 @@ def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with a message naming every missing, unexpected or reshaped key."""
-    from regla.models import check_state_dict
-
+    """Load ``state_dict`` into the bare model strictly (:func:`regla.checkpoints.load_into`, training-time form)."""
     try:
-        check_state_dict(unwrap(model), state_dict)
-    except ValueError as e:
-        raise CheckpointError(f"{path} does not fit this model: {e} - a checkpoint from another architecture?") \
-            from None
-    unwrap(model).load_state_dict(state_dict, strict=True)
+        load_into(unwrap(model), state_dict, allow_fused=False, source=str(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} - a checkpoint from another architecture?") from None
 
 
 SCHEDULE_KEYS = ("epochs", "sched", "warmup_epochs", "warmup_lr", "min_lr", "cooldown_epochs", "sched_on_updates",

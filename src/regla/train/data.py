@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from regla.errors import UsageError
+
 _logger = logging.getLogger("regla.train")
 
 TRAIN_SPLITS = ("train", "training")
 VAL_SPLITS = ("val", "validation", "valid", "eval", "evaluation")
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """The data folder cannot be used; the message names the path and the problem."""
 
 
