@@ -13,6 +13,8 @@ function of that state and the epoch, so a resumed run continues on the same cur
 from __future__ import annotations
 
 import io
+import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from regla.checkpoints import TRAIN_FORMAT, CheckpointError, load_into, read_train_checkpoint, safetensors_bytes
+from regla.checkpoints import (
+    TRAIN_FORMAT,
+    CheckpointError,
+    WeightsInfo,
+    load_into,
+    read_train_checkpoint,
+    safetensors_bytes,
+)
 from regla.utils.io import atomic_write_bytes
 
 __all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"]
@@ -88,8 +97,14 @@ def to_bytes(obj: Any) -> bytes:
 
 def make_checkpoint(*, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
                     cfg: dict[str, Any], class_map: dict[str, int] | None, num_classes: int,
-                    best: dict[str, Any], rng_states: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everything a resume needs; ``epoch`` is the number of finished epochs."""
+                    best: dict[str, Any], rng_states: list[dict[str, Any]],
+                    position: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a resume needs; ``epoch`` is the number of finished epochs.
+
+    ``position`` is set for a run stopped inside an epoch (SIGINT/SIGTERM): the batches done in the current epoch,
+    every rank's RNG state at the epoch's start (to rebuild the same batch order and augmentation) and the loss
+    meter, so that a resume continues at the next batch exactly.
+    """
     return {
         "format": FORMAT,
         "arch": {"model": cfg["model"], "num_classes": num_classes,
@@ -104,19 +119,88 @@ def make_checkpoint(*, model: nn.Module, ema: Any, optimizer: Any, scheduler: An
         "rng": rng_states,
         "cfg": dict(cfg),
         "class_map": class_map,
+        "position": position,
     }
 
 
-def save_checkpoint(ckpt: dict[str, Any], run_dir: Path, is_best: bool) -> None:
-    """Write ``last.pth`` (and ``best.pth``) and their safetensors atomically; never a half-written file."""
+#: The files of one checkpoint set. ``best.*`` are rewritten only in an epoch that improves the best score.
+SET_FILES = ("last.pth", "last.safetensors", "best.pth", "best.safetensors")
+COMMIT_LOG = "checkpoint.commit.json"
+_PENDING = ".{name}.pending"
+
+
+def _pending(run_dir: Path, name: str) -> Path:
+    return run_dir / _PENDING.format(name=name)
+
+
+def _step(hook: Any, what: str) -> None:
+    """A point of the save protocol where a test may inject a failure (``hook(what)`` raises)."""
+    if hook is not None:
+        hook(what)
+
+
+def save_checkpoint(ckpt: dict[str, Any], run_dir: Path, is_best: bool, info: WeightsInfo | None = None,
+                    hook: Any = None) -> None:
+    """Write ``last`` (and ``best``) ``.pth`` + ``.safetensors`` as ONE consistent set, by a redo log.
+
+    1. every new file is written beside its target as ``.NAME.pending`` (atomic write: temp, fsync, rename);
+    2. ``checkpoint.commit.json`` is written atomically, naming them: the commit point;
+    3. each pending file is renamed over its target; 4. the log is removed.
+
+    A kill before 2 leaves the previous set untouched (the pending files are deleted by :func:`recover`); a kill
+    after 2 is completed by :func:`recover`, which every resume runs first. ``hook`` is for fault-injection tests.
+    """
     data = to_bytes(ckpt)
-    atomic_write_bytes(run_dir / "last.pth", data)
     weights = ckpt["model_ema"] if ckpt["model_ema"] is not None else ckpt["model"]
-    st = safetensors_bytes(weights)
-    atomic_write_bytes(run_dir / "last.safetensors", st)
+    st = safetensors_bytes(weights, info)
+    names = {"last.pth": data, "last.safetensors": st}
     if is_best:
-        atomic_write_bytes(run_dir / "best.pth", data)
-        atomic_write_bytes(run_dir / "best.safetensors", st)
+        names.update({"best.pth": data, "best.safetensors": st})
+    for name, payload in names.items():
+        _step(hook, f"write {name}")
+        atomic_write_bytes(_pending(run_dir, name), payload)
+    _step(hook, "commit")
+    atomic_write_bytes(run_dir / COMMIT_LOG, json.dumps({"epoch": ckpt["epoch"], "files": sorted(names)}).encode())
+    _finish(run_dir, sorted(names), hook)
+
+
+def _finish(run_dir: Path, names: list[str], hook: Any = None) -> None:
+    """Steps 3-4 of :func:`save_checkpoint` (idempotent: a pending file already renamed is skipped)."""
+    for name in names:
+        _step(hook, f"rename {name}")
+        if _pending(run_dir, name).exists():
+            os.replace(_pending(run_dir, name), run_dir / name)
+    _step(hook, "clear log")
+    (run_dir / COMMIT_LOG).unlink(missing_ok=True)
+
+
+def recover(run_dir: Path) -> list[str]:
+    """Bring a run folder back to one consistent checkpoint set after a kill; returns what was done.
+
+    A commit log completes its set (redo); pending files without one are the uncommitted start of a set and are
+    removed, as are temporary files of interrupted atomic writes of ours.
+    """
+    done = []
+    log = run_dir / COMMIT_LOG
+    if log.is_file():
+        try:
+            names = [n for n in json.loads(log.read_text())["files"] if n in SET_FILES]
+        except (ValueError, KeyError, TypeError):
+            names = None  # a torn log cannot exist (atomic write), but be safe: treat as uncommitted
+        if names is not None:
+            _finish(run_dir, names)
+            done.append(f"completed the checkpoint set interrupted while being written ({', '.join(names)})")
+        else:
+            log.unlink()
+    for name in SET_FILES:
+        if _pending(run_dir, name).exists():
+            _pending(run_dir, name).unlink()
+            done.append(f"removed the uncommitted {_pending(run_dir, name).name}")
+    for tmp in run_dir.glob(".*.tmp"):
+        if any(tmp.name.startswith(f".{n}") for n in (*SET_FILES, *(f".{n}.pending" for n in SET_FILES))):
+            tmp.unlink(missing_ok=True)
+            done.append(f"removed the temporary file {tmp.name}")
+    return done
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -124,8 +208,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return read_train_checkpoint(path)
 
 
-def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path: str | Path) -> None:
-    """Refuse a checkpoint from another architecture or class count, naming both."""
+def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path: str | Path,
+               class_map: dict[str, int] | None = None, allow_class_change: bool = False) -> None:
+    """Refuse a checkpoint from another architecture, class count or class list, naming both sides.
+
+    ``allow_class_change`` accepts other class names (same count) deliberately, e.g. a renamed folder.
+    """
     arch = ckpt["arch"]
     if arch["model"] != cfg["model"]:
         raise CheckpointError(f"{path} was trained as {arch['model']!r}; this run builds {cfg['model']!r} "
@@ -134,6 +222,17 @@ def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path
         raise CheckpointError(f"{path} has {arch['num_classes']} classes; this dataset has {num_classes}")
     if arch["distillation"] != (cfg["distillation_type"] != "none"):
         raise CheckpointError(f"{path} was trained with distillation={arch['distillation']}; this run differs")
+    saved = ckpt.get("class_map")
+    if saved and class_map and saved != class_map and not allow_class_change:
+        diff = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(_names(saved), _names(class_map), strict=True))
+                if a != b]
+        raise CheckpointError(f"{path} was trained on other classes ({len(diff)} differ, e.g. "
+                              f"{'; '.join(diff[:3])}): the classifier would be remapped silently; use the same "
+                              "data, or --set allow_class_change=true to continue deliberately")
+
+
+def _names(class_map: dict[str, int]) -> list[str]:
+    return [n for n, _ in sorted(class_map.items(), key=lambda kv: kv[1])]
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

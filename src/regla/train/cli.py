@@ -61,7 +61,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe this invocation runs, following the documented precedence."""
     from .checkpoint import load_checkpoint
     from .config import DEFAULTS, build_config
-    from .trainer import _resume_path
+    from .trainer import resume_dir, resume_path
 
     base: dict[str, Any] = {}
     if args.demo:
@@ -74,9 +74,12 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
         base = {**DEMO_RECIPE, "data_dir": str(write_digits())} if not args.print_config else dict(DEMO_RECIPE)
     if args.resume and not args.config:
-        saved = load_checkpoint(_resume_path(args.resume))["cfg"]
-        base = {k: v for k, v in saved.items() if k in DEFAULTS}
-    return build_config(args.config, args.overrides, base=base, flags=shortcut_overrides(args))
+        saved = load_checkpoint(resume_path(args.resume))["cfg"]
+        base = {k: v for k, v in saved.items() if k in DEFAULTS and k != "output"}  # the folder may have moved
+    cfg = build_config(args.config, args.overrides, base=base, flags=shortcut_overrides(args))
+    if args.resume:  # not a recipe's output either: --output, or the resumed folder
+        cfg["output"] = args.output or str(resume_dir(args.resume))
+    return cfg
 
 
 def setup_logging() -> None:

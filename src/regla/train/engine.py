@@ -84,30 +84,53 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
+@dataclass
+class EpochPosition:
+    """Where an epoch is resumed from (a run stopped inside it) and how it may stop early."""
+
+    start_batch: int = 0  # batches already done in this epoch
+    loss_sum: float = 0.0  # the loss meter of those batches
+    loss_count: int = 0
+    seen: int = 0
+    after_skip: Any = None  # called once the loader has been advanced past start_batch (restores the RNG)
+    should_stop: Any = None  # called after each optimizer update; True stops the epoch there
+
+
 def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, scheduler=None, ema=None,
                     updates_per_epoch: int, sched_on_updates: bool = True, show_bar: bool = True,
-                    max_batches: int | None = None, log_every: int = 50) -> dict[str, float]:
+                    max_batches: int | None = None, log_every: int = 50,
+                    position: EpochPosition | None = None) -> dict[str, Any]:
     """Train for one epoch; returns mean loss, learning rate at the end, images/s and the epoch's time.
 
     On GPUs the loss is read back (a host sync) only every ``log_every`` steps, as timm's train.py does; the bar
-    and the non-finite-loss check follow that rhythm. On CPU they run every step.
+    and the non-finite-loss check follow that rhythm. On CPU they run every step. With ``position``, the first
+    ``start_batch`` batches are drawn but not trained on (same order and augmentation as the interrupted run), and
+    ``should_stop()`` may end the epoch after any update: then ``stopped_at`` is the number of batches done.
     """
     from timm.utils import AverageMeter
     from tqdm import tqdm
 
+    pos = position or EpochPosition()
     ctx.model.train()
     losses = AverageMeter()  # accumulates device tensors: no sync per step
-    num_updates = epoch * updates_per_epoch
+    if pos.loss_count:  # the meter exactly as it was (its float32 sum), so the epoch's mean loss is the same
+        losses.sum, losses.count = torch.tensor(pos.loss_sum, dtype=torch.float32), pos.loss_count
+    num_updates = epoch * updates_per_epoch + pos.start_batch // ctx.grad_accum
     n_batches = len(loader) if max_batches is None else min(max_batches, len(loader))
     n_batches -= n_batches % ctx.grad_accum  # leftover micro-batches that cannot fill an update are dropped
     if n_batches == 0:
         raise ValueError(f"an epoch has fewer batches ({len(loader)}) than grad_accum ({ctx.grad_accum})")
     every = 1 if ctx.device.type == "cpu" else max(1, log_every)
-    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}", disable=not show_bar, leave=False, dynamic_ncols=True)
-    seen, start = 0, time.perf_counter()
+    bar = tqdm(total=n_batches, initial=pos.start_batch, desc=f"epoch {epoch + 1}", disable=not show_bar,
+               leave=False, dynamic_ncols=True)
+    seen, start, stopped_at = pos.seen, time.perf_counter(), None
     for i, (images, targets) in enumerate(loader):
         if i >= n_batches:
             break
+        if i < pos.start_batch:  # done before the interruption
+            if i + 1 == pos.start_batch and pos.after_skip is not None:
+                pos.after_skip()
+            continue
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
         need_update = (i + 1) % ctx.grad_accum == 0
@@ -127,8 +150,14 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, sche
             rate = seen / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{float(losses.avg):.4f}", img_s=f"{rate:.0f}", lr=f"{current_lr(ctx.optimizer):.2e}")
         bar.update(1)
+        if need_update and i + 1 < n_batches and pos.should_stop is not None and pos.should_stop():
+            stopped_at = i + 1
+            break
     bar.close()
     elapsed = time.perf_counter() - start
+    if stopped_at is not None:
+        return {"stopped_at": stopped_at, "loss_sum": float(losses.sum), "loss_count": int(losses.count),
+                "seen": seen}
     return {"train_loss": reduce_mean(float(losses.avg), ctx.device), "lr": current_lr(ctx.optimizer),
             "train_img_s": seen / max(elapsed, 1e-9) * world_size(), "epoch_time_s": elapsed}
 

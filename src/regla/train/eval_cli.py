@@ -66,11 +66,11 @@ def load_for_eval(args: argparse.Namespace, folder_classes: list[str] | None) ->
 
     path = Path(args.checkpoint)
     if path.suffix == ".safetensors":
-        from regla.models import read_state_dict
+        from regla.checkpoints import read_weights
 
         if not args.model:
             raise CheckpointError("a .safetensors file holds weights only: give --model NAME")
-        state = read_state_dict(path)
+        state = read_weights(path).state
         cfg = dict(DEFAULTS, model=args.model)
         num_classes = args.num_classes or (len(folder_classes) if folder_classes else None)
         class_map = class_map_for(folder_classes) if folder_classes else None
@@ -98,12 +98,13 @@ def load_maybe_fused(model: torch.nn.Module, state: dict, path: Path, args: argp
     """Load training-time weights (then fuse if ``--fuse``), or weights saved from an already fused model."""
     from timm.utils import reparameterize_model
 
-    from regla.models._helpers import load_training_or_fused
+    from regla.checkpoints import load_into
 
     from .checkpoint import CheckpointError
 
     try:
-        model, fused = load_training_or_fused(model, state, str(path))
+        model, report = load_into(model, state, source=str(path))
+        fused = report.fused
     except CheckpointError as e:
         raise CheckpointError(f"{e} - a checkpoint from another architecture?") from None
     if fused:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from regla.checkpoints import WeightsInfo, read_weights
+from regla.errors import UsageError
 from regla.utils.io import atomic_write_text
 
 from . import checkpoint as ckpt_mod
@@ -26,11 +28,12 @@ from .distill import DistillationLoss, load_teacher
 from .engine import StepContext, evaluate, train_one_epoch
 from .logs import MetricsLogger
 from .modeling import create_student, wrap_ddp
+from .signals import StopSignals
 
 _logger = logging.getLogger("regla.train")
 
 
-class RunError(RuntimeError):
+class RunError(UsageError):
     """A run that must not start (it would overwrite a finished run, for instance)."""
 
 
@@ -90,13 +93,19 @@ def setup_determinism(cfg: dict[str, Any], d: Dist) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def run_dir_for(cfg: dict[str, Any], resume: bool) -> Path:
-    """The run folder; a new run refuses a folder that already holds checkpoints (nothing gets overwritten)."""
+def run_dir_for(cfg: dict[str, Any], resume: bool, resume_from: str | Path | None = None) -> Path:
+    """The run folder; a new run refuses a folder that already holds checkpoints (nothing gets overwritten).
+
+    A resume writes into the folder it resumes (or ``output``, if given, which must not hold another run).
+    """
     run_dir = Path(cfg["output"] or Path("runs") / cfg["model"]).expanduser()
     held = [n for n in ("last.pth", "best.pth") if (run_dir / n).exists()]
     if not resume and held:
         raise RunError(f"{run_dir} already holds a run ({', '.join(held)}); resume it with --resume {run_dir}, "
                        "or choose another --output")
+    if resume and held and resume_from is not None and run_dir.resolve() != resume_dir(resume_from).resolve():
+        raise RunError(f"--output {run_dir} already holds another run ({', '.join(held)}); resuming "
+                       f"{resume_from} there would overwrite it: choose an empty --output")
     return run_dir
 
 
@@ -162,9 +171,16 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None, show_bar: bool 
             dist.destroy_process_group()
 
 
-def _resume_path(resume: str | Path) -> Path:
-    path = Path(resume)
+def resume_path(resume: str | Path) -> Path:
+    """The checkpoint a ``--resume`` names: ``DIR/last.pth`` for a run folder, else the file itself."""
+    path = Path(resume).expanduser()
     return path / "last.pth" if path.is_dir() else path
+
+
+def resume_dir(resume: str | Path) -> Path:
+    """The run folder a ``--resume`` names (the folder itself, or the checkpoint's folder)."""
+    path = Path(resume).expanduser()
+    return path if path.is_dir() else path.parent
 
 
 @dataclass
@@ -188,16 +204,23 @@ class Parts:
 
 def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Dist) -> RunResult:
     setup_determinism(cfg, d)
-    ckpt = ckpt_mod.load_checkpoint(_resume_path(resume)) if resume else None  # fail before touching anything
-    if ckpt is not None and not cfg["output"]:
-        cfg["output"] = str(_resume_path(resume).parent)
-    run_dir = run_dir_for(cfg, ckpt is not None)
+    if resume and not cfg["output"]:
+        cfg["output"] = str(resume_dir(resume))  # a run continues in its own folder, wherever it now lies
+    run_dir = Path(cfg["output"] or Path("runs") / cfg["model"]).expanduser()
+    if d.primary and run_dir.is_dir():
+        for note in ckpt_mod.recover(run_dir):  # finish or drop a checkpoint set a kill interrupted
+            _logger.warning("%s: %s", run_dir, note)
+    if d.distributed:
+        dist.barrier()
+    ckpt = ckpt_mod.load_checkpoint(resume_path(resume)) if resume else None  # fail before touching anything
+    run_dir = run_dir_for(cfg, ckpt is not None, resume)
     data = build_datasets(cfg, skipped_log=run_dir / "skipped_images.txt")
     if ckpt is not None:
-        ckpt_mod.check_arch(ckpt, cfg, data.num_classes, resume)
+        ckpt_mod.check_arch(ckpt, cfg, data.num_classes, resume, data.class_map,
+                            allow_class_change=bool(cfg.get("allow_class_change")))
     prepare_run_dir(run_dir, cfg, ckpt is not None, d)
     parts = _build(cfg, d, data)
-    start_epoch, best = _resume_into(parts, ckpt, cfg, d, resume) if ckpt is not None else (0, None)
+    start_epoch, best, position = _resume_into(parts, ckpt, cfg, d, resume) if ckpt is not None else (0, None, None)
     del ckpt
     parts.ctx.model = wrap_ddp(parts.model, d.device, cfg["sync_bn"], d.distributed)
     if cfg["compile"]:
@@ -207,7 +230,9 @@ def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Di
                      "epochs %d -> %d; run folder %s", cfg["model"], len(data.train), data.num_classes,
                      d.world_size, d.device, cfg["batch_size"] * d.world_size * cfg["grad_accum"], parts.lr,
                      start_epoch, parts.num_epochs, run_dir)
-    return _run_epochs(parts, cfg, d, run_dir, start_epoch, best or {"top1": -1.0, "epoch": -1}, show_bar)
+    with StopSignals(d) as stop:
+        return _run_epochs(parts, cfg, d, run_dir, start_epoch, best or {"top1": -1.0, "epoch": -1}, show_bar,
+                           position, stop)
 
 
 def _build(cfg: dict[str, Any], d: Dist, data) -> Parts:
@@ -241,8 +266,10 @@ def _build(cfg: dict[str, Any], d: Dist, data) -> Parts:
                  num_epochs=num_epochs, updates_per_epoch=updates_per_epoch)
 
 
-def _resume_into(parts: Parts, ckpt: dict[str, Any], cfg: dict[str, Any], d: Dist, resume) -> tuple[int, dict]:
-    """Restore a checkpoint into ``parts``; returns the epoch to start from and the best score so far."""
+def _resume_into(parts: Parts, ckpt: dict[str, Any], cfg: dict[str, Any], d: Dist,
+                 resume) -> tuple[int, dict, dict | None]:
+    """Restore a checkpoint into ``parts``; returns the epoch to start from, the best score and, for a run stopped
+    inside an epoch, where in it to continue."""
     changed = ckpt_mod.schedule_changed(ckpt, cfg)
     if changed and d.primary:
         _logger.warning("resuming with a changed schedule (%s): the LR follows the new recipe from epoch %d",
@@ -251,51 +278,82 @@ def _resume_into(parts: Parts, ckpt: dict[str, Any], cfg: dict[str, Any], d: Dis
                      scaler=parts.scaler, rank=d.rank, world_size=d.world_size, path=resume,
                      restore_scheduler=not changed)
     start_epoch = int(ckpt["epoch"])
+    position = ckpt.get("position")
+    if position is not None and len(position["epoch_rng"]) != d.world_size:
+        _logger.warning("the run stopped inside epoch %d with %d process(es); this one has %d: the epoch restarts",
+                        start_epoch + 1, len(position["epoch_rng"]), d.world_size)
+        position = None
+    done_updates = position["step"] // cfg["grad_accum"] if position else 0
     if cfg["sched_on_updates"]:
-        parts.scheduler.step_update(start_epoch * parts.updates_per_epoch)
+        parts.scheduler.step_update(start_epoch * parts.updates_per_epoch + done_updates)
     else:
         parts.scheduler.step(start_epoch)
-    return start_epoch, dict(ckpt["best"])
+    return start_epoch, dict(ckpt["best"]), position
 
 
 def _run_epochs(parts: Parts, cfg: dict[str, Any], d: Dist, run_dir: Path, start_epoch: int, best: dict,
-                show_bar: bool) -> RunResult:
-    """Train, evaluate, log and checkpoint each remaining epoch."""
+                show_bar: bool, position: dict | None = None, stop: StopSignals | None = None) -> RunResult:
+    """Train, evaluate, log and checkpoint each remaining epoch; a stop signal saves where it stopped."""
     # rows after the checkpoint's epoch (all rows, for a new run) are from a run that died: they are dropped
     logger = MetricsLogger(run_dir, resume_epoch=start_epoch) if d.primary else None
     result = RunResult(run_dir=run_dir, epochs=parts.num_epochs, best_top1=best["top1"])
-    for epoch in range(start_epoch, parts.num_epochs):
-        row = _train_and_eval_epoch(parts, cfg, d, epoch, show_bar)
-        score = row["top1_ema"] if parts.ema is not None else row["top1"]
-        is_best = score is not None and score > best["top1"]
-        if is_best:
-            best = {"top1": score, "epoch": epoch + 1}
-        skipped = read_skipped(run_dir / "skipped_images.txt")
-        row.update(best_top1=best["top1"], skipped_images=len(skipped))
-        rng_states = ckpt_mod.gather_rng_states(d.distributed)  # every rank takes part
-        if d.primary:
-            _report(row, skipped, result.skipped_images)
-            logger.log(row)  # before the checkpoint: a resume truncates rows of unfinished epochs
-            _save(parts, cfg, run_dir, epoch, best, rng_states, is_best)
-        if d.distributed:
-            dist.barrier()
-        result.last, result.skipped_images = row, skipped
+    try:
+        for epoch in range(start_epoch, parts.num_epochs):
+            if stop is not None and stop.requested(d):  # a signal between epochs: save the state as it is
+                _save(parts, cfg, run_dir, epoch - 1, best, ckpt_mod.gather_rng_states(d.distributed), False, d)
+                raise stop.stopped(run_dir, epoch, 0)
+            row = _train_and_eval_epoch(parts, cfg, d, epoch, show_bar, position, stop)
+            position = None
+            if "stopped_at" in row:
+                _save(parts, cfg, run_dir, epoch - 1, best, ckpt_mod.gather_rng_states(d.distributed), False, d,
+                      position=row)
+                raise stop.stopped(run_dir, epoch, row["stopped_at"])
+            score = row["top1_ema"] if parts.ema is not None else row["top1"]
+            is_best = score is not None and score > best["top1"]
+            if is_best:
+                best = {"top1": score, "epoch": epoch + 1}
+            skipped = read_skipped(run_dir / "skipped_images.txt")
+            row.update(best_top1=best["top1"], skipped_images=len(skipped))
+            rng_states = ckpt_mod.gather_rng_states(d.distributed)  # every rank takes part
+            if d.primary:
+                _report(row, skipped, result.skipped_images)
+                logger.log(row)  # before the checkpoint: a resume truncates rows of unfinished epochs
+            _save(parts, cfg, run_dir, epoch, best, rng_states, is_best, d)
+            result.last, result.skipped_images = row, skipped
+    finally:
+        if logger is not None:
+            logger.close()
     result.best_top1 = best["top1"]
-    if logger is not None:
-        logger.close()
     return result
 
 
-def _train_and_eval_epoch(parts: Parts, cfg: dict[str, Any], d: Dist, epoch: int, show_bar: bool) -> dict:
-    """One epoch of training, the per-epoch schedule step, BN sync and validation; returns the metrics row."""
+def _train_and_eval_epoch(parts: Parts, cfg: dict[str, Any], d: Dist, epoch: int, show_bar: bool,
+                          position: dict | None = None, stop: StopSignals | None = None) -> dict:
+    """One epoch of training, the per-epoch schedule step, BN sync and validation; returns the metrics row.
+
+    If a stop signal ends the epoch early, the row holds ``stopped_at`` (batches done) and what a resume needs.
+    """
     from timm.utils import distribute_bn
+
+    from .engine import EpochPosition
 
     if hasattr(parts.train_loader.sampler, "set_epoch"):
         parts.train_loader.sampler.set_epoch(epoch)  # DistributedSampler order is a function of (seed, epoch)
+    if position is not None:  # the epoch's batch order and augmentation come from its starting RNG state
+        ckpt_mod.set_rng_state(position["epoch_rng"][d.rank])
+    epoch_rng = ckpt_mod.gather_rng_states(d.distributed)
+    pos = EpochPosition(should_stop=_stop_check(stop, d, cfg["log_every"]) if stop is not None else None)
+    if position is not None:
+        rng_now = position["rng"][d.rank]
+        pos = EpochPosition(start_batch=position["step"], loss_sum=position["loss_sum"],
+                            loss_count=position["loss_count"], seen=position["seen"],
+                            after_skip=lambda: ckpt_mod.set_rng_state(rng_now), should_stop=pos.should_stop)
     stats = train_one_epoch(parts.ctx, parts.train_loader, epoch, mixup_fn=parts.mixup_fn, scheduler=parts.scheduler,
                             ema=parts.ema, updates_per_epoch=parts.updates_per_epoch,
                             sched_on_updates=cfg["sched_on_updates"], show_bar=show_bar and d.primary,
-                            log_every=cfg["log_every"])
+                            log_every=cfg["log_every"], position=pos)
+    if "stopped_at" in stats:
+        return dict(stats, epoch_rng=epoch_rng)
     if not cfg["sched_on_updates"]:
         parts.scheduler.step(epoch + 1)
     if d.distributed and not cfg["sync_bn"]:
@@ -304,23 +362,52 @@ def _train_and_eval_epoch(parts: Parts, cfg: dict[str, Any], d: Dist, epoch: int
     return {"epoch": epoch + 1, **stats, **val}
 
 
+def _stop_check(stop: StopSignals, d: Dist, log_every: int):
+    """``should_stop`` for the engine: every update, or under DDP on GPU every ``log_every`` updates (a collective
+    call each time; every rank calls it at the same updates, so all stop after the same step)."""
+    every = max(1, log_every) if d.distributed and d.device.type == "cuda" else 1
+    calls = [0]
+
+    def check() -> bool:
+        calls[0] += 1
+        return calls[0] % every == 0 and stop.requested(d)
+
+    return check
+
+
+def weights_info(cfg: dict[str, Any], data: Any, fused: bool = False) -> WeightsInfo:
+    """What the saved ``.safetensors`` record: model, classes, input size and the evaluation transform."""
+    names = [n for n, _ in sorted(data.class_map.items(), key=lambda kv: kv[1])] if data.class_map else None
+    return WeightsInfo(model=cfg["model"], num_classes=data.num_classes, class_names=names,
+                       input_size=(cfg["in_chans"], cfg["img_size"], cfg["img_size"]), mean=tuple(cfg["mean"]),
+                       std=tuple(cfg["std"]), interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"],
+                       distillation=cfg["distillation_type"] != "none", fused=fused)
+
+
 def _save(parts: Parts, cfg: dict[str, Any], run_dir: Path, epoch: int, best: dict, rng_states: list,
-          is_best: bool) -> None:
-    state = ckpt_mod.make_checkpoint(model=parts.model, ema=parts.ema, optimizer=parts.optimizer,
-                                     scheduler=parts.scheduler, scaler=parts.scaler, epoch=epoch + 1, cfg=cfg,
-                                     class_map=parts.data.class_map, num_classes=parts.data.num_classes, best=best,
-                                     rng_states=rng_states)
-    ckpt_mod.save_checkpoint(state, run_dir, is_best)
+          is_best: bool, d: Dist, position: dict | None = None) -> None:
+    """Rank 0 writes the checkpoint set of ``epoch + 1`` finished epochs (plus a position inside the next)."""
+    if position is not None:
+        position = {"step": position["stopped_at"], "loss_sum": position["loss_sum"],
+                    "loss_count": position["loss_count"], "seen": position["seen"],
+                    "epoch_rng": position["epoch_rng"], "rng": rng_states}
+    if d.primary:
+        state = ckpt_mod.make_checkpoint(model=parts.model, ema=parts.ema, optimizer=parts.optimizer,
+                                         scheduler=parts.scheduler, scaler=parts.scaler, epoch=epoch + 1, cfg=cfg,
+                                         class_map=parts.data.class_map, num_classes=parts.data.num_classes,
+                                         best=best, rng_states=rng_states, position=position)
+        ckpt_mod.save_checkpoint(state, run_dir, is_best, weights_info(cfg, parts.data), hook=_SAVE_HOOK[0])
+    if d.distributed:
+        dist.barrier()
+
+
+#: Fault-injection point of the tests: a callable given each step of the checkpoint-set protocol.
+_SAVE_HOOK: list[Any] = [None]
 
 
 def _initial_weights(path: str) -> dict[str, torch.Tensor]:
-    """Weights to start from: a ``regla train`` checkpoint (EMA if any) or a safetensors file."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    ck = ckpt_mod.load_checkpoint(path)
-    return ck["model_ema"] or ck["model"]
+    """Weights to start from: any weights file (:func:`regla.checkpoints.read_weights`, EMA rule)."""
+    return read_weights(path).state
 
 
 def _validate(cfg, model, ema, val_loader, d: Dist, dtype, epoch: int, num_epochs: int) -> dict[str, Any]:
