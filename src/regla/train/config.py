@@ -100,6 +100,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_every": 1,
     "log_every": 50,
     "keep_best": True,
+    "allow_class_change": False,  # resume on data whose class names differ from the checkpoint's (deliberately)
 }
 
 CHOICES: dict[str, tuple[Any, ...]] = {
