@@ -244,6 +244,16 @@ def limits(v: Variant, grid: Grid, ep: np.ndarray, em: np.ndarray, tol: float = 
     return out
 
 
+def floor_line(v: Variant) -> str:
+    """Params and MACs of the stem and stages 1-3 at their lightest on the grid: what is left for stage 4 + head."""
+    stages12 = min((add(stage_counts(v, 0, c), stage_counts(v, 1, c)) for c in stage_choices(v, 0)),
+                   key=lambda t: t[1])
+    stage3 = min((stage_counts(v, 2, c) for c in stage_choices(v, 2)), key=lambda t: t[1])
+    p, m = add(stem_counts(v), stages12, stage3)
+    return (f"stem + stages 1-3 at their lightest on the grid: {p / 1e6:.2f} M params, {m / 1e9:.3f} GMACs "
+            f"(Table 2: {v.gmacs} G); at 224 px a stage-4 weight costs {(IMG // 32) ** 2} MACs, a classifier weight 1")
+
+
 def report(name: str, n_front: int, heads: tuple[int, ...] = HEAD_SIZES) -> tuple[Grid, int]:
     """Print the front and the minimax choice of variant ``name``; return the grid and the chosen flat index."""
     v = VARIANTS[name]
@@ -258,7 +268,7 @@ def report(name: str, n_front: int, heads: tuple[int, ...] = HEAD_SIZES) -> tupl
     for k in thin(front, n_front):
         print(row(v, grid, int(k), ep, em))
     print()
-    for line in limits(v, grid, ep, em):
+    for line in [floor_line(v)] + limits(v, grid, ep, em):
         print(line)
     print(f"minimax: {row(v, grid, best, ep, em)}")
     return grid, best
