@@ -421,8 +421,8 @@ class ReGLA(nn.Module):
         depths: blocks L_1..L_4 per stage (Table 1), counting CPE, RGMA and the post-attention block separately.
         attn_groups: attention groups [CPE, RGMA, post-attn] per stage (the rest are convolutional blocks).
         key_ratio: per-stage query/key width of RGMA as a fraction of C_i.
-        value_ratio: value/gate width of RGMA as a fraction of C_i.
-        mlp_ratio: hidden expansion of ELRF (and of the Table 5 conv blocks).
+        value_ratio: value/gate width of RGMA as a fraction of C_i (one value, or one per stage).
+        mlp_ratio: hidden expansion of ELRF and of the Table 5 conv blocks (one value, or one per stage).
         post_mlp_ratio: hidden expansion of the Table 7 'ffn' / 'mib' post-attention blocks.
         early_block: Table 5 switch for stages 1-2: ``elrf`` | ``dw7`` | ``dw9``.
         gating: Table 6 switch: ``gate`` (default) | ``decoupled`` ('gate*') | ``none``.
@@ -444,8 +444,8 @@ class ReGLA(nn.Module):
         depths: tuple[int, ...] = (2, 2, 16, 6),
         attn_groups: tuple[int, ...] = (0, 0, 3, 2),
         key_ratio: tuple[float, ...] = (0.0, 0.0, 0.5, 0.25),
-        value_ratio: float = 1.0,
-        mlp_ratio: float = 3.0,
+        value_ratio: float | tuple[float, ...] = 1.0,
+        mlp_ratio: float | tuple[float, ...] = 3.0,
         post_mlp_ratio: float = 2.0,
         early_block: str = "elrf",
         gating: str = "gate",
@@ -465,6 +465,8 @@ class ReGLA(nn.Module):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         if not len(embed_dims) == len(depths) == len(attn_groups) == len(key_ratio):
             raise ValueError("embed_dims, depths, attn_groups and key_ratio need one entry per stage")
+        mlp_ratios = _per_stage("mlp_ratio", mlp_ratio, len(depths))
+        value_ratios = _per_stage("value_ratio", value_ratio, len(depths))
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -479,9 +481,9 @@ class ReGLA(nn.Module):
             stages.append(ReGLAStage(
                 prev, dim, depth, attn_groups[i],
                 conv_kind=early_block if i < 2 else "elrf",
-                mlp_ratio=mlp_ratio,
+                mlp_ratio=mlp_ratios[i],
                 key_dim=max(int(dim * key_ratio[i]), 1),
-                value_dim=int(dim * value_ratio),
+                value_dim=int(dim * value_ratios[i]),
                 gating=gating, post_attn=post_attn, post_mlp_ratio=post_mlp_ratio,
                 drop_path_rates=dpr[i], act_layer=act_layer, downsample=i > 0,
             ))
@@ -614,6 +616,15 @@ class ReGLA(nn.Module):
         return self
 
 
+def _per_stage(name: str, value: float | tuple[float, ...], num_stages: int) -> tuple[float, ...]:
+    """One value per stage: a scalar repeated, or a sequence of exactly ``num_stages`` values."""
+    if isinstance(value, (int, float)):
+        return (float(value),) * num_stages
+    if len(value) != num_stages:
+        raise ValueError(f"{name} needs one value or one per stage ({num_stages}), got {tuple(value)}")
+    return tuple(float(v) for v in value)
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -660,15 +671,20 @@ def _create_regla(variant: str, pretrained: bool = False, **kwargs: Any) -> ReGL
     )
 
 
-# Table 1: blocks (L) and channels (C). The split of each stage into ELRF blocks and attention groups and the ELRF
-# expansion per variant are our inference (docs/architecture.md); iFormer, whose configurations Table 1 shares,
-# also varies both per variant.
+# Table 1: blocks (L) and channels (C). The split of each stage into ELRF blocks and attention groups, the ELRF
+# expansion, the RGMA key/value widths and the classifier width per variant are our inference (docs/architecture.md,
+# "Fitting Tables 1 and 2"); iFormer, whose configurations Table 1 shares, also varies them per variant.
 MODEL_ARGS: dict[str, dict[str, Any]] = {
     "regla_t": dict(embed_dims=(32, 64, 128, 256), depths=(2, 2, 16, 6), attn_groups=(0, 0, 1, 2), mlp_ratio=3.0),
     "regla_s": dict(embed_dims=(32, 64, 160, 320), depths=(2, 2, 19, 6), attn_groups=(0, 0, 1, 2), mlp_ratio=4.0),
     "regla_m": dict(embed_dims=(48, 96, 192, 384), depths=(2, 2, 22, 6), attn_groups=(0, 0, 5, 1), mlp_ratio=4.0),
-    "regla_l": dict(embed_dims=(64, 128, 256, 448), depths=(3, 3, 31, 9), attn_groups=(0, 0, 8, 1), mlp_ratio=4.0),
-    "regla_x": dict(embed_dims=(64, 128, 336, 512), depths=(4, 4, 43, 12), attn_groups=(0, 0, 11, 1), mlp_ratio=4.0),
+    # L and X: the minimax fit of scripts/fit_variants.py to Table 1's params and Table 2's MACs (see the docs).
+    "regla_l": dict(embed_dims=(64, 128, 256, 448), depths=(3, 3, 31, 9), attn_groups=(0, 0, 10, 1),
+                    mlp_ratio=(2.0, 2.0, 2.0, 6.0), key_ratio=(0.0, 0.0, 0.25, 0.25), value_ratio=(1.0, 1.0, 0.5, 0.5),
+                    head_hidden_size=1024),
+    "regla_x": dict(embed_dims=(64, 128, 336, 512), depths=(4, 4, 43, 12), attn_groups=(0, 0, 14, 2),
+                    mlp_ratio=(2.0, 2.0, 4.0, 6.0), key_ratio=(0.0, 0.0, 0.125, 0.5), value_ratio=(1.0, 1.0, 0.5, 1.0),
+                    head_hidden_size=2560),
 }
 
 
@@ -696,11 +712,22 @@ def regla_m(pretrained: bool = False, **kwargs: Any) -> ReGLA:
 
 @register_model
 def regla_l(pretrained: bool = False, **kwargs: Any) -> ReGLA:
-    """ReGLA-L: blocks [3, 3, 31, 9], channels [64, 128, 256, 448] (Table 1)."""
+    """ReGLA-L: blocks [3, 3, 31, 9], channels [64, 128, 256, 448] (Table 1).
+
+    The free settings minimise the larger error against Table 1 (19.9 M params) and Table 2 (1.73 GMACs at 224 px)
+    over ``scripts/fit_variants.py``'s grid: attention groups 10 (stage 3) / 1 (stage 4), ELRF expansion 2/2/2/6,
+    d_k = C/4 and d_v = C/2 in stages 3-4, a 1024-wide classifier. 20.22 M params (+1.6%), 1.702 GMACs (-1.6%).
+    """
     return _create_variant("regla_l", pretrained, **kwargs)
 
 
 @register_model
 def regla_x(pretrained: bool = False, **kwargs: Any) -> ReGLA:
-    """ReGLA-X: blocks [4, 4, 43, 12], channels [64, 128, 336, 512] (Table 1)."""
+    """ReGLA-X: blocks [4, 4, 43, 12], channels [64, 128, 336, 512] (Table 1).
+
+    The free settings minimise the larger error against Table 1 (39.8 M params) and Table 2 (2.22 GMACs at 224 px)
+    over ``scripts/fit_variants.py``'s grid: attention groups 14 (stage 3) / 2 (stage 4), ELRF expansion 2/2/4/6,
+    d_k = C/8 and d_v = C/2 in stage 3, d_k = C/2 and d_v = C in stage 4, a 2560-wide classifier. 31.70 M params
+    (-20.3%), 2.624 GMACs (+18.2%): both figures cannot be met together (docs/architecture.md).
+    """
     return _create_variant("regla_x", pretrained, **kwargs)
