@@ -46,6 +46,11 @@ class TransformFailed:
 
 
 def _describe(error: BaseException) -> str:
+    """The error's type and first line (PIL's "cannot identify image file <reader>" without the reader's repr)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):
+        return "UnidentifiedImageError: not an image format PIL can decode"
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
