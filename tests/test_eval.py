@@ -18,7 +18,8 @@ from train_helpers import MODEL, SIZE, make_folder, tiny_recipe
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A briefly trained run (100% on its 12 validation images at 32 px), and its weights with our metadata."""
+    """A briefly trained run (100% on its 12 validation images at 32 px): its .pth, its .safetensors (with our
+    metadata) and the same weights without any metadata."""
     from regla.checkpoints import read_weights, save_weights
     from regla.train.trainer import train
 
@@ -27,7 +28,8 @@ def trained(tmp_path_factory):
     result = train(tiny_recipe(data, root / "out", epochs=4, lr=1e-2, drop_path=0.0), show_bar=False)
     pth = result.run_dir / "best.pth"
     weights = read_weights(pth)
-    with_meta = save_weights(root / "with_meta.safetensors", weights.state, weights.info)
+    with_meta = result.run_dir / "best.safetensors"  # regla train records model, classes and settings in it
+    assert read_weights(with_meta).info.input_size == weights.info.input_size == (3, SIZE, SIZE)
     bare = save_weights(root / "bare.safetensors", weights.state)  # no model, classes or input size recorded
     return data, pth, with_meta, bare
 
@@ -228,7 +230,7 @@ def test_bad_checkpoint_paths_exit_2_in_one_line(small_folder, tmp_path, capsys)
 
     text = tmp_path / "notes.pth"
     text.write_text("these are not weights\n")
-    for path, expected in ((tmp_path / "missing.pth", "no such file"), (tmp_path, "is a folder"),
+    for path, expected in ((tmp_path / "missing.pth", "not found"), (tmp_path, "is a folder"),
                            (text, "not a weights file")):
         code, err = run_cli(capsys, cli_argv(small_folder, path))
         assert code == 2

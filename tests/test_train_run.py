@@ -158,11 +158,10 @@ def test_eval_of_a_safetensors_file_on_a_class_folder(run):
     from regla.eval.cli import evaluate_cli
 
     data, result, _ = run
-    # the file may not record its input size: give the run's (regla.eval reads it from files that record it)
-    a = evaluate_cli(eval_args(data / "val", result.run_dir / "last.safetensors", model=MODEL, img_size=SIZE,
-                               crop_pct=1.0))
+    a = evaluate_cli(eval_args(data / "val", result.run_dir / "last.safetensors"))  # it records model and settings
     b = evaluate_cli(eval_args(data, result.run_dir / "last.pth"))
-    assert (a["n"], a["top1"], a["top5"]) == (b["n"], b["top1"], b["top5"])
+    keys = ("n", "top1", "top5", "model", "img_size", "crop_pct", "interpolation", "mean", "std")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys} and a["img_size"] == SIZE
 
 
 def test_plot_draws_png(run, tmp_path):

@@ -162,16 +162,21 @@ def _evaluate(args: argparse.Namespace, d: Any, folder: Path, classes: list[str]
     if m["n"] == 0:
         first = next(iter(skipped), "-")
         raise DataError(f"{folder}: no image could be read ({len(skipped)} unreadable, first {first})")
-    size = config["input_size"]
     m.update(model=args.model or weights.info.model or model_cfg.get("architecture"),
              checkpoint=str(args.checkpoint), weights=weights.container or "state dict", ema=weights.ema,
-             fused=bool(args.fuse or report.fused), img_size=size[-1] if size[-1] == size[-2] else list(size[1:]),
-             input_size=list(size), crop_pct=config["crop_pct"], crop_mode=config.get("crop_mode"),
-             interpolation=config["interpolation"], mean=list(config["mean"]), std=list(config["std"]),
-             settings_from=sources, classes=len(class_map) if class_map else num_classes,
+             fused=bool(args.fuse or report.fused), **settings_fields(config, sources),
+             classes=len(class_map) if class_map else num_classes,
              skipped=len(skipped), skipped_files=list(skipped), skipped_errors=skipped,
              processes=d.world_size, device=str(d.device), data=str(folder))
     return m
+
+
+def settings_fields(config: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    """The transform settings of a result (JSON types), with where each came from."""
+    size = config["input_size"]
+    return dict(img_size=size[-1] if size[-1] == size[-2] else list(size[1:]), input_size=list(size),
+                crop_pct=config["crop_pct"], crop_mode=config.get("crop_mode"), interpolation=config["interpolation"],
+                mean=list(config["mean"]), std=list(config["std"]), settings_from=sources)
 
 
 def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,7 +192,6 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     device = check_device(args.device)
     folder = Path(args.data) if args.dataset else eval_folder(args.data, args.split)
     classes = None if args.dataset else check_class_folders(folder)
-    _check_weights_path(args.checkpoint)
     d = setup_distributed({"device": device})
     try:
         return _evaluate(args, d, folder, classes)
@@ -196,18 +200,6 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-
-
-def _check_weights_path(path: str) -> None:
-    """A missing file or a folder as ``--checkpoint`` is refused before any model is built."""
-    from regla.checkpoints import CheckpointError
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"--checkpoint {p}: no such file")
-    if p.is_dir():
-        raise CheckpointError(f"--checkpoint {p} is a folder; expected a weights file (.safetensors, .pth, .pt) - "
-                              "for a run folder, name its best.pth or best.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------------------------
