@@ -102,7 +102,8 @@ def test_checkpoint_from_another_architecture_is_refused(run, tmp_path, capsys):
         load_weights(foreign, load_checkpoint(result.run_dir / "last.pth")["model"], "last.pth")
     assert main(["eval", "--data", str(data), "--checkpoint", str(result.run_dir / "last.pth"),
                  "--model", other]) == 2
-    assert f"trained as '{MODEL}'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"model='{MODEL}'" in err and other in err
 
 
 def direct_top1(model: torch.nn.Module, val_dir: Path, class_map: dict, size: int, crop_pct: float) -> float:
@@ -122,7 +123,7 @@ def direct_top1(model: torch.nn.Module, val_dir: Path, class_map: dict, size: in
 
 
 def eval_args(data: Path, ckpt: Path, **kw) -> argparse.Namespace:
-    from regla.train import eval_cli
+    from regla.eval import cli as eval_cli
 
     p = argparse.ArgumentParser()
     eval_cli.add_arguments(p)
@@ -136,7 +137,7 @@ def eval_args(data: Path, ckpt: Path, **kw) -> argparse.Namespace:
 def test_eval_matches_direct_top1(run, size, crop, fuse):
     import timm
 
-    from regla.train.eval_cli import evaluate_cli
+    from regla.eval.cli import evaluate_cli
 
     data, result, _ = run
     ck = load_checkpoint(result.run_dir / "last.pth")
@@ -154,12 +155,13 @@ def test_eval_matches_direct_top1(run, size, crop, fuse):
 
 
 def test_eval_of_a_safetensors_file_on_a_class_folder(run):
-    from regla.train.eval_cli import evaluate_cli
+    from regla.eval.cli import evaluate_cli
 
     data, result, _ = run
-    a = evaluate_cli(eval_args(data / "val", result.run_dir / "last.safetensors", model=MODEL))
+    a = evaluate_cli(eval_args(data / "val", result.run_dir / "last.safetensors"))  # it records model and settings
     b = evaluate_cli(eval_args(data, result.run_dir / "last.pth"))
-    assert (a["n"], a["top1"], a["top5"]) == (b["n"], b["top1"], b["top5"])
+    keys = ("n", "top1", "top5", "model", "img_size", "crop_pct", "interpolation", "mean", "std")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys} and a["img_size"] == SIZE
 
 
 def test_plot_draws_png(run, tmp_path):
@@ -192,7 +194,7 @@ def test_eval_under_torchrun_counts_each_image_once(run, tmp_path):
     import subprocess
     import sys
 
-    from regla.train.eval_cli import evaluate_cli
+    from regla.eval.cli import evaluate_cli
     from test_train_ddp import free_port
 
     data, result, _ = run
@@ -221,8 +223,8 @@ def test_eval_of_weights_saved_from_a_fused_model(run, tmp_path):
     assert set(fused.state_dict()) != set(model.state_dict())  # fusion changes the parameter layout
     path = tmp_path / "fused.safetensors"
     save_file({k: v.contiguous() for k, v in fused.state_dict().items()}, str(path))
-    from regla.train.eval_cli import evaluate_cli
+    from regla.eval.cli import evaluate_cli
 
-    a = evaluate_cli(eval_args(data, path, model=MODEL))
+    a = evaluate_cli(eval_args(data, path, model=MODEL, img_size=SIZE, crop_pct=1.0))
     b = evaluate_cli(eval_args(data, result.run_dir / "last.pth", fuse=True))
     assert a["fused"] and (a["n"], a["top1"], a["top5"]) == (b["n"], b["top1"], b["top5"])
