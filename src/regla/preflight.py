@@ -88,12 +88,12 @@ def require_model(name: str, flag: str = "model", expected: tuple[str, ...] = ()
     return name
 
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def check_device(name: str, flag: str = "--device") -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and only if this machine has it; else a UsageError."""
-    if not isinstance(name, str) or not _DEVICE.match(name):
+    if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
         raise UsageError(f"{flag} {name!r}: expected auto, cpu, cuda, cuda:N or mps")
     if name in ("auto", "cpu"):
         return name
