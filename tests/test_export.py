@@ -116,11 +116,16 @@ def test_export_into_an_existing_folder_keeps_its_files(tmp_path, capsys, monkey
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "sentinel.txt").write_text("keep me")
-    for fmt, name in (("onnx", "regla_t.onnx"), ("torchscript", "regla_t.pt")):
-        assert main(["export", "regla_t", "-f", fmt, "-o", str(folder), *FAST]) == 0, capsys.readouterr().err
-        assert (folder / name).is_file() and (folder / name).stat().st_size > 1000
+    assert main(["export", "regla_t", "-o", str(folder), *FAST]) == 0, capsys.readouterr().err
     monkeypatch.chdir(folder)
-    assert main(["export", "regla_t", "-o", ".", *FAST]) == 0  # `-o .` writes ./regla_t.onnx, never empties "."
+    assert main(["export", "regla_t", "-f", "torchscript", "-o", ".", *FAST]) == 0  # `-o .` never empties "."
+    for name in ("regla_t.onnx", "regla_t.pt"):
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 1000
+    pkg = folder / "data.mlpackage"  # a folder named like a Core ML package, but not one: refused before work
+    pkg.mkdir()
+    assert main(["export", "regla_t", "-f", "coreml", "-o", str(pkg), *FAST]) == 2
+    assert "not a Core ML package" in capsys.readouterr().err
+    pkg.rmdir()
     assert (folder / "sentinel.txt").read_text() == "keep me"
     assert sorted(p.name for p in folder.iterdir()) == ["regla_t.onnx", "regla_t.pt", "sentinel.txt"]
 

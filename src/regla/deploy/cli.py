@@ -78,6 +78,11 @@ def output_path(args: argparse.Namespace, hw: tuple[int, int]) -> Path:
         raise UsageError(f"--output {path} is the --checkpoint file: choose another output")
     if args.format != "coreml":
         check_not_clobbering(path, args.force, same_kind=SAME_KIND[args.format])
+    elif path.suffix != ".mlpackage":
+        raise UsageError(f"--output {path}: a Core ML ML Program is a .mlpackage folder; give a name ending in "
+                         ".mlpackage (or a folder to write it into)")
+    elif path.exists() and not (path / "Manifest.json").is_file():
+        raise UsageError(f"--output {path} exists and is not a Core ML package: refusing to replace it")
     return path
 
 
