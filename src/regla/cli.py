@@ -58,6 +58,7 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", dest="debug_after_command", help=argparse.SUPPRESS)
         if commands is None or name in commands:
             module = importlib.import_module(module_name)
             module.add_arguments(p)
@@ -71,10 +72,8 @@ def command_of(argv: Sequence[str]) -> str | None:
 
 
 def debug_enabled(argv: Sequence[str]) -> bool:
-    """``regla --debug ...`` (before the subcommand) or ``REGLA_DEBUG`` set to anything but ``""``/``0``."""
-    command = command_of(argv)
-    head = argv[: argv.index(command)] if command in argv else argv
-    return "--debug" in head or os.environ.get("REGLA_DEBUG", "") not in ("", "0")
+    """``regla --debug ...`` (before or after the subcommand) or ``REGLA_DEBUG`` set to anything but ``""``/``0``."""
+    return "--debug" in argv or os.environ.get("REGLA_DEBUG", "") not in ("", "0")
 
 
 def _pending_exit_code(exc: BaseException) -> int | None:

@@ -65,7 +65,7 @@ def existing_file(path: str | os.PathLike, flag: str) -> Path:
     if p.is_dir():
         raise UsageError(f"{flag} {p}: is a folder, expected a file")
     if not p.is_file():
-        raise UsageError(f"{flag} {p}: no such file")
+        raise UsageError(f"{flag} {p}: file does not exist")
     return p
 
 
@@ -75,7 +75,7 @@ def existing_dir(path: str | os.PathLike, flag: str) -> Path:
     if p.exists() and not p.is_dir():
         raise UsageError(f"{flag} {p}: is a file, expected a folder")
     if not p.is_dir():
-        raise UsageError(f"{flag} {p}: no such folder")
+        raise UsageError(f"{flag} {p}: folder does not exist")
     return p
 
 
