@@ -114,6 +114,7 @@ FIELDS: dict[str, Field] = {
     "eval_every": Field(int, 1, ge=1),
     "log_every": Field(int, 50, ge=1),
     "keep_best": Field(bool, True),
+    "allow_class_change": Field(bool, False),  # resume on data whose class names differ from the checkpoint's
 }
 
 
