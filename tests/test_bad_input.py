@@ -84,7 +84,7 @@ CASES: dict[str, Case] = {
     "train --set initial_checkpoint missing": case(*TRAIN, "--set", "initial_checkpoint={missing}",
                                                    says="initial_checkpoint"),
     "train --resume missing": case(*TRAIN, "--resume", "{missing}", says="no such file or folder"),
-    "train --resume folder": case(*TRAIN, "--resume", "{folder}", says="no last.pth"),
+    "train --resume folder": case(*TRAIN, "--resume", "{folder}", says="last.pth"),
     "train --resume text": case(*TRAIN, "--resume", "{file}", says="checkpoint"),
     # regla export
     "export model unknown": case("export", "regla_q", "-o", "{out}/m.onnx", says="unknown model"),

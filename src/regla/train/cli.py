@@ -92,10 +92,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_resume(resume: str) -> None:
-    """``--resume`` names a checkpoint file or a run folder holding ``last.pth``."""
+    """``--resume`` names something that exists: a run folder or a checkpoint file (read by the trainer)."""
     path = Path(resume).expanduser()
-    if path.is_dir() and not (path / "last.pth").is_file():
-        raise UsageError(f"--resume {path}: the folder holds no last.pth (is it a `regla train` run folder?)")
     if not path.exists():
         raise UsageError(f"--resume {path}: no such file or folder")
 
