@@ -9,7 +9,6 @@ import torch
 import regla  # noqa: F401  (registers regla_* and repnext_*)
 from regla.cli import main
 from regla.deploy import CheckpointError, ExportError, create_fused_model, export_model, fuse
-from regla.deploy.checkpoint import read_state_dict
 
 # one size of each family: ours first, then timm's peers
 FAMILY_MODELS = ["regla_t", "repnext_m1", "repvit_m0_9", "iformer_t", "mobilenetv4_conv_small"]
@@ -84,7 +83,7 @@ def test_checkpoint_mismatch_names_keys(tmp_path):
     msg = str(err.value)
     assert dropped in msg and "extra.weight" in msg and "head.head.l.weight" in msg
     with pytest.raises(CheckpointError, match="not found"):
-        read_state_dict(tmp_path / "missing.safetensors")
+        create_fused_model("repvit_m0_9", tmp_path / "missing.safetensors")
 
 
 def test_verification_fails_loudly(tmp_path, monkeypatch):
