@@ -171,7 +171,8 @@ def test_num_classes_for_weights_without_metadata(tmp_path, capsys):
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "demo.safetensors"))
     argv = ["export", "regla_t", "-c", str(tmp_path / "demo.safetensors"), "-o", str(tmp_path), *FAST]
     assert main([*argv, "--num-classes", "5"]) == 2  # passed through to the model: a 5-class head does not fit
-    assert "head" in capsys.readouterr().err and not (tmp_path / "regla_t.onnx").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "demo.safetensors" in err and not (tmp_path / "regla_t.onnx").exists()
     assert main([*argv, "--num-classes", "10"]) == 0
     import onnxruntime as ort
 
