@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,11 +71,14 @@ def is_mlpackage(path: Path) -> bool:
 
 
 def _failed(what: str, e: Exception) -> ExportError:
-    return ExportError(f"{what} failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    """An exporter's or converter's exception as a one-line :class:`ExportError` (the chain keeps the rest)."""
+    lines = str(e).strip().splitlines()
+    return ExportError(f"{what} failed: {type(e).__name__}: {lines[0] if lines else ''}")
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int | Sequence[int] = 224, *,
-                dynamic: bool = True, opset: int = 18, exporter: str = "legacy", check=None) -> Path:
+                dynamic: bool = True, opset: int = 18, exporter: str = "legacy",
+                check: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` (already fused, eval) as ONNX with dynamic batch/height/width; atomic.
 
     ``check(tmp_path)``, if given, runs on the complete temporary file before it is renamed onto ``path``.
@@ -105,7 +108,7 @@ def _export_onnx_with(exporter: str, model: nn.Module, x: torch.Tensor, tmp: Pat
     _export_onnx_dynamo(model, x, tmp, dynamic, opset)
 
 
-def _run_check(check, tmp: Path, path: str | os.PathLike) -> None:
+def _run_check(check: Callable[[Path], None] | None, tmp: Path, path: str | os.PathLike) -> None:
     """Run ``check`` on the written temporary; if it fails, keep the file as ``<path>.failed`` for inspection."""
     if check is None:
         return
@@ -193,7 +196,7 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, shapes: Sequence[tupl
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int | Sequence[int] = 224, *,
-                       check=None) -> Path:
+                       check: Callable[[Path], None] | None = None) -> Path:
     """Trace ``model`` to TorchScript and save it atomically (``check(tmp_path)`` as in :func:`export_onnx`)."""
     try:
         traced = _trace(model, to_hw(img_size))
