@@ -62,6 +62,9 @@ def test_interleaving_rotates_order():
 
 def test_bench_smoke(tmp_path, capsys):
     out = tmp_path / "bench"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")  # an existing output folder: only results are replaced
+    (out / "results.json").write_text("{}")
     argv = ["bench", "--models", "shvit_s1,mobilenetv4_conv_small", "--resolutions", "64", "--threads", "1",
             "--warmup", "1", "--min-runs", "2", "--max-runs", "3", "--rounds", "1", "--target-time", "0.01",
             "--output", str(out)]
@@ -71,6 +74,9 @@ def test_bench_smoke(tmp_path, capsys):
     for f in ("results.json", "results.csv", "results.md", "latency_vs_resolution.png", "accuracy_vs_latency.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "latency_vs_resolution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", "results.json", "results.csv", "results.md",
+                                                            "latency_vs_resolution.png", "accuracy_vs_latency.png"])
 
     doc = json.loads((out / "results.json").read_text())
     assert doc["machine"]["threads"] == 1 and doc["config"]["resolutions"] == [64]
@@ -95,7 +101,38 @@ def test_bench_unknown_model_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown model 'repvit_m1_11'" in err and "repvit_m1_1" in err
     assert main(["bench", "--models", "shvit_s1", "--resolutions", "2048", "--output", str(tmp_path)]) == 2
-    assert "32..1024" in capsys.readouterr().err
+    assert "in [32, 1024]" in capsys.readouterr().err
+
+
+def test_bench_output_file_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr("regla.bench.runner.run_bench", never)
+    results = tmp_path / "results.csv"
+    results.write_text("an earlier table\n")
+    assert main(["bench", "--models", "shvit_s1", "-o", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file" in err and results.read_text() == "an earlier table\n"
+
+
+def test_bench_disk_full_while_writing_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    monkeypatch.setattr("regla.bench.runner.run_bench", lambda cfg, command="": {"config": {}, "results": []})
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    out = tmp_path / "b"
+    assert main(["bench", "--models", "shvit_s1", "--resolutions", "64", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]  # other lines: progress, a busy-machine warning
+    assert len(errors) == 1 and errors[0].startswith("regla bench: error: ") and "Traceback" not in err
+    assert "no space left" in errors[0] and str(out / "results.json") in errors[0]
+    assert not out.exists() or not list(out.iterdir())  # no temporary left
 
 
 def test_profile_summary_groups_by_op_and_block():

@@ -9,7 +9,6 @@ import torch
 import regla  # noqa: F401  (registers regla_* and repnext_*)
 from regla.cli import main
 from regla.deploy import CheckpointError, ExportError, create_fused_model, export_model, fuse
-from regla.deploy.checkpoint import read_state_dict
 
 # one size of each family: ours first, then timm's peers
 FAMILY_MODELS = ["regla_t", "repnext_m1", "repvit_m0_9", "iformer_t", "mobilenetv4_conv_small"]
@@ -84,7 +83,7 @@ def test_checkpoint_mismatch_names_keys(tmp_path):
     msg = str(err.value)
     assert dropped in msg and "extra.weight" in msg and "head.head.l.weight" in msg
     with pytest.raises(CheckpointError, match="not found"):
-        read_state_dict(tmp_path / "missing.safetensors")
+        create_fused_model("repvit_m0_9", tmp_path / "missing.safetensors")
 
 
 def test_verification_fails_loudly(tmp_path, monkeypatch):
@@ -94,13 +93,88 @@ def test_verification_fails_loudly(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="does not match PyTorch"):
         export_model("shvit_s1", "onnx", tmp_path / "m.onnx", img_size=64)
     assert not (tmp_path / "m.onnx").exists() and (tmp_path / "m.onnx.failed").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.failed"]  # no temporary left behind
 
 
 def test_cli_export_and_errors(tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", "shvit_s1", "--format", "onnx", "--output", str(out), "--img-size", "64", "96"]) == 0
     assert out.is_file() and "max abs diff" in capsys.readouterr().out
-    assert main(["export", "shvit_s11", "-o", str(tmp_path / "x.onnx")]) == 1
+    assert main(["export", "shvit_s11", "-o", str(tmp_path / "x.onnx")]) == 2
     assert "did you mean: shvit_s1" in capsys.readouterr().err
-    assert main(["export", "shvit_s1", "-o", str(tmp_path / "x.onnx"), "-c", str(tmp_path / "nope.pth")]) == 1
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["export", "shvit_s1", "-o", str(tmp_path / "x.onnx"), "-c", str(tmp_path / "nope.pth")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
+# --- safe outputs: the folder rule, no clobbering, nothing left behind by a failure ---------------------------------
+
+FAST = ["--img-size", "32", "--no-verify"]
+
+
+def test_export_into_an_existing_folder_keeps_its_files(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "sentinel.txt").write_text("keep me")
+    assert main(["export", "regla_t", "-o", str(folder), *FAST]) == 0, capsys.readouterr().err
+    monkeypatch.chdir(folder)
+    assert main(["export", "regla_t", "-f", "torchscript", "-o", ".", *FAST]) == 0  # `-o .` never empties "."
+    for name in ("regla_t.onnx", "regla_t.pt"):
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 1000
+    pkg = folder / "data.mlpackage"  # a folder named like a Core ML package, but not one: refused before work
+    pkg.mkdir()
+    assert main(["export", "regla_t", "-f", "coreml", "-o", str(pkg), *FAST]) == 2
+    assert "not a Core ML package" in capsys.readouterr().err
+    pkg.rmdir()
+    assert (folder / "sentinel.txt").read_text() == "keep me"
+    assert sorted(p.name for p in folder.iterdir()) == ["regla_t.onnx", "regla_t.pt", "sentinel.txt"]
+
+
+def test_export_refuses_to_replace_a_file_of_another_kind(tmp_path, capsys):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"a state dict, not a TorchScript archive")
+    assert main(["export", "regla_t", "-f", "torchscript", "-o", str(weights), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--force" in err and str(weights) in err
+    assert weights.read_bytes() == b"a state dict, not a TorchScript archive"
+    assert main(["export", "regla_t", "-o", str(weights), "-c", str(weights), *FAST]) == 2
+    assert "is the --checkpoint file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("failure", ["crash", "enospc"])
+def test_failed_export_leaves_nothing_at_the_name(tmp_path, capsys, monkeypatch, failure):
+    import errno
+
+    import regla.deploy.export as ex
+
+    previous = tmp_path / "m.onnx"
+    previous.write_bytes(b"an earlier export")
+
+    def broken(model, x, path, dynamic, opset):
+        path.write_bytes(b"half a model")  # the writer got some way before failing
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("exporter bug\nwith a second line\nand a third")
+
+    monkeypatch.setattr(ex, "_export_onnx_legacy", broken)
+    assert main(["export", "regla_t", "-o", str(previous), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert ("no space left" in err and str(previous) in err) if failure == "enospc" else "ONNX export" in err
+    assert previous.read_bytes() == b"an earlier export"  # the old output is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary left
+
+
+def test_num_classes_for_weights_without_metadata(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    state = timm.create_model("regla_t", num_classes=10).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "demo.safetensors"))
+    argv = ["export", "regla_t", "-c", str(tmp_path / "demo.safetensors"), "-o", str(tmp_path), *FAST]
+    assert main([*argv, "--num-classes", "5"]) == 2  # passed through to the model: a 5-class head does not fit
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "demo.safetensors" in err and not (tmp_path / "regla_t.onnx").exists()
+    assert main([*argv, "--num-classes", "10"]) == 0
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(str(tmp_path / "regla_t.onnx")).get_outputs()[0]
+    assert out.shape[-1] == 10

@@ -56,7 +56,8 @@ def test_lr_scales_with_global_batch():
 
 
 def test_set_overrides_parse_yaml_values_and_reject_unknown_keys():
-    cfg = build_config("regla_t", ["scale=[0.5, 1.0]", "aa=null", "lr_base=2e-3", "sync-bn=true", "epochs=7"])
+    cfg = build_config("regla_t", ["scale=[0.5, 1.0]", "aa=null", "lr_base=2e-3", "sync-bn=true", "epochs=7",
+                                   "warmup_epochs=2"])
     assert cfg["scale"] == [0.5, 1.0] and cfg["aa"] is None and cfg["lr_base"] == 2e-3
     assert cfg["sync_bn"] is True and cfg["epochs"] == 7
     assert parse_override("lr=1e-3") == ("lr", 1e-3)
@@ -79,8 +80,8 @@ def test_every_recipe_key_is_known():
 def test_cli_registers_subcommands_and_resolves_flags(capsys):
     from regla.cli import main
 
-    assert main(["train", "-c", "regla_s", "--lr", "1e-3", "--set", "epochs=5", "--amp", "bf16",
-                 "--sync-bn", "--print-config"]) == 0
+    assert main(["train", "-c", "regla_s", "--lr", "1e-3", "--set", "epochs=5", "--set", "warmup_epochs=1",
+                 "--amp", "bf16", "--sync-bn", "--print-config"]) == 0
     out = yaml.safe_load(capsys.readouterr().out)
     assert out["model"] == "regla_s" and out["lr"] == 1e-3 and out["epochs"] == 5
     assert out["amp"] is True and out["amp_dtype"] == "bfloat16" and out["sync_bn"] is True
@@ -123,5 +124,83 @@ def test_recipe_base_loop_and_bad_model_kwargs(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="loop"):
         build_config(str(tmp_path / "a.yaml"))
-    with pytest.raises(ConfigError, match="model_kwargs must be a mapping"):
+    with pytest.raises(ConfigError, match="model_kwargs = 'dw7' .*expected a mapping"):
         build_config("regla_t", ["model_kwargs=dw7"])
+
+
+# --- the typed schema (regla.config) ---------------------------------------------------------------------------------
+
+BAD_VALUES = {  # overrides -> what the one-line error must say
+    ("eval_every=0",): ["eval_every = 0", "an integer >= 1"],
+    ("batch_size=0",): ["batch_size = 0", ">= 1"],
+    ("weight_decay=-0.1",): ["weight_decay = -0.1", ">= 0"],
+    ("lr=0",): ["lr = 0", "> 0"],
+    ("lr=-1e-3",): ["lr = -0.001", "> 0"],
+    ("hflip=1.5",): ["hflip = 1.5", "<= 1"],
+    ("reprob=-0.1",): ["reprob = -0.1", ">= 0"],
+    ("workers=-1",): ["workers = -1", ">= 0"],
+    ("epochs=abc",): ["epochs = 'abc' (a string)", "an integer"],
+    ("epochs=2.5",): ["epochs = 2.5", "an integer"],
+    ("lr=fast",): ["lr = 'fast' (a string)", "null or a number > 0"],
+    ("amp=1",): ["amp = 1", "true or false"],
+    ("scale=[0.5]",): ["scale = [0.5]", "1 items", "a list of 2 numbers"],
+    ("ratio=[2.0, 1.0]",): ["ratio = [2.0, 1.0]", "low <= high"],
+    ("device=tpu",): ["device = 'tpu'", "not a device name"],
+    ("interpolation=cubic",): ["interpolation = 'cubic'", "one of 'bicubic'"],
+    ("epochs=5", "warmup_epochs=10"): ["warmup_epochs = 10 > epochs = 5"],
+    ("lr=1e-4", "min_lr=1e-3"): ["min_lr = 0.001 > lr = 0.0001"],
+    ("lr_bse=1",): ["unknown option 'lr_bse'", "did you mean 'lr_base'"],
+    ("epochs.x=1",): ["epochs is not a mapping"],
+    ("model_kwargs=dw7",): ["model_kwargs = 'dw7'", "a mapping"],
+    ("in_chans=1",): ["one value per input channel"],
+}
+
+
+@pytest.mark.parametrize("overrides,expected", BAD_VALUES.items(), ids=[" ".join(k) for k in BAD_VALUES])
+def test_bad_values_are_one_line_errors_naming_key_value_and_rule(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        build_config("regla_t", list(overrides))
+    msg = str(err.value)
+    assert "\n" not in msg
+    for part in expected:
+        assert part in msg, (part, msg)
+    assert err.value.exit_code == 2
+
+
+def test_yaml_1_1_floats_and_recipe_errors_name_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: regla_t\nlr: 4e-3\nmin_lr: 1e-6\nscale: [1e-1, 1]\nwarmup_epochs: 2e1\n")
+    cfg = build_config(str(recipe), ["weight_decay=5e-2"])
+    assert cfg["lr"] == 4e-3 and cfg["min_lr"] == 1e-6 and cfg["weight_decay"] == 0.05
+    assert cfg["scale"] == [0.1, 1.0] and cfg["warmup_epochs"] == 20 and isinstance(cfg["warmup_epochs"], int)
+    recipe.write_text("weight_decay: lots\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: weight_decay = 'lots'"):
+        build_config(str(recipe))
+
+
+def test_set_reads_mappings_in_every_form():
+    for overrides in (["model_kwargs={early_block:dw7,gating:none}"], ["model_kwargs={early_block: dw7, gating: none}"],
+                      ["model_kwargs.early_block=dw7", "model_kwargs.gating=none"]):
+        assert build_config(None, overrides)["model_kwargs"] == {"early_block": "dw7", "gating": "none"}, overrides
+    cfg = build_config(str(CONFIGS / "ablations" / "table5_row1_conv9.yaml"), ["model_kwargs.early_block=dw7"])
+    assert cfg["model_kwargs"] == {"early_block": "dw7", "gating": "decoupled"}  # one entry changed, the rest kept
+    assert build_config(None, ["model_kwargs={layer_scale:1e-6}"])["model_kwargs"] == {"layer_scale": 1e-6}
+    assert parse_override("model_kwargs.x={a:[1,2]}") == ("model_kwargs.x", {"a": [1, 2]})
+    with pytest.raises(ConfigError, match="has no value"):
+        build_config(None, ["model_kwargs={'early_block:dw7': null}"])  # quoted: a real key, loudly refused
+
+
+def test_schema_covers_every_default_and_returns_a_plain_dict():
+    from regla.train.config import FIELDS, SCHEMA
+
+    assert set(FIELDS) == set(DEFAULTS)
+    SCHEMA.validate(DEFAULTS)  # the defaults are valid
+    cfg = build_config("regla_t")
+    assert type(cfg) is dict and set(cfg) == set(DEFAULTS)
+    assert yaml.safe_load(dump_roundtrip(cfg)) == cfg  # what is saved in a run folder reads back the same
+
+
+def dump_roundtrip(cfg):
+    from regla.train.config import dump
+
+    return dump(cfg)

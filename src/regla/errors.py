@@ -13,6 +13,9 @@ is printed only with ``regla --debug`` or ``REGLA_DEBUG=1``.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection, Iterable
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -20,7 +23,7 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_SIGINT", "EXIT_SIGTERM", "EXIT_USAGE", "ReglaError", "RunFailure",
-           "Stopped", "UsageError"]
+           "Stopped", "UnknownModelError", "UsageError", "unknown_model_message"]
 
 
 class ReglaError(Exception):
@@ -47,3 +50,24 @@ class Stopped(ReglaError):
     def __init__(self, message: str, exit_code: int = EXIT_SIGINT):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class UnknownModelError(UsageError):
+    """A requested model name matches no registered model (exit code 2)."""
+
+
+def unknown_model_message(name: str, available: Iterable[str], expected: Collection[str] = ()) -> str:
+    """``unknown model 'x'; did you mean: ...?`` with the closest registered names.
+
+    ``expected``: names that should be registered (``regla bench``'s default list); naming one of them adds a hint
+    that the module defining it did not import.
+    """
+    close = difflib.get_close_matches(name, sorted(set(available)), n=5, cutoff=0.6)
+    msg = f"unknown model {name!r}"
+    if name in expected:
+        msg += " (it is in the default list but not registered: is the module that defines it importable?)"
+    if close:
+        msg += "; did you mean: " + ", ".join(close) + "?"
+    else:
+        msg += "; see `regla models` or timm.list_models() for registered names"
+    return msg

@@ -1,12 +1,23 @@
-"""``regla bench``: params, MACs, CPU latency (ONNX Runtime and eager PyTorch) and memory of ours vs the peers."""
+"""``regla bench``: params, MACs, CPU latency (ONNX Runtime and eager PyTorch) and memory of ours vs the peers.
+
+``--output`` is a folder (default ``bench_out/``): the results are written into it (``results.json``, ``.csv``,
+``.md``, PNGs), each atomically, replacing only earlier results of the same name; other files in it are left alone.
+A file given as ``--output`` is refused before anything runs. Errors propagate to :func:`regla.cli.main`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from ..outputs import check_writable
+from ..preflight import float_range, int_range
 
 DEFAULT_RESOLUTIONS = (224, 512)
+DEFAULT_REFERENCE = "regla_m"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,26 +25,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", "-m", nargs="+", default=None, metavar="NAME",
                         help="models to compare: names, comma lists or globs ('regla_*'); default: ReGLA T-X and the "
                              "Table 2 peers that are registered")
-    parser.add_argument("--resolutions", "-r", type=int, nargs="+", default=list(DEFAULT_RESOLUTIONS), metavar="PX",
+    parser.add_argument("--resolutions", "-r", type=int_range(32, 1024), nargs="+", metavar="PX",
+                        default=list(DEFAULT_RESOLUTIONS),
                         help="square input sides, 32..1024 (default 224 512; add 1024 for the 512->1024 growth)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=int_range(0), default=0,
                         help="intra-op threads for ONNX Runtime and PyTorch (default: physical cores)")
-    parser.add_argument("--warmup", type=int, default=3, help="warm-up runs per model, backend, resolution")
-    parser.add_argument("--min-runs", type=int, default=10, help="fewest timed runs per measurement (default 10)")
-    parser.add_argument("--max-runs", type=int, default=100, help="most timed runs per measurement (default 100)")
-    parser.add_argument("--target-time", type=float, default=1.0,
+    parser.add_argument("--warmup", type=int_range(1), default=3, help="warm-up runs per model, backend, resolution")
+    parser.add_argument("--min-runs", type=int_range(1),
+                        default=10, help="fewest timed runs per measurement (default 10)")
+    parser.add_argument("--max-runs", type=int_range(1),
+                        default=100, help="most timed runs per measurement (default 100)")
+    parser.add_argument("--target-time", type=float_range(0.0, lo_open=True), default=1.0,
                         help="seconds of timed runs to aim for per measurement, within the run limits (default 1)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed runs are split into")
+    parser.add_argument("--rounds", type=int_range(1),
+                        default=5, help="interleaved rounds the timed runs are split into")
     parser.add_argument("--backends", nargs="+", choices=("ort", "eager"), default=["ort", "eager"],
                         help="what to time (default both)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak memory probe")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--reference", default="regla_m",
-                        help="model whose latency ratios to the others are reported (default regla_m)")
+    parser.add_argument("--reference", default=None,
+                        help=f"one of the benchmarked models, whose latency ratios to the others are reported "
+                             f"(default {DEFAULT_REFERENCE}, when it is benchmarked)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: ONNX Runtime per-node profile of each model (time by operator type, "
                              "by stage/sub-module and by block), printed and written as profile_<model>_<px>.json")
-    parser.add_argument("--output", "-o", default="bench_out", help="output folder (default bench_out/)")
+    parser.add_argument("--output", "-o", default="bench_out",
+                        help="output folder (default bench_out/); results replace earlier results of the same name "
+                             "in it, other files are left alone")
 
 
 def _warn_if_busy(threads: int) -> None:
@@ -58,24 +76,42 @@ def _command_line() -> str:
     return "regla bench" + "".join(" " + shlex.quote(a) for a in tail)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark, print the table, write JSON/CSV/Markdown/PNGs. Returns 2 on bad input, 1 if all failed."""
+def output_folder(path: str) -> Path:
+    """The ``--output`` folder, checked before any work: not a file, writable, with free space."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out}: is a file; regla bench writes a folder of results (choose a folder)")
+    check_writable(out / "results.json")
+    return out
+
+
+def config_of(args: argparse.Namespace):
+    """The :class:`~regla.bench.runner.BenchConfig` of this invocation, validated (unknown models included)."""
     import timm
 
-    from .models import UnknownModelError, resolve_models
-    from .report import errors, latency_ratios, text_table, write_outputs
-    from .runner import BenchConfig, run_bench
+    from .models import resolve_models
+    from .runner import BenchConfig
 
-    try:
-        names = resolve_models(args.models, timm.list_models())
-        cfg = BenchConfig(models=names, resolutions=sorted(set(args.resolutions)), threads=args.threads,
-                          warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
-                          target_s=args.target_time, rounds=args.rounds, memory=not args.no_memory,
-                          backends=tuple(args.backends))
-        cfg.validate()
-    except (UnknownModelError, ValueError) as e:
-        print(f"regla bench: error: {e}", file=sys.stderr)
-        return 2
+    names = resolve_models(args.models, timm.list_models())
+    cfg = BenchConfig(models=names, resolutions=sorted(set(args.resolutions)), threads=args.threads,
+                      warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
+                      target_s=args.target_time, rounds=args.rounds, memory=not args.no_memory,
+                      backends=tuple(dict.fromkeys(args.backends)))
+    cfg.validate()
+    if args.reference is not None and args.reference not in names:
+        raise UsageError(f"--reference {args.reference!r} is not among the benchmarked models ({', '.join(names)})")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the table, write JSON/CSV/Markdown/PNGs. Returns 1 if every model failed."""
+    from .report import errors, latency_ratios, text_table, write_outputs
+    from .runner import run_bench
+
+    out = output_folder(args.output)
+    cfg = config_of(args)
+    names = cfg.models
+    reference = args.reference or DEFAULT_REFERENCE
     if args.models is None:
         from .models import DEFAULT_MODELS
 
@@ -83,17 +119,17 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             print(f"regla bench: not registered, skipped: {', '.join(missing)}", file=sys.stderr)
     if args.profile:
-        return run_profile(names, cfg, args.output)
+        return run_profile(names, cfg, out)
     _warn_if_busy(cfg.threads)
-    print(f"regla bench: {len(names)} models at {', '.join(map(str, cfg.resolutions))} px -> {args.output}/",
+    print(f"regla bench: {len(names)} models at {', '.join(map(str, cfg.resolutions))} px -> {out}/",
           file=sys.stderr)
     doc = run_bench(cfg, command=_command_line())
-    paths = write_outputs(doc, args.output, reference=args.reference, plots=not args.no_plots)
+    paths = write_outputs(doc, out, reference=reference, plots=not args.no_plots)
     print(text_table(doc))
     for res in cfg.resolutions:
-        ratios = latency_ratios(doc, args.reference, res)
+        ratios = latency_ratios(doc, reference, res)
         if ratios:
-            print(f"\nORT latency of {args.reference} at {res} px / each model's: "
+            print(f"\nORT latency of {reference} at {res} px / each model's: "
                   + ", ".join(f"{label} {x:.2f}" for label, x in ratios))
     m = doc["machine"]
     print(f"\n{m['cpu']}, threads: {m['threads']}; {doc['duration_s']:.0f} s; wrote "
@@ -103,15 +139,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if all(r["error"] and not r["latency_ms"] for r in doc["results"]) else 0
 
 
-def run_profile(names: list[str], cfg, output: str) -> int:
+def run_profile(names: list[str], cfg, output: Path) -> int:
     """``--profile``: where ONNX Runtime spends its time, per model and resolution."""
     import json
     import tempfile
-    from pathlib import Path
 
     from ..deploy.checkpoint import create_fused_model
     from ..deploy.export import export_onnx
-    from ..utils import atomic_write_text
+    from ..outputs import atomic_write_text
     from .measure import physical_cores
     from .models import bench_model
     from .profile import format_profile, profile_onnx
@@ -123,6 +158,6 @@ def run_profile(names: list[str], cfg, output: str) -> int:
             for res in cfg.resolutions:
                 prof = profile_onnx(path, res, threads, runs=max(cfg.min_runs, 1))
                 prof.update(model=name, resolution=res, threads=threads)
-                out = atomic_write_text(Path(output) / f"profile_{name}_{res}.json", json.dumps(prof, indent=2))
+                out = atomic_write_text(output / f"profile_{name}_{res}.json", json.dumps(prof, indent=2))
                 print(format_profile(bench_model(name).label, res, prof) + f"\n  -> {out}\n")
     return 0

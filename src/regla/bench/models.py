@@ -7,11 +7,12 @@ own paper is used and the disagreement is noted in ``note``.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..errors import UnknownModelError
+from ..errors import unknown_model_message as _unknown_model_message
 from ..models.regla import PAPER_FIGURES as REGLA_FIGURES
 
 REGLA_T2 = "ReGLA, Table 2"
@@ -84,10 +85,6 @@ DEFAULT_MODELS: tuple[BenchModel, ...] = (
 _BY_NAME = {m.name: m for m in DEFAULT_MODELS}
 
 
-class UnknownModelError(ValueError):
-    """A requested model name matches no registered model."""
-
-
 def bench_model(name: str) -> BenchModel:
     """The :class:`BenchModel` for ``name``: the default entry if there is one, else a bare entry (no figures)."""
     return _BY_NAME.get(name) or BenchModel(name, name, name.split("_")[0], None)
@@ -123,12 +120,5 @@ def resolve_models(specs: Sequence[str] | None, available: Iterable[str]) -> lis
 
 
 def unknown_model_message(name: str, available: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, available, n=5, cutoff=0.6)
-    msg = f"unknown model {name!r}"
-    if name in _BY_NAME:
-        msg += " (it is in the default list but not registered: is the module that defines it importable?)"
-    if close:
-        msg += "; did you mean: " + ", ".join(close) + "?"
-    else:
-        msg += "; see `regla models` or timm.list_models() for registered names"
-    return msg
+    """:func:`regla.errors.unknown_model_message`, with a hint when ``name`` is in the default list."""
+    return _unknown_model_message(name, available, _BY_NAME)

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..utils import atomic_write_bytes, atomic_write_text
+from ..outputs import atomic_write_bytes, atomic_write_text
 from .models import PAPERS
 
 CSV_FIELDS = (
@@ -179,9 +179,12 @@ def summary_markdown(doc: dict, reference: str | None, plots: Sequence[str]) -> 
 
 def write_outputs(doc: dict, out_dir: str | Path, reference: str | None = "regla_m",
                   plots: bool = True) -> dict[str, Path]:
-    """Write results.json, results.csv, results.md and the PNG plots into ``out_dir`` (each atomically)."""
+    """Write results.json, results.csv, results.md and the PNG plots into ``out_dir`` (each atomically).
+
+    Each file replaces only an earlier file of its name; other files in ``out_dir`` are left alone. The folder is
+    created if needed; a write failure is a :mod:`regla.errors` type naming the file (see :mod:`regla.outputs`).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": atomic_write_text(out / "results.json", json.dumps(doc, indent=2) + "\n"),
         "csv": atomic_write_text(out / "results.csv", to_csv(doc)),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from .measure import (
     interleaved,
     ort_runner,
@@ -48,16 +49,18 @@ class BenchConfig:
     backends: tuple[str, ...] = BACKENDS
 
     def validate(self) -> None:
-        """Raise ``ValueError`` on settings that cannot give a meaningful measurement."""
+        """Raise :class:`~regla.errors.UsageError` (a ``ValueError``) on settings that cannot give a measurement."""
         if not self.models:
-            raise ValueError("no models to benchmark")
+            raise UsageError("no models to benchmark")
         bad = [r for r in self.resolutions if not 32 <= r <= MAX_RESOLUTION]
         if bad or not self.resolutions:
-            raise ValueError(f"resolutions must lie in 32..{MAX_RESOLUTION}, got {self.resolutions}")
+            raise UsageError(f"resolutions must lie in 32..{MAX_RESOLUTION}, got {self.resolutions}")
         if self.threads < 0 or self.warmup < 1 or self.rounds < 1 or not 1 <= self.min_runs <= self.max_runs:
-            raise ValueError("need threads >= 0, warmup >= 1, rounds >= 1 and 1 <= min_runs <= max_runs")
+            raise UsageError(f"need threads >= 0, warmup >= 1, rounds >= 1 and 1 <= min_runs <= max_runs, got "
+                             f"threads {self.threads}, warmup {self.warmup}, rounds {self.rounds}, "
+                             f"min_runs {self.min_runs}, max_runs {self.max_runs}")
         if not set(self.backends) <= set(BACKENDS) or not self.backends:
-            raise ValueError(f"backends must be a non-empty subset of {BACKENDS}")
+            raise UsageError(f"backends must be a non-empty subset of {BACKENDS}")
 
 
 @dataclass

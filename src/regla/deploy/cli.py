@@ -1,11 +1,21 @@
-"""``regla export MODEL --format onnx|coreml|torchscript``: fused export, checked against PyTorch."""
+"""``regla export MODEL --format onnx|coreml|torchscript``: fused export, checked against PyTorch.
+
+Every input is checked before the model is built: the model name, the weights file, the output place (the
+folder rule of :func:`regla.outputs.resolve_output`: ``-o DIR`` writes ``DIR/<default name>``). Errors propagate
+to :func:`regla.cli.main`, which reports them in one line (exit 2 bad input, 1 export failure).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from ..outputs import check_not_clobbering, check_writable, resolve_output
+from ..preflight import existing_file, float_range, int_range, require_model
 
 FORMAT_CHOICES = ("onnx", "coreml", "torchscript")
+SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "torchscript": ".pt"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,34 +23,82 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name, e.g. regla_m, repnext_m3, repvit_m1_1")
     parser.add_argument("--format", "-f", choices=FORMAT_CHOICES, default="onnx", help="output format (default onnx)")
     parser.add_argument("--output", "-o", default=None,
-                        help="output path (default <model>.onnx, <model>.pt, <model>_<H>x<W>.mlpackage)")
+                        help="output path (default <model>.onnx, <model>.pt, <model>_<H>x<W>.mlpackage); "
+                             "an existing folder receives the file under that default name")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing file at --output even if it is not of the exported format")
     parser.add_argument("--checkpoint", "-c", default=None,
                         help="weights to load: .safetensors or .pth state dict, training-time or fused form")
-    parser.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="N",
+    parser.add_argument("--num-classes", type=int_range(1), default=None, metavar="N",
+                        help="classifier size of the weights (e.g. 10 for a `regla train --demo` model; "
+                             "default: the model's 1000)")
+    parser.add_argument("--img-size", type=int_range(16, 4096), nargs="+", default=[224], metavar="N",
                         help="example input size: N or H W (the fixed input size for Core ML; ONNX stays dynamic)")
-    parser.add_argument("--atol", type=float, default=1e-4,
+    parser.add_argument("--atol", type=float_range(0.0, lo_open=True), default=1e-4,
                         help="max abs difference allowed between exported model and PyTorch (default 1e-4)")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime / TorchScript check")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=int_range(7, 23), default=18, help="ONNX opset (default 18)")
     parser.add_argument("--exporter", choices=("legacy", "dynamo", "auto"), default="legacy",
                         help="torch.onnx exporter: legacy (TorchScript-based, default), dynamo, or auto (fallback)")
     parser.add_argument("--coreml-precision", choices=("fp16", "fp32"), default="fp16",
                         help="Core ML compute precision (default fp16, what the Neural Engine runs)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Export ``args.model``; print where it went and how closely it matches PyTorch. Non-zero on failure."""
-    from .checkpoint import CheckpointError
-    from .export import ExportError, export_model, to_hw
+def img_size_of(sizes: list[int]) -> tuple[int, int]:
+    """``--img-size N`` or ``--img-size H W`` as (H, W)."""
+    if len(sizes) > 2:
+        raise UsageError(f"--img-size takes N or H W, got {len(sizes)} numbers")
+    return (sizes[0], sizes[-1])
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (a zip with ``code/``), not a ``torch.save``'d state dict that also ends in ``.pt``."""
+    import zipfile
 
     try:
-        hw = to_hw(args.img_size)
-        result = export_model(args.model, args.format, args.output, checkpoint=args.checkpoint, img_size=hw,
-                              verify=not args.no_verify, atol=args.atol, opset=args.opset, exporter=args.exporter,
-                              coreml_precision=args.coreml_precision)
-    except (ExportError, CheckpointError, ValueError) as e:
-        print(f"regla export: error: {e}", file=sys.stderr)
-        return 1
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+#: Which existing file at the output an export may replace without --force: an earlier export of its format.
+SAME_KIND = {
+    "onnx": lambda p: p.is_file() and p.suffix == ".onnx",
+    "torchscript": lambda p: p.is_file() and p.suffix == ".pt" and is_torchscript(p),
+}
+
+
+def output_path(args: argparse.Namespace, hw: tuple[int, int]) -> Path:
+    """Where the export goes, checked: writable, not the weights file, not clobbering a file of another kind."""
+    stem = args.model if args.format != "coreml" else f"{args.model}_{hw[0]}x{hw[1]}"
+    path = resolve_output(args.output, stem + SUFFIX[args.format], directory=args.format == "coreml")
+    check_writable(path)
+    if args.checkpoint and path.exists() and path.resolve() == Path(args.checkpoint).resolve():
+        raise UsageError(f"--output {path} is the --checkpoint file: choose another output")
+    if args.format != "coreml":
+        check_not_clobbering(path, args.force, same_kind=SAME_KIND[args.format])
+    elif path.suffix != ".mlpackage":
+        raise UsageError(f"--output {path}: a Core ML ML Program is a .mlpackage folder; give a name ending in "
+                         ".mlpackage (or a folder to write it into)")
+    elif path.exists() and not (path / "Manifest.json").is_file():
+        raise UsageError(f"--output {path} exists and is not a Core ML package: refusing to replace it")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export ``args.model``; print where it went and how closely it matches PyTorch."""
+    hw = img_size_of(args.img_size)
+    require_model(args.model)
+    if args.checkpoint:
+        existing_file(args.checkpoint, "--checkpoint")
+    path = output_path(args, hw)
+
+    from .export import export_model
+
+    result = export_model(args.model, args.format, path, checkpoint=args.checkpoint, img_size=hw,
+                          verify=not args.no_verify, atol=args.atol, opset=args.opset, exporter=args.exporter,
+                          coreml_precision=args.coreml_precision, num_classes=args.num_classes)
     print(f"wrote {result.path} ({result.format}, fused, example input {hw[0]}x{hw[1]})")
     if result.max_abs_diff is not None:
         shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)

@@ -4,14 +4,17 @@ ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)
 keeps batch, height and width dynamic for every model we ship and takes about a second, while the dynamo exporter
 takes 5-10x longer and, for some models (iFormer), specialises a reshape to the example input's spatial size.
 ``exporter="dynamo"`` is available; ``"auto"`` tries the legacy exporter and falls back to dynamo.
+
+Every file is written through :mod:`regla.outputs`: into a temporary sibling, checked there, and renamed onto its
+name only when complete and checked. A failed export leaves nothing at the requested name (a file that exported
+but failed the check is kept as ``<name>.failed``), and a previous output of that name is left as it was.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ReglaError, RunFailure, UsageError
+from ..outputs import atomic_output
+
 FORMATS = ("onnx", "coreml", "torchscript")
 SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "torchscript": ".pt"}
 ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
 DEFAULT_ATOL = 1e-4
 
 
-class ExportError(RuntimeError):
-    """Export failed, or the exported model does not match PyTorch."""
+class ExportError(RunFailure):
+    """Export failed, or the exported model does not match PyTorch (exit code 1)."""
 
 
 @dataclass
@@ -46,7 +52,7 @@ def to_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
     if len(sizes) == 1:
         sizes = sizes * 2
     if len(sizes) != 2 or any(int(s) < 16 for s in sizes):
-        raise ValueError(f"img_size must be one or two integers >= 16 (height, width), got {img_size!r}")
+        raise UsageError(f"img_size must be one or two integers >= 16 (height, width), got {img_size!r}")
     return int(sizes[0]), int(sizes[1])
 
 
@@ -59,40 +65,59 @@ def check_shapes(img_size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     return [(1, 3, h, w), (2, 3, h + 32, w + 64)]
 
 
-def _replace_into(tmp: Path, path: Path) -> None:
-    if path.is_dir():
-        import shutil
+def is_mlpackage(path: Path) -> bool:
+    """A Core ML package folder written earlier (replaceable by a new one): ``*.mlpackage`` with a manifest."""
+    return path.suffix == ".mlpackage" and (path / "Manifest.json").is_file()
 
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+
+def _failed(what: str, e: Exception) -> ExportError:
+    """An exporter's or converter's exception as a one-line :class:`ExportError` (the chain keeps the rest)."""
+    lines = str(e).strip().splitlines()
+    return ExportError(f"{what} failed: {type(e).__name__}: {lines[0] if lines else ''}")
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int | Sequence[int] = 224, *,
-                dynamic: bool = True, opset: int = 18, exporter: str = "legacy") -> Path:
-    """Write ``model`` (already fused, eval) as ONNX with dynamic batch/height/width; atomic (temp file + rename)."""
+                dynamic: bool = True, opset: int = 18, exporter: str = "legacy",
+                check: Callable[[Path], None] | None = None) -> Path:
+    """Write ``model`` (already fused, eval) as ONNX with dynamic batch/height/width; atomic.
+
+    ``check(tmp_path)``, if given, runs on the complete temporary file before it is renamed onto ``path``.
+    """
     if exporter not in ("legacy", "dynamo", "auto"):
-        raise ValueError(f"exporter must be legacy, dynamo or auto, got {exporter!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise UsageError(f"exporter must be legacy, dynamo or auto, got {exporter!r}")
     x = torch.randn(1, 3, *to_hw(img_size))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    with atomic_output(path) as tmp:
+        try:
+            _export_onnx_with(exporter, model, x, tmp, dynamic, opset)
+        except (OSError, ReglaError):
+            raise
+        except Exception as e:  # noqa: BLE001 - an exporter failure is a runtime failure naming the exporter
+            raise _failed(f"ONNX export ({exporter} exporter)", e) from e
+        _run_check(check, tmp, path)
+    return Path(path)
+
+
+def _export_onnx_with(exporter: str, model: nn.Module, x: torch.Tensor, tmp: Path, dynamic: bool, opset: int) -> None:
+    if exporter in ("legacy", "auto"):
+        try:
+            _export_onnx_legacy(model, x, tmp, dynamic, opset)
+            return
+        except Exception:
+            if exporter == "legacy":
+                raise
+    _export_onnx_dynamo(model, x, tmp, dynamic, opset)
+
+
+def _run_check(check: Callable[[Path], None] | None, tmp: Path, path: str | os.PathLike) -> None:
+    """Run ``check`` on the written temporary; if it fails, keep the file as ``<path>.failed`` for inspection."""
+    if check is None:
+        return
     try:
-        if exporter in ("legacy", "auto"):
-            try:
-                _export_onnx_legacy(model, x, tmp, dynamic, opset)
-            except Exception:
-                if exporter == "legacy":
-                    raise
-                _export_onnx_dynamo(model, x, tmp, dynamic, opset)
-        else:
-            _export_onnx_dynamo(model, x, tmp, dynamic, opset)
-        _replace_into(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        check(tmp)
+    except ExportError as e:
+        failed = Path(path).with_name(Path(path).name + ".failed")
+        os.replace(tmp, failed)
+        raise ExportError(f"{e} (exported file kept as {failed} for inspection)") from e
 
 
 def _export_onnx_legacy(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int) -> None:
@@ -170,22 +195,21 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, shapes: Sequence[tupl
     return verify_against_torch(model, lambda x: sess.run(None, {ONNX_INPUT: x})[0], shapes, atol, "ONNX Runtime")
 
 
-def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int | Sequence[int] = 224) -> Path:
-    """Trace ``model`` to TorchScript and save it atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    traced = _trace(model, to_hw(img_size))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".pt", dir=path.parent)
-    os.close(fd)
+def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int | Sequence[int] = 224, *,
+                       check: Callable[[Path], None] | None = None) -> Path:
+    """Trace ``model`` to TorchScript and save it atomically (``check(tmp_path)`` as in :func:`export_onnx`)."""
     try:
+        traced = _trace(model, to_hw(img_size))
+    except ReglaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model that cannot be traced is a runtime failure
+        raise _failed("TorchScript tracing", e) from e
+    with atomic_output(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.save(traced, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+            torch.jit.save(traced, str(tmp))
+        _run_check(check, tmp, path)
+    return Path(path)
 
 
 def verify_torchscript(model: nn.Module, path: str | os.PathLike, shapes: Sequence[tuple[int, ...]],
@@ -213,33 +237,29 @@ def export_coreml(model: nn.Module, path: str | os.PathLike, img_size: int | Seq
     """Convert ``model`` (traced TorchScript) to a Core ML ML Program ``.mlpackage`` with a fixed input size.
 
     ``precision="fp16"`` is Core ML's default for ML Programs and what runs on the Neural Engine; conversion runs
-    on Linux, running the package needs macOS/iOS (see docs/deployment.md).
+    on Linux, running the package needs macOS/iOS (see docs/deployment.md). The package folder is written next to
+    ``path`` and renamed onto it when complete; it replaces only an earlier ``.mlpackage``.
     """
     if precision not in ("fp16", "fp32"):
-        raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
-    ct = import_coremltools()
+        raise UsageError(f"precision must be fp16 or fp32, got {precision!r}")
     path = Path(path)
     if path.suffix != ".mlpackage":
-        raise ValueError(f"a Core ML ML Program is saved as a .mlpackage folder, got {path}")
+        raise UsageError(f"a Core ML ML Program is saved as a .mlpackage folder, got {path}")
+    ct = import_coremltools()
     hw = to_hw(img_size)
-    traced = _trace(model, hw)
-    mlmodel = ct.convert(
-        traced,
-        inputs=[ct.TensorType(name=ONNX_INPUT, shape=(1, 3, *hw))],
-        outputs=[ct.TensorType(name=ONNX_OUTPUT)],
-        convert_to="mlprogram",
-        minimum_deployment_target=getattr(ct.target, deployment_target),
-        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent)) / path.name
     try:
+        mlmodel = ct.convert(
+            _trace(model, hw),
+            inputs=[ct.TensorType(name=ONNX_INPUT, shape=(1, 3, *hw))],
+            outputs=[ct.TensorType(name=ONNX_OUTPUT)],
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, deployment_target),
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        )
+    except Exception as e:  # noqa: BLE001 - a conversion failure is a runtime failure naming the converter
+        raise _failed("Core ML conversion", e) from e
+    with atomic_output(path, directory=True, same_kind=is_mlpackage) as tmp:
         mlmodel.save(str(tmp))
-        _replace_into(tmp, path)
-    finally:
-        import shutil
-
-        shutil.rmtree(tmp.parent, ignore_errors=True)
     return path
 
 
@@ -266,50 +286,53 @@ def default_output(name: str, fmt: str, img_size: tuple[int, int]) -> Path:
 def export_model(model: str | nn.Module, format: str = "onnx", output: str | os.PathLike | None = None, *,
                  checkpoint: str | os.PathLike | None = None, img_size: int | Sequence[int] = 224,
                  verify: bool = True, atol: float = DEFAULT_ATOL, opset: int = 18, exporter: str = "legacy",
-                 coreml_precision: str = "fp16", threads: int = 1) -> ExportResult:
+                 coreml_precision: str = "fp16", threads: int = 1, num_classes: int | None = None) -> ExportResult:
     """Export a model for deployment, fused first, and (by default) check the result against PyTorch.
 
     Args:
         model: a registered model name (``"regla_m"``, ``"repvit_m1_1"``, ...) or an ``nn.Module`` (fused here).
         format: ``"onnx"`` (dynamic batch/height/width), ``"torchscript"`` (traced) or ``"coreml"`` (ML Program
             ``.mlpackage`` with a fixed input size).
-        output: destination path; default ``<name><suffix>`` in the current folder.
+        output: destination path; default ``<name><suffix>`` in the current folder; an existing folder receives
+            the file under its default name (:func:`regla.outputs.resolve_output`).
         checkpoint: safetensors or ``.pth`` state dict to load (training-time or fused form); name only.
         img_size: example input size, ``224`` or ``(H, W)``; the fixed input size for Core ML.
         verify: ONNX and TorchScript only: run the exported model against PyTorch on the same inputs (batch 1 at
             ``img_size`` and batch 2 at a larger non-square size) and raise :class:`ExportError` if the max abs
-            difference exceeds ``atol`` (scaled by the logits' magnitude when that exceeds 1).
+            difference exceeds ``atol`` (scaled by the logits' magnitude when that exceeds 1). The check runs on
+            the temporary file: a file that fails it never takes the output's name (it is kept as ``.failed``).
+        num_classes: classifier size for a model name (a weights file without metadata, e.g. 10 for a model of
+            ``regla train --demo``); default: the model's own (1000).
     """
+    from ..outputs import resolve_output
     from .checkpoint import create_fused_model, fuse
 
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     hw = to_hw(img_size)
     if isinstance(model, str):
-        name, module = model, create_fused_model(model, checkpoint)
+        kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
+        name, module = model, create_fused_model(model, checkpoint, **kwargs)
     else:
-        if checkpoint is not None:
-            raise ValueError("checkpoint= is only accepted with a model name; load it into the module yourself")
+        if checkpoint is not None or num_classes is not None:
+            raise UsageError("checkpoint= and num_classes= go with a model name; build the module yourself")
         name, module = type(model).__name__.lower(), fuse(model)
-    path = Path(output) if output is not None else default_output(name, format, hw)
+    default = default_output(name, format, hw)
+    path = resolve_output(output, default.name, directory=format == "coreml")
     result = ExportResult(path=path, format=format, img_size=hw)
     shapes = check_shapes(hw)
-    if format in ("onnx", "torchscript"):
-        if format == "onnx":
-            export_onnx(module, path, hw, opset=opset, exporter=exporter)
-        else:
-            export_torchscript(module, path, hw)
-        if verify:
-            try:
-                result.max_abs_diff = (verify_onnx(module, path, shapes, atol, threads) if format == "onnx"
-                                       else verify_torchscript(module, path, shapes, atol))
-            except ExportError as e:
-                failed = path.with_name(path.name + ".failed")
-                os.replace(path, failed)
-                raise ExportError(f"{e} (exported file moved to {failed} for inspection)") from e
-    else:
+    if format == "coreml":
         export_coreml(module, path, hw, precision=coreml_precision)
-        shapes = []
-    if verify:
-        result.checked_shapes = [tuple(s) for s in shapes]
+        return result
+
+    def check(tmp: Path) -> None:
+        if verify:
+            result.max_abs_diff = (verify_onnx(module, tmp, shapes, atol, threads) if format == "onnx"
+                                   else verify_torchscript(module, tmp, shapes, atol))
+            result.checked_shapes = [tuple(s) for s in shapes]
+
+    if format == "onnx":
+        export_onnx(module, path, hw, opset=opset, exporter=exporter, check=check)
+    else:
+        export_torchscript(module, path, hw, check=check)
     return result

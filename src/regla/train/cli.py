@@ -2,6 +2,10 @@
 
 Precedence, lowest first: built-in defaults, the demo recipe (``--demo``), the checkpoint's recipe (``--resume``
 without ``--config``), the ``--config`` file, the shortcut flags (``--lr`` ...), then each ``--set key=value``.
+
+Every input is checked before training starts (:func:`preflight`): the recipe's values (:mod:`regla.config`), the
+model name, the device, and the paths it names. Errors propagate to :func:`regla.cli.main` (one line, exit 2 for
+bad input).
 """
 
 from __future__ import annotations
@@ -10,7 +14,12 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
+
+from ..errors import UsageError
+from ..outputs import check_writable
+from ..preflight import check_device, existing_dir, existing_file, require_model
 
 # shortcut flag -> recipe key
 SHORTCUTS = {
@@ -23,6 +32,7 @@ SWITCHES = {"sync_bn": "sync_bn", "channels_last": "channels_last", "compile": "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``regla train`` options on ``parser``."""
     parser.add_argument("-c", "--config", help="recipe YAML, or a name under configs/ (regla_t, iformer_t, ...)")
     parser.add_argument("--data", help="dataset root: train/ and val/ with one folder per class")
     parser.add_argument("--output", help="run folder (default runs/<model>)")
@@ -31,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="per process")
     parser.add_argument("--lr", type=float, help="absolute learning rate (default: lr_base scaled by global batch)")
     parser.add_argument("--img-size", type=int)
-    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (checked before training starts)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int, help="data loader processes per rank")
     parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
@@ -70,9 +80,11 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
             from .demo import DEMO_RECIPE, write_digits
         except ImportError as e:
-            raise FileNotFoundError("the demo reads scikit-learn's digits: pip install 'regla[train]'") from e
+            raise UsageError("the demo reads scikit-learn's digits: pip install 'regla[train]'") from e
 
         base = {**DEMO_RECIPE, "data_dir": str(write_digits())} if not args.print_config else dict(DEMO_RECIPE)
+    if args.resume:
+        check_resume(args.resume)
     if args.resume and not args.config:
         saved = load_checkpoint(resume_path(args.resume))["cfg"]
         base = {k: v for k, v in saved.items() if k in DEFAULTS and k != "output"}  # the folder may have moved
@@ -82,29 +94,51 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+def check_resume(resume: str) -> None:
+    """``--resume`` names something that exists: a run folder or a checkpoint file (read by the trainer)."""
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise UsageError(f"--resume {path}: no such file or folder")
+
+
+def preflight(cfg: dict[str, Any], resume: str | None) -> None:
+    """Everything that can be checked before training starts: model, device, the paths the recipe names."""
+    require_model(cfg["model"])
+    check_device(cfg["device"])
+    if cfg["data_dir"] and not cfg["dataset"]:
+        existing_dir(cfg["data_dir"], "--data")
+    if cfg["initial_checkpoint"]:
+        existing_file(cfg["initial_checkpoint"], "initial_checkpoint")
+    if cfg["distillation_type"] != "none":
+        existing_file(cfg["teacher_path"], "--teacher-path")
+    if cfg["output"] or not resume:
+        run_dir = Path(cfg["output"] or Path("runs") / cfg["model"]).expanduser()
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UsageError(f"--output {run_dir}: is a file; a run folder is expected")
+        check_writable(run_dir / "config.yaml")
+
+
 def setup_logging() -> None:
+    """INFO on rank 0, warnings only on the other ranks, to stdout."""
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
                         stream=sys.stdout)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError, dump
-    from .data import DataError
-    from .trainer import RunError, train
-
+    """Resolve the recipe, check every input, train; print the result on rank 0."""
     setup_logging()
-    try:
-        cfg = resolve_config(args)
-        if args.print_config:
-            print(dump(cfg), end="")
-            return 0
-        result = train(cfg, resume=args.resume, show_bar=not args.no_progress)
-    except (ConfigError, DataError, CheckpointError, RunError, FileNotFoundError, ValueError,
-            FloatingPointError) as e:
-        print(f"regla train: error: {e}", file=sys.stderr)
-        return 2
+    cfg = resolve_config(args)
+    if args.print_config:
+        from .config import dump
+
+        print(dump(cfg), end="")
+        return 0
+    preflight(cfg, args.resume)
+
+    from .trainer import train
+
+    result = train(cfg, resume=args.resume, show_bar=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     last = result.last

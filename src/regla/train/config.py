@@ -3,115 +3,167 @@
 A recipe is a flat mapping of option names to values (the names follow timm's ``train.py`` where one exists).
 ``configs/*.yaml`` hold the ReGLA recipes of Table 2 (ReGLA §4.1: ImageNet-1K, 224 px, 300 epochs, 20-epoch
 linear warm-up, the ConvNeXt / iFormer recipe) and the peers' published recipes. Every key can be overridden on
-the command line with ``--set key=value`` (values parsed as YAML, so ``--set scale=[0.5,1.0]`` gives a list).
+the command line with ``--set key=value`` (values parsed as YAML, so ``--set scale=[0.5,1.0]`` gives a list;
+``--set model_kwargs.early_block=dw7`` sets one entry of a mapping).
+
+Every key is typed and checked before any work by the shared schema of :mod:`regla.config` (:data:`SCHEMA`):
+unknown keys, wrong types, out-of-range values and inconsistent pairs are a :class:`ConfigError` naming the key,
+the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..config import ConfigError, Field, Schema, parse_override, yaml_load
+from ..preflight import DEVICE_PATTERN as _DEVICE
+
+__all__ = ["CHOICES", "DEFAULTS", "SCHEMA", "ConfigError", "build_config", "dump", "find_config", "load_yaml",
+           "merge", "parse_override", "scaled_lr", "validate"]
+
+PROB = dict(ge=0.0, le=1.0)  # a probability
+
 # The defaults are iFormer's published recipe (github.com/ChuanyangZheng/iFormer, main.py arguments and
 # configs/iFormer_t.yaml), which ReGLA §4.1 follows. The recipe files in configs/ repeat every value that matters.
-DEFAULTS: dict[str, Any] = {
+FIELDS: dict[str, Field] = {
     # model
-    "model": "regla_t",
-    "model_kwargs": {},  # extra timm.create_model arguments, e.g. the ablation switches {early_block: dw7}
-    "num_classes": None,  # None: the number of class folders of the training set
-    "drop_path": 0.0,
-    "initial_checkpoint": None,  # weights to start from (fine-tuning); not a resume
+    "model": Field(str, "regla_t"),
+    "model_kwargs": Field(dict, {}),  # extra timm.create_model arguments, e.g. the ablation switches {early_block: dw7}
+    "num_classes": Field(int, None, nullable=True, ge=1),  # None: the number of class folders of the training set
+    "drop_path": Field(float, 0.0, ge=0.0, lt=1.0),
+    "initial_checkpoint": Field(str, None, nullable=True),  # weights to start from (fine-tuning); not a resume
     # data (anything timm.data.create_dataset reads; "" = an ImageNet-style folder)
-    "data_dir": None,
-    "dataset": "",
-    "train_split": "train",
-    "val_split": "val",
-    "img_size": 224,
-    "crop_pct": 0.875,  # 224/256, ConvNeXt/iFormer and DeiT evaluation resize
-    "interpolation": "bicubic",
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "in_chans": 3,
+    "data_dir": Field(str, None, nullable=True),
+    "dataset": Field(str, ""),
+    "train_split": Field(str, "train"),
+    "val_split": Field(str, "val"),
+    "img_size": Field(int, 224, ge=16),
+    "crop_pct": Field(float, 0.875, gt=0.0, le=1.0),  # 224/256, ConvNeXt/iFormer and DeiT evaluation resize
+    "interpolation": Field(str, "bicubic", choices=("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming",
+                                                    "random")),
+    "mean": Field(list, [0.485, 0.456, 0.406], items=float),
+    "std": Field(list, [0.229, 0.224, 0.225], items=float, gt=0.0),
+    "in_chans": Field(int, 3, ge=1),
     # schedule and optimizer
-    "epochs": 300,
-    "batch_size": 512,  # per process
-    "grad_accum": 1,
-    "opt": "adamw",
-    "lr": None,  # absolute learning rate; None: lr_base * global_batch / lr_base_batch
-    "lr_base": 4e-3,
-    "lr_base_batch": 4096,
-    "weight_decay": 0.05,
-    "opt_eps": 1e-8,
-    "opt_betas": None,
-    "momentum": 0.9,
-    "clip_grad": None,
-    "clip_mode": "norm",
-    "sched": "cosine",
-    "warmup_epochs": 20,
-    "warmup_lr": 1e-6,
-    "min_lr": 1e-6,
-    "cooldown_epochs": 0,
-    "sched_on_updates": True,
+    "epochs": Field(int, 300, ge=1),
+    "batch_size": Field(int, 512, ge=1),  # per process
+    "grad_accum": Field(int, 1, ge=1),
+    "opt": Field(str, "adamw"),
+    "lr": Field(float, None, nullable=True, gt=0.0),  # absolute learning rate; None: lr_base * global_batch / ...
+    "lr_base": Field(float, 4e-3, gt=0.0),
+    "lr_base_batch": Field(int, 4096, ge=1),
+    "weight_decay": Field(float, 0.05, ge=0.0),
+    "opt_eps": Field(float, 1e-8, gt=0.0),
+    "opt_betas": Field(list, None, nullable=True, items=float, length=2, ge=0.0, lt=1.0),
+    "momentum": Field(float, 0.9, ge=0.0, le=1.0),
+    "clip_grad": Field(float, None, nullable=True, gt=0.0),
+    "clip_mode": Field(str, "norm", choices=("norm", "value", "agc")),
+    "sched": Field(str, "cosine", choices=("cosine", "tanh", "step", "multistep", "plateau", "poly")),
+    "warmup_epochs": Field(int, 20, ge=0),
+    "warmup_lr": Field(float, 1e-6, ge=0.0),
+    "min_lr": Field(float, 1e-6, ge=0.0),
+    "cooldown_epochs": Field(int, 0, ge=0),
+    "sched_on_updates": Field(bool, True),
     # augmentation and regularisation
-    "aa": "rand-m9-mstd0.5-inc1",
-    "color_jitter": 0.4,
-    "hflip": 0.5,
-    "scale": [0.08, 1.0],
-    "ratio": [0.75, 1.3333333333333333],
-    "reprob": 0.25,
-    "remode": "pixel",
-    "recount": 1,
-    "mixup": 0.8,
-    "cutmix": 1.0,
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
-    "mixup_mode": "batch",
-    "smoothing": 0.1,
-    "aug_repeats": 0,
+    "aa": Field(str, "rand-m9-mstd0.5-inc1", nullable=True),
+    "color_jitter": Field(float, 0.4, nullable=True, ge=0.0),
+    "hflip": Field(float, 0.5, **PROB),
+    "scale": Field(list, [0.08, 1.0], items=float, length=2, gt=0.0, le=1.0),
+    "ratio": Field(list, [0.75, 1.3333333333333333], items=float, length=2, gt=0.0),
+    "reprob": Field(float, 0.25, **PROB),
+    "remode": Field(str, "pixel", choices=("pixel", "rand", "const")),
+    "recount": Field(int, 1, ge=1),
+    "mixup": Field(float, 0.8, ge=0.0),  # Beta(alpha, alpha); 0: off
+    "cutmix": Field(float, 1.0, ge=0.0),
+    "mixup_prob": Field(float, 1.0, **PROB),
+    "mixup_switch_prob": Field(float, 0.5, **PROB),
+    "mixup_mode": Field(str, "batch", choices=("batch", "pair", "elem")),
+    "smoothing": Field(float, 0.1, ge=0.0, lt=1.0),
+    "aug_repeats": Field(int, 0, ge=0),
     # EMA (ConvNeXt [19] 0.9999; iFormer's T-L configs turn it off, see configs/iformer_*.yaml)
-    "model_ema": True,
-    "model_ema_decay": 0.9999,
-    "model_ema_warmup": False,
+    "model_ema": Field(bool, True),
+    "model_ema_decay": Field(float, 0.9999, **PROB),
+    "model_ema_warmup": Field(bool, False),
     # distillation (DeiT-style, through the classifier's distillation head)
-    "distillation_type": "none",  # none | hard | soft
-    "teacher_model": "regnety_160",
-    "teacher_path": None,
-    "distillation_alpha": 0.5,
-    "distillation_tau": 1.0,
+    "distillation_type": Field(str, "none", choices=("none", "hard", "soft")),
+    "teacher_model": Field(str, "regnety_160"),
+    "teacher_path": Field(str, None, nullable=True),
+    "distillation_alpha": Field(float, 0.5, **PROB),
+    "distillation_tau": Field(float, 1.0, gt=0.0),
     # systems
-    "device": "auto",  # auto | cpu | cuda
-    "amp": False,
-    "amp_dtype": "bfloat16",  # bfloat16 | float16 (float16 uses a loss scaler)
-    "channels_last": False,
-    "compile": False,
-    "grad_checkpointing": False,
-    "sync_bn": False,
-    "workers": 8,
-    "pin_mem": True,
-    "prefetcher": None,  # None: timm's GPU prefetcher (normalise, erase, fast mixup on device) on CUDA only
-    "seed": 0,
-    "deterministic": False,
-    "torch_threads": None,
+    "device": Field(str, "auto", check=lambda v: None if _DEVICE.match(v) else "not a device name"),
+    "amp": Field(bool, False),
+    "amp_dtype": Field(str, "bfloat16", choices=("bfloat16", "float16")),  # float16 uses a loss scaler
+    "channels_last": Field(bool, False),
+    "compile": Field(bool, False),
+    "grad_checkpointing": Field(bool, False),
+    "sync_bn": Field(bool, False),
+    "workers": Field(int, 8, ge=0),
+    "pin_mem": Field(bool, True),
+    "prefetcher": Field(bool, None, nullable=True),  # None: timm's GPU prefetcher on CUDA only
+    "seed": Field(int, 0, ge=0, lt=2**32),
+    "deterministic": Field(bool, False),
+    "torch_threads": Field(int, None, nullable=True, ge=1),
     # output
-    "output": None,  # run folder; default runs/<model>
-    "eval_every": 1,
-    "log_every": 50,
-    "keep_best": True,
-    "allow_class_change": False,  # resume on data whose class names differ from the checkpoint's (deliberately)
-}
-
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "distillation_type": ("none", "hard", "soft"),
-    "amp_dtype": ("bfloat16", "float16"),
-    "clip_mode": ("norm", "value", "agc"),
+    "output": Field(str, None, nullable=True),  # run folder; default runs/<model>
+    "eval_every": Field(int, 1, ge=1),
+    "log_every": Field(int, 50, ge=1),
+    "keep_best": Field(bool, True),
+    "allow_class_change": Field(bool, False),  # resume on data whose class names differ from the checkpoint's
 }
 
 
-class ConfigError(ValueError):
-    """A recipe or an override that cannot be used; the message says which key and why."""
+def _warmup_fits(cfg: Mapping[str, Any]) -> str | None:
+    if cfg["warmup_epochs"] > cfg["epochs"]:
+        return (f"warmup_epochs = {cfg['warmup_epochs']} > epochs = {cfg['epochs']}: the warm-up must fit in the run "
+                "(set warmup_epochs <= epochs, e.g. --set warmup_epochs=1)")
+    return None
+
+
+def _min_lr_below_lr(cfg: Mapping[str, Any]) -> str | None:
+    if cfg["lr"] is not None and cfg["min_lr"] > cfg["lr"]:
+        return f"min_lr = {cfg['min_lr']:g} > lr = {cfg['lr']:g}: the schedule would rise; set min_lr <= lr"
+    return None
+
+
+def _ordered_pairs(cfg: Mapping[str, Any]) -> str | None:
+    for key in ("scale", "ratio"):
+        lo, hi = cfg[key]
+        if lo > hi:
+            return f"{key} = {cfg[key]}: expected [low, high] with low <= high"
+    return None
+
+
+def _channels_agree(cfg: Mapping[str, Any]) -> str | None:
+    if not len(cfg["mean"]) == len(cfg["std"]) == cfg["in_chans"]:
+        return (f"mean ({len(cfg['mean'])} values) and std ({len(cfg['std'])} values) must have one value per input "
+                f"channel (in_chans = {cfg['in_chans']})")
+    return None
+
+
+def _teacher_given(cfg: Mapping[str, Any]) -> str | None:
+    if cfg["distillation_type"] != "none" and not cfg["teacher_path"]:
+        return ("distillation needs teacher_path: a local file with the teacher's weights "
+                "(e.g. DeiT's regnety_160-a5fe301d.pth); nothing is downloaded")
+    return None
+
+
+def _model_kwargs_entries(cfg: Mapping[str, Any]) -> str | None:
+    dropped = [k for k, v in cfg["model_kwargs"].items() if v is None and ":" in k]
+    if dropped:
+        return f"model_kwargs key {dropped[0]!r} has no value: write {{key: value}} or --set model_kwargs.KEY=VALUE"
+    return None
+
+
+SCHEMA = Schema(FIELDS, rules=(_warmup_fits, _min_lr_below_lr, _ordered_pairs, _channels_agree, _teacher_given,
+                               _model_kwargs_entries))
+DEFAULTS: dict[str, Any] = SCHEMA.defaults()
+CHOICES: dict[str, tuple[Any, ...]] = {k: f.choices for k, f in FIELDS.items() if f.choices}
 
 
 def find_config(name_or_path: str) -> Path:
@@ -137,9 +189,11 @@ def load_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
     if path in _seen:
         raise ConfigError(f"{path}: recipes include each other in a loop ({' -> '.join(map(str, _seen))})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the recipe ({e.strerror})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
     base = data.pop("base", None)
@@ -150,78 +204,34 @@ def load_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
     return {**parent, **data}
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``key=value`` and parse the value as YAML (``1e-3`` -> float, ``[1, 2]`` -> list, ``null`` -> None)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key=value")
-    key, raw = text.split("=", 1)
-    key = key.strip().replace("-", "_")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
-    return key, _number(value)
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the number it is."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """Make YAML's ``4e-3`` (a string in YAML 1.1) a float where the default is numeric."""
-    default = DEFAULTS.get(key)
-    if isinstance(value, str) and (isinstance(default, float) or key in ("lr", "clip_grad")):
-        try:
-            return float(value)
-        except ValueError as e:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from e
-    return value
-
-
 def merge(base: dict[str, Any], updates: dict[str, Any], source: str) -> dict[str, Any]:
-    """Return ``base`` updated with ``updates``; unknown keys and bad choices are errors naming ``source``."""
-    out = copy.deepcopy(base)
-    for key, value in updates.items():
-        if key not in DEFAULTS:
-            raise ConfigError(f"{source}: unknown option {key!r} (see `regla train --print-config` for the keys)")
-        value = _coerce(key, value)
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"{source}: {key} must be one of {CHOICES[key]}, got {value!r}")
-        out[key] = value
-    return out
+    """``base`` updated with ``updates``; unknown keys, wrong types and bad values are errors naming ``source``."""
+    return SCHEMA.merge(base, updates, source)
 
 
 def build_config(config: str | None, overrides: list[str] | None = None, base: dict[str, Any] | None = None,
                  flags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults < ``base`` (demo / resumed run) < recipe file < ``flags`` (shortcut options) < ``key=value`` list."""
+    """Defaults < ``base`` (demo / resumed run) < recipe file < ``flags`` (shortcut options) < ``key=value`` list.
+
+    Returns a plain dict with every key of :data:`DEFAULTS`, each value checked; raises :class:`ConfigError`.
+    """
     cfg = merge(DEFAULTS, base or {}, "built-in recipe")
+    source = "built-in recipe"
     if config:
         path = find_config(config)
-        cfg = merge(cfg, load_yaml(path), str(path))
-    cfg = merge(cfg, flags or {}, "command line")
+        cfg, source = merge(cfg, load_yaml(path), str(path)), str(path)
+    if flags:
+        cfg, source = merge(cfg, flags, "command line"), "command line"
     for text in overrides or []:
         key, value = parse_override(text)
-        cfg = merge(cfg, {key: value}, f"--set {text}")
-    validate(cfg)
+        cfg, source = merge(cfg, {key: value}, f"--set {text}"), "the recipe with its overrides"
+    validate(cfg, source)
     return cfg
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    """Reject values that would fail later with a less clear message."""
-    if not isinstance(cfg["model_kwargs"], dict):
-        raise ConfigError(f"model_kwargs must be a mapping of timm.create_model arguments, got {cfg['model_kwargs']!r}")
-    for key in ("epochs", "batch_size", "grad_accum", "img_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    if cfg["distillation_type"] != "none" and not cfg["teacher_path"]:
-        raise ConfigError("distillation needs teacher_path: a local file with the teacher's weights "
-                          "(e.g. DeiT's regnety_160-a5fe301d.pth); nothing is downloaded")
+def validate(cfg: dict[str, Any], source: str = "recipe") -> None:
+    """Check a complete recipe: every value (type, range, choices) and the rules between keys."""
+    SCHEMA.validate(cfg, source)
 
 
 def scaled_lr(cfg: dict[str, Any], world_size: int) -> float:

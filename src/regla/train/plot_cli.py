@@ -1,16 +1,28 @@
-"""``regla plot RUN_DIR``: training curves (loss, top-1, learning rate) from ``metrics.jsonl`` to a PNG."""
+"""``regla plot RUN_DIR``: training curves (loss, top-1, learning rate) from ``metrics.jsonl`` to a PNG.
+
+The inputs are checked before drawing (each RUN_DIR holds a ``metrics.jsonl``; the output place is writable); the
+PNG is written atomically, and ``-o DIR`` writes ``DIR/curves.png`` (the folder rule of :mod:`regla.outputs`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import io
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
+from ..outputs import check_writable, resolve_output
+from ..preflight import existing_dir
+
+DEFAULT_NAME = "curves.png"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``regla plot`` options on ``parser``."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) of `regla train`")
-    parser.add_argument("-o", "--out", help="PNG path (default RUN_DIR/curves.png of the first run)")
+    parser.add_argument("-o", "--out", help=f"PNG path (default RUN_DIR/{DEFAULT_NAME} of the first run); "
+                                            f"a folder receives {DEFAULT_NAME}")
 
 
 def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -26,45 +38,57 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from regla.utils.io import atomic_write_bytes
-
+    from ..outputs import atomic_write_bytes
     from .logs import read_jsonl
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for run in run_dirs:
-        rows = read_jsonl(run / "metrics.jsonl")
-        if not rows:
-            raise FileNotFoundError(f"{run}: no metrics.jsonl rows (is it a `regla train` run folder?)")
-        name = run.name
-        for key, style in (("train_loss", "-"), ("val_loss", "--")):
-            x, y = series(rows, key)
-            axes[0].plot(x, y, style, label=f"{name} {key.split('_')[0]}")
-        for key, style in (("top1", "-"), ("top1_ema", ":")):
-            x, y = series(rows, key)
-            if x:
-                axes[1].plot(x, y, style, label=f"{name} {'EMA ' if 'ema' in key else ''}top-1")
-        axes[2].plot(*series(rows, "lr"), label=name)
-    for ax, title in zip(axes, ("loss", "validation top-1 (%)", "learning rate (end of epoch)"), strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        for run in run_dirs:
+            rows = read_jsonl(run / "metrics.jsonl")
+            if not rows:
+                raise UsageError(f"{run}: no metrics.jsonl rows (is it a `regla train` run folder?)")
+            name = run.name
+            for key, style in (("train_loss", "-"), ("val_loss", "--")):
+                x, y = series(rows, key)
+                axes[0].plot(x, y, style, label=f"{name} {key.split('_')[0]}")
+            for key, style in (("top1", "-"), ("top1_ema", ":")):
+                x, y = series(rows, key)
+                if x:
+                    axes[1].plot(x, y, style, label=f"{name} {'EMA ' if 'ema' in key else ''}top-1")
+            axes[2].plot(*series(rows, "lr"), label=name)
+        for ax, title in zip(axes, ("loss", "validation top-1 (%)", "learning rate (end of epoch)"), strict=True):
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return atomic_write_bytes(out, buf.getvalue())
 
 
+def check_run_dirs(paths: list[str]) -> list[Path]:
+    """Each RUN_DIR exists and holds a ``metrics.jsonl``."""
+    runs = [existing_dir(p, "RUN_DIR") for p in paths]
+    for run in runs:
+        if not (run / "metrics.jsonl").is_file():
+            raise UsageError(f"RUN_DIR {run}: no metrics.jsonl (is it a `regla train` run folder?)")
+    return runs
+
+
+def output_png(out: str | None, first_run: Path) -> Path:
+    """The PNG to write, by the folder rule; it must end in ``.png`` and its folder must be writable."""
+    path = resolve_output(out, DEFAULT_NAME) if out else first_run / DEFAULT_NAME
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--out {path}: regla plot writes a PNG; give a path ending in .png (or a folder)")
+    return check_writable(path)
+
+
 def run(args: argparse.Namespace) -> int:
-    runs = [Path(p) for p in args.run_dirs]
-    out = Path(args.out) if args.out else runs[0] / "curves.png"
-    try:
-        path = plot_runs(runs, out)
-    except (FileNotFoundError, ImportError) as e:
-        print(f"regla plot: error: {e}", file=sys.stderr)
-        return 2
+    """Draw the curves of ``args.run_dirs``; print where the PNG went."""
+    runs = check_run_dirs(args.run_dirs)
+    path = plot_runs(runs, output_png(args.out, runs[0]))
     print(f"wrote {path}")
     return 0
