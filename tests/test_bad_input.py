@@ -8,7 +8,6 @@ files outside the CLI layer are marked ``xfail(strict=True)`` with the owner and
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 import pytest
@@ -138,7 +137,7 @@ CASES: dict[str, Case] = {
     "eval --checkpoint text": case(*EVAL, "--checkpoint", "{file}", says="checkpoint"),
     "eval --model unknown": case(*EVAL, "--model", "regla_q", says="unknown model"),
     "eval --num-classes 0": case(*EVAL, "--num-classes", "0", says="num-classes"),
-    "eval --img-size abc": case(*EVAL, "--img-size", "abc", says="invalid int value"),
+    "eval --img-size abc": case(*EVAL, "--img-size", "abc", says="invalid integer"),
     "eval --img-size 0": case(*EVAL, "--img-size", "0", says="img-size"),
     "eval --crop-pct 2": case(*EVAL, "--crop-pct", "2", says="crop-pct"),
     "eval --interpolation bad": case(*EVAL, "--interpolation", "cubic", says="interpolation"),
@@ -150,27 +149,8 @@ CASES: dict[str, Case] = {
     "eval --json under a file": case(*EVAL, "--json", "{file}/m.json", says="{file}"),
 }
 
-# Some cases fail only until the lead's new modules land: the weights layer (regla/checkpoints.py) and the eval
-# package (regla/eval/, replacing regla/train/eval_cli.py). Their xfail holds only while the old module is here.
-OLD_WEIGHTS = importlib.util.find_spec("regla.checkpoints") is None
-OLD_EVAL = importlib.util.find_spec("regla.eval") is None
-LEAD_EVAL = "lead (eval CLI): check {} before loading the model / before evaluating"
-XFAIL = {  # case -> (why it fails, while when); the files at fault are the lead's
-    "export --checkpoint text": ("lead (checkpoint reading): the message quotes torch.load's multi-line error; "
-                                 "fixed by regla.checkpoints", OLD_WEIGHTS),
-    "eval --split missing": ("lead (eval CLI): a missing --split falls back to the root, then timm raises "
-                             "RuntimeError('Found 0 images') (an internal error)", True),
-    "eval --dataset unknown": (LEAD_EVAL.format("--dataset"), True),
-    "eval --json under a file": (LEAD_EVAL.format("--json's folder (regla.outputs.check_writable)"), True),
-    "eval --model unknown": ("lead (eval CLI): an unknown --model with .safetensors fails inside timm", OLD_EVAL),
-    "eval --num-classes 0": (LEAD_EVAL.format("--num-classes >= 1"), OLD_EVAL),
-    "eval --img-size 0": (LEAD_EVAL.format("--img-size"), OLD_EVAL),
-    "eval --crop-pct 2": (LEAD_EVAL.format("--crop-pct in (0, 1]"), OLD_EVAL),
-    "eval --interpolation bad": (LEAD_EVAL.format("--interpolation"), OLD_EVAL),
-    "eval --batch-size 0": (LEAD_EVAL.format("--batch-size >= 1"), OLD_EVAL),
-    "eval --device tpu": (LEAD_EVAL.format("--device"), OLD_EVAL),
-    "eval --device cuda:99": (LEAD_EVAL.format("--device"), OLD_EVAL),
-}
+#: Cases that still fail, with the owner of the file at fault (xfail, strict): empty when every case holds.
+XFAIL: dict[str, tuple[str, bool]] = {}
 
 
 def _params() -> list:

@@ -33,12 +33,8 @@ LAYERS: list[set[str]] = [
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
-#: Modules that still import down the table, with the owner, the fix, and until when (xfail, strict).
-KNOWN_VIOLATIONS = {
-    "regla.deploy.checkpoint": ("lead: imports regla.bench.models for UnknownModelError/unknown_model_message; "
-                                "fixed with the weights layer (regla/checkpoints.py)",
-                                not (PACKAGE / "checkpoints.py").exists()),
-}
+#: Modules that still import down the table, with the owner and the fix (xfail, strict): none today.
+KNOWN_VIOLATIONS: dict[str, tuple[str, bool]] = {}
 
 
 def module_name(path: Path) -> str:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
+from .preflight import require_model
 
 __all__ = [
     "CheckpointError",
@@ -53,7 +54,6 @@ __all__ = [
     "load_weights",
     "read_train_checkpoint",
     "read_weights",
-    "require_model",
     "save_weights",
     "unwrap_state_dict",
 ]
@@ -412,19 +412,6 @@ def create_model_from_weights(path: str | os.PathLike, model_name: str | None = 
     if fuse and not report.fused:
         model = _fused_copy(model)
     return model.eval(), weights, report
-
-
-def require_model(name: str) -> None:
-    """Raise :class:`~regla.errors.UsageError` naming the closest registered models if ``name`` is not one."""
-    import difflib
-
-    import timm
-
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `regla models` and timm.list_models() list them"
-    raise UsageError(f"unknown model {name!r}{hint}")
 
 
 def _resolve(given: Any, recorded: Any, what: str, path: Path) -> Any:

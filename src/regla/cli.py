@@ -19,7 +19,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from .errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, ReglaError
+from .errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, ReglaError, Stopped
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,14 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("regla.train.plot_cli", "draw the training curves of run folders to a PNG"),
     "bench": ("regla.bench.cli", "measure params, MACs, CPU latency (ONNX Runtime, PyTorch) and memory vs peers"),
     "export": ("regla.deploy.cli", "export a fused model to ONNX, Core ML (.mlpackage) or TorchScript, checked"),
-}
-
-# Error classes of modules not yet on the :mod:`regla.errors` convention, by qualified name, with the exit code
-# they stand for: reported like a ReglaError. Remove an entry once its class subclasses UsageError/RunFailure.
-PENDING_ERRORS: dict[str, int] = {
-    "regla.models._helpers.CheckpointError": EXIT_USAGE,
-    "regla.train.data.DataError": EXIT_USAGE,
-    "regla.train.trainer.RunError": EXIT_USAGE,
 }
 
 MAX_MESSAGE_LINES = 2
@@ -76,14 +68,6 @@ def debug_enabled(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get("REGLA_DEBUG", "") not in ("", "0")
 
 
-def _pending_exit_code(exc: BaseException) -> int | None:
-    for cls in type(exc).__mro__:
-        code = PENDING_ERRORS.get(f"{cls.__module__}.{cls.__qualname__}")
-        if code is not None:
-            return code
-    return None
-
-
 def _one_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
     return "\n".join(lines[:MAX_MESSAGE_LINES])
@@ -97,10 +81,12 @@ def report(command: str, exc: BaseException, debug: bool) -> int:
     if isinstance(exc, KeyboardInterrupt):
         print(f"{prefix}: interrupted", file=sys.stderr)
         return EXIT_SIGINT
-    code = exc.exit_code if isinstance(exc, ReglaError) else _pending_exit_code(exc)
-    if code is not None:
+    if isinstance(exc, Stopped):  # a clean stop, not an error: where it stopped and how to resume
+        print(f"{prefix}: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, ReglaError):
         print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
-        return code
+        return exc.exit_code
     first = (str(exc).strip().splitlines() or [""])[0]
     hint = "" if debug else f"; rerun with `regla --debug {command} ...` (or REGLA_DEBUG=1) for the traceback"
     print(f"{prefix}: internal error: {type(exc).__name__}: {first}{hint}", file=sys.stderr)

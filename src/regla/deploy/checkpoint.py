@@ -9,7 +9,8 @@ import os
 
 from torch import nn
 
-from ..checkpoints import CheckpointError, create_model_from_weights, read_weights, require_model
+from ..checkpoints import CheckpointError, create_model_from_weights, read_weights
+from ..preflight import require_model
 
 __all__ = ["CheckpointError", "create_fused_model", "fuse", "read_weights"]
 

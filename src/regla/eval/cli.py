@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from regla.errors import ReglaError, UsageError
+from regla.preflight import float_range, int_range
 
 __all__ = ["add_arguments", "check_args", "check_device", "evaluate_cli", "run"]
 
@@ -35,17 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="weights: a `regla train` .pth, a .safetensors, a state dict or checkpoint (.pth/.pt)")
     parser.add_argument("--model", help="timm model name (needed when the file does not record it; else checked)")
-    parser.add_argument("--num-classes", type=int, help="number of classes (default: from the file)")
+    parser.add_argument("--num-classes", type=int_range(1), help="number of classes (default: from the file)")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not the EMA")
     parser.add_argument("--fuse", action="store_true", help="re-parameterise (fuse) the model before evaluation")
-    parser.add_argument("--img-size", type=int, default=None,
+    parser.add_argument("--img-size", type=int_range(1), default=None,
                         help="evaluation resolution (default: the file's, else the model's pretrained_cfg)")
-    parser.add_argument("--crop-pct", type=float, default=None,
+    parser.add_argument("--crop-pct", type=float_range(0.0, 1.0, lo_open=True), default=None,
                         help="centre-crop ratio in (0, 1] (default: the file's, else the model's)")
     parser.add_argument("--interpolation", default=None, choices=INTERPOLATIONS,
                         help="resize interpolation (default: the file's, else the model's)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch-size", type=int_range(1), default=256)
+    parser.add_argument("--workers", type=int_range(0), default=4)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None)
     parser.add_argument("--channels-last", action="store_true")
@@ -59,37 +60,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse out-of-range flags with a message naming the flag (:class:`~regla.errors.UsageError`)."""
-    positive = {"--batch-size": args.batch_size, "--img-size": args.img_size, "--num-classes": args.num_classes}
-    for flag, value in positive.items():
-        if value is not None and value <= 0:
-            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    """Checks argparse's types cannot make (for callers that build ``args`` themselves, ranges too)."""
+    for flag, value, lo in (("--batch-size", args.batch_size, 1), ("--img-size", args.img_size, 1),
+                            ("--num-classes", args.num_classes, 1), ("--workers", args.workers, 0)):
+        if value is not None and value < lo:
+            raise UsageError(f"{flag} must be an integer >= {lo}, got {value}")
     if args.crop_pct is not None and not 0.0 < args.crop_pct <= 1.0:
         raise UsageError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
-    if args.workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {args.workers}")
-    if args.json_out and Path(args.json_out).is_dir():
-        raise UsageError(f"--json {args.json_out} is a folder; give a file path")
+    if args.json_out:
+        from regla.outputs import check_writable
+
+        if Path(args.json_out).is_dir():
+            raise UsageError(f"--json {args.json_out} is a folder; give a file path")
+        check_writable(Path(args.json_out))
 
 
 def check_device(name: str) -> str:
-    """The device to use for ``--device name``; a GPU that is not there is a :class:`UsageError`."""
-    import torch
+    """The device ``--device name`` resolves to (``auto``: a GPU if there is one); see :mod:`regla.preflight`."""
+    from regla.preflight import check_device as require_device
 
+    require_device(name)
     if name == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(f"--device {name}: no CUDA GPU is available to this process; use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: only {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {name}: MPS is not available on this machine")
     return name
 
 
@@ -104,7 +98,25 @@ def eval_folder(data: str, split: str) -> Path:
     try:
         return find_split(root, split)
     except DataError:
+        from regla.train.data import TRAIN_SPLITS, VAL_SPLITS
+
+        splits = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in TRAIN_SPLITS + VAL_SPLITS)
+        if splits:  # a dataset root without the requested split, not a folder of class folders
+            raise DataError(f"{root} has no '{split}/' folder (it has {', '.join(splits)}): give --split NAME") \
+                from None
         return root
+
+
+#: Dataset-name prefixes timm's ``create_dataset`` understands (``""`` is an image folder).
+DATASET_PREFIXES = ("torch", "hfds", "hfids", "tfds", "wds")
+
+
+def check_dataset(name: str) -> None:
+    """``--dataset`` must be a name timm's ``create_dataset`` reads: ``PREFIX/NAME`` or empty (a folder)."""
+    prefix, sep, rest = name.partition("/")
+    if name and not (sep and rest and prefix.lower() in DATASET_PREFIXES):
+        raise UsageError(f"--dataset {name!r}: expected PREFIX/NAME with PREFIX one of "
+                         f"{', '.join(DATASET_PREFIXES)} (timm.data.create_dataset), or no --dataset for a folder")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,6 +201,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     from regla.train.trainer import setup_distributed
 
     check_args(args)
+    check_dataset(args.dataset)
     device = check_device(args.device)
     folder = Path(args.data) if args.dataset else eval_folder(args.data, args.split)
     classes = None if args.dataset else check_class_folders(folder)
