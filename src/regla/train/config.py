@@ -43,11 +43,12 @@ FIELDS: dict[str, Field] = {
     "train_split": Field(str, "train"),
     "val_split": Field(str, "val"),
     "img_size": Field(int, 224, ge=16),
-    "crop_pct": Field(float, 0.875, gt=0.0, le=1.0),  # 224/256, ConvNeXt/iFormer and DeiT evaluation resize
-    "interpolation": Field(str, "bicubic", choices=("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming",
-                                                    "random")),
-    "mean": Field(list, [0.485, 0.456, 0.406], items=float),
-    "std": Field(list, [0.229, 0.224, 0.225], items=float, gt=0.0),
+    # evaluation transform and normalisation; None: the model's timm pretrained_cfg (data_settings)
+    "crop_pct": Field(float, None, nullable=True, gt=0.0, le=1.0),
+    "interpolation": Field(str, None, nullable=True, choices=("bicubic", "bilinear", "nearest", "lanczos", "box",
+                                                              "hamming", "random")),
+    "mean": Field(list, None, nullable=True, items=float),
+    "std": Field(list, None, nullable=True, items=float, gt=0.0),
     "in_chans": Field(int, 3, ge=1),
     # schedule and optimizer
     "epochs": Field(int, 300, ge=1),
@@ -140,6 +141,13 @@ def _ordered_pairs(cfg: Mapping[str, Any]) -> str | None:
 
 
 def _channels_agree(cfg: Mapping[str, Any]) -> str | None:
+    if cfg["mean"] is None or cfg["std"] is None:
+        if cfg["mean"] is not cfg["std"]:
+            return "give both mean and std, or neither (the model's defaults)"
+        if cfg["in_chans"] != 3:
+            return (f"in_chans = {cfg['in_chans']}: mean and std need one value per input channel "
+                    "(the models' defaults are for RGB): set both")
+        return None
     if not len(cfg["mean"]) == len(cfg["std"]) == cfg["in_chans"]:
         return (f"mean ({len(cfg['mean'])} values) and std ({len(cfg['std'])} values) must have one value per input "
                 f"channel (in_chans = {cfg['in_chans']})")
@@ -164,6 +172,30 @@ SCHEMA = Schema(FIELDS, rules=(_warmup_fits, _min_lr_below_lr, _ordered_pairs, _
                                _model_kwargs_entries))
 DEFAULTS: dict[str, Any] = SCHEMA.defaults()
 CHOICES: dict[str, tuple[Any, ...]] = {k: f.choices for k, f in FIELDS.items() if f.choices}
+
+
+DATA_KEYS = ("crop_pct", "interpolation", "mean", "std")
+
+
+def data_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with each unset evaluation/normalisation key (``DATA_KEYS``) taken from the model's timm
+    ``pretrained_cfg`` (ReGLA's: 224 px, crop 0.875, bicubic, ImageNet mean/std), so a recipe that does not say
+    evaluates a model as its registry entry says; timm's ImageNet defaults for a model without one."""
+    if all(cfg[k] is not None for k in DATA_KEYS):
+        return cfg
+    import timm
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    pcfg = timm.models.get_pretrained_cfg(cfg["model"]) if timm.is_model(cfg["model"]) else None
+    model = pcfg.to_dict() if pcfg is not None else {}
+    fallback = {"crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN,
+                "std": IMAGENET_DEFAULT_STD}
+    out = dict(cfg)
+    for key in DATA_KEYS:
+        if out[key] is None:
+            value = model.get(key) or fallback[key]
+            out[key] = list(value) if isinstance(value, (tuple, list)) else value
+    return out
 
 
 def find_config(name_or_path: str) -> Path:

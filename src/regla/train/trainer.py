@@ -22,7 +22,7 @@ from regla.errors import UsageError
 from regla.utils.io import atomic_write_text
 
 from . import checkpoint as ckpt_mod
-from .config import dump, scaled_lr
+from .config import data_settings, dump, scaled_lr
 from .data import build_datasets, build_eval_loader, build_train_loader, read_skipped
 from .distill import DistillationLoss, load_teacher
 from .engine import StepContext, evaluate, train_one_epoch
@@ -203,6 +203,7 @@ class Parts:
 
 
 def _train(cfg: dict[str, Any], resume: str | Path | None, show_bar: bool, d: Dist) -> RunResult:
+    cfg.update(data_settings(cfg))  # unset transform keys from the model's pretrained_cfg, recorded in config.yaml
     setup_determinism(cfg, d)
     if resume and not cfg["output"]:
         cfg["output"] = str(resume_dir(resume))  # a run continues in its own folder, wherever it now lies
