@@ -33,14 +33,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..checkpoints import filter_fn, read_raw
-from ._helpers import stage_intermediates
+from ._helpers import TolerantBatchNorm, stage_intermediates
 
 __all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict"]
 
@@ -54,29 +54,17 @@ _RELEASE = "https://github.com/suous/RepNeXt/releases/download/v1.0/"
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _batch_norm_tolerant(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """BN forward; in training mode with one value per channel, normalize with the running statistics.
+@register_notrace_module  # its forward branches on the input's shape: a leaf of FX graphs (timm's feature extraction)
+class BatchNorm2d(TolerantBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that accepts one value per channel in training mode (:class:`TolerantBatchNorm`).
 
-    Batch statistics of a single value are undefined (PyTorch raises); this happens for the classifier BN at
-    batch 1 and for the last stage at batch 1 and 32x32 input. Running statistics are then used and not updated.
+    Batch 1 at 32x32 input leaves the last stage with one value per channel.
     """
-    if bn.training and x.numel() // x.shape[1] <= 1:
-        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    return nn.modules.batchnorm._BatchNorm.forward(bn, x)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that accepts one value per channel in training mode (see ``_batch_norm_tolerant``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _batch_norm_tolerant(self, x)
-
-
-class BatchNorm1d(nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` that accepts one value per channel in training mode (see ``_batch_norm_tolerant``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _batch_norm_tolerant(self, x)
+@register_notrace_module
+class BatchNorm1d(TolerantBatchNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that accepts one value per channel in training mode: the classifier BN at batch 1."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -385,11 +373,13 @@ class RepNeXtClassifier(nn.Module):
         self.head: nn.Module = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self.head_dist: nn.Module = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    # No return annotation: TorchScript infers Tensor (it drops the distilled-training branch), eager may give a tuple.
+    def forward(self, x: torch.Tensor):  # -> Tensor | tuple[Tensor, Tensor]
         x1, x2 = self.head(x), self.head_dist(x)
         if self.training and self.distilled_training and not torch.jit.is_scripting():
             return x1, x2
-        return (x1 + x2) / 2
+        else:  # noqa: RET505  (the explicit else lets TorchScript drop the tuple branch)
+            return (x1 + x2) / 2
 
     @torch.no_grad()
     def fuse(self) -> nn.Module:
@@ -430,6 +420,8 @@ class RepNeXt(nn.Module):
         drop_rate: dropout before the classifier.
         fused: build the inference (reparameterized) form directly, e.g. to load ``*_fused.pt`` checkpoints.
     """
+
+    __jit_unused_properties__ = ["is_fused"]  # Python-only (isinstance over module types): not compiled by TorchScript
 
     def __init__(
         self,

@@ -1,0 +1,174 @@
+"""The timm protocol for every registered model of ours: TorchScript, FX tracing (forward, backward, stage features)
+and the pretrained cfg of every tag. Small inputs (64x64, batch 1-2), one intra-op thread."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import timm
+import torch
+from timm.layers import set_scriptable
+from timm.models import create_feature_extractor, get_graph_node_names
+from timm.utils import reparameterize_model
+from torch import nn
+
+import regla  # noqa: F401  (registers regla_* and repnext_*)
+
+MODELS = timm.list_models(module="regla") + timm.list_models(module="repnext")
+TAGS = timm.list_models("regla_*", include_tags=True) + timm.list_models("repnext_*", include_tags=True)
+SIZE = 64
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small CNN ops on a shared 2-core machine: one intra-op thread is faster than two contending."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters (fresh ones hide errors: zero-init residual branches)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model
+
+
+def _model(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomize_norms(timm.create_model(name, **kwargs)).eval()
+
+
+def _input(batch: int = 1, size: int = SIZE, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> bool:
+    return a.shape == b.shape and (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
+
+
+def _traced(model: nn.Module) -> nn.Module:
+    """The whole forward as an FX graph (timm's tracer, which keeps our notrace modules/functions as leaves)."""
+    _, eval_nodes = get_graph_node_names(model)
+    return create_feature_extractor(model, {eval_nodes[-1]: "out"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TorchScript
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torchscript_matches_eager(name: str) -> None:
+    with set_scriptable(True):
+        model = _model(name)
+        scripted = torch.jit.script(model)
+    x = _input()
+    with torch.no_grad():
+        ref = model(x)
+        assert _close(scripted(x), ref)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FX symbolic tracing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fx_forward_and_backward_match_eager(name: str) -> None:
+    model = _model(name)
+    traced = _traced(model)
+    assert isinstance(traced, torch.fx.GraphModule)
+    x = _input(batch=2)
+    x_ref, x_fx = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref = model(x_ref)
+    out = traced(x_fx)["out"]
+    assert _close(out, ref)
+    weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads_ref = torch.autograd.grad((ref * weights).sum(), [x_ref, *params])
+    grads_fx = torch.autograd.grad((out * weights).sum(), [x_fx, *params])  # traced graph shares the parameters
+    assert grads_ref[0].abs().max() > 0
+    for g_fx, g_ref in zip(grads_fx, grads_ref, strict=True):
+        assert _close(g_fx, g_ref, 1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fx_graph_keeps_batch1_training_norms(name: str) -> None:
+    """Training mode, one image of 32 px: the last stage (and RepNeXt's classifier BN) hold one value per channel.
+
+    The BN that tolerates this branches on the input's shape at run time, so it must be a leaf of the graph, not
+    traced through (a traced-through branch would freeze the shape of the example or fail to trace at all).
+    """
+    model = _model(name).train()
+    traced = _traced(model)
+    x = _input(size=32)
+    with torch.no_grad():
+        ref = model(x)
+        out = traced(x)["out"]
+    assert torch.isfinite(out).all()
+    assert _close(out, ref)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fx_stage_features_match_forward_intermediates(name: str) -> None:
+    model = _model(name)
+    x = _input()
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, intermediates_only=True)
+        stages = [info["module"] for info in model.feature_info]
+        by_node = create_feature_extractor(model, stages)(x)
+        feats = _model(name, features_only=True, feature_cls="fx")  # same seed: same weights
+        assert type(feats).__name__ == "FeatureGraphNet"
+        out = feats(x)
+    assert len(ref) == len(out) == len(stages) == 4
+    for r, node, o in zip(ref, stages, out, strict=True):
+        assert _close(by_node[node], r)
+        assert _close(o, r)
+
+
+def test_input_check_still_runs_in_eager() -> None:
+    """Skipping the input check while tracing must not skip it in plain eager calls."""
+    model = _model("regla_t")
+    with pytest.raises(ValueError, match="at least"):
+        model(_input(size=16))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pretrained configs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _weight_names(arch: str, fused: bool) -> frozenset[str]:
+    """State-dict keys of ``arch`` (built on the meta device: only names matter), reparameterized if ``fused``."""
+    with torch.device("meta"):
+        model = timm.create_model(arch)
+        if fused:
+            model = reparameterize_model(model)
+    return frozenset(model.state_dict())
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_pretrained_cfg_names_existing_layers(tag: str) -> None:
+    """``first_conv`` and ``classifier`` name weights of the model as the tag's loading path leaves it.
+
+    A ``*_fused`` tag's checkpoint is in deploy form: loading it reparameterizes the model first.
+    """
+    arch, _, name = tag.partition(".")
+    cfg = timm.models.get_pretrained_cfg(tag).to_dict()
+    keys = _weight_names(arch, name.endswith("_fused"))
+    classifiers = cfg["classifier"] if isinstance(cfg["classifier"], (tuple, list)) else (cfg["classifier"],)
+    assert f"{cfg['first_conv']}.weight" in keys, cfg["first_conv"]
+    for classifier in classifiers:
+        assert f"{classifier}.weight" in keys and f"{classifier}.bias" in keys, classifier
+    assert cfg["crop_pct"] in (0.875, 0.9)
