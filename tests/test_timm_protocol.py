@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 from timm.layers import set_scriptable
-from timm.models import create_feature_extractor, get_graph_node_names
+from timm.models import create_feature_extractor
 from timm.utils import reparameterize_model
 from torch import nn
 
@@ -56,12 +56,6 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> bool:
     return a.shape == b.shape and (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
 
 
-def _traced(model: nn.Module) -> nn.Module:
-    """The whole forward as an FX graph (timm's tracer, which keeps our notrace modules/functions as leaves)."""
-    _, eval_nodes = get_graph_node_names(model)
-    return create_feature_extractor(model, {eval_nodes[-1]: "out"})
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # TorchScript
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,56 +77,58 @@ def test_torchscript_matches_eager(name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _grads(out: torch.Tensor, x: torch.Tensor, params: list[nn.Parameter]) -> tuple[torch.Tensor, ...]:
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    return torch.autograd.grad((out * weights).sum(), [x, *params])
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_fx_forward_and_backward_match_eager(name: str) -> None:
+def test_fx_graph_matches_eager(name: str) -> None:
+    """One FX graph (timm's tracer) returning the four stage outputs and the logits (the last node of ``head``).
+
+    Eval mode: stage outputs equal ``forward_intermediates``, logits equal ``forward``, and gradients through the
+    graph (input and every parameter, which the graph shares with the model) equal eager's. Training mode, one
+    32 px image: the last stage (and RepNeXt's classifier BN) hold one value per channel; the BN that tolerates
+    this branches on the input's shape at run time, so it must be a leaf of the graph, not traced through.
+    """
     model = _model(name)
-    traced = _traced(model)
+    stages = [info["module"] for info in model.feature_info]
+    traced = create_feature_extractor(model, {**{s: s for s in stages}, "head": "out"})
     assert isinstance(traced, torch.fx.GraphModule)
+
     x = _input(batch=2)
     x_ref, x_fx = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ref = model(x_ref)
-    out = traced(x_fx)["out"]
-    assert _close(out, ref)
-    weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))
+    ref, ref_stages = model.forward_head(model.forward_features(x_ref)), model.forward_intermediates(
+        x, intermediates_only=True)
+    out = traced(x_fx)
+    assert len(ref_stages) == len(stages) == 4
+    for node, r in zip(stages, ref_stages, strict=True):
+        assert _close(out[node].detach(), r.detach())
+    assert _close(out["out"].detach(), ref.detach())
     params = [p for p in model.parameters() if p.requires_grad]
-    grads_ref = torch.autograd.grad((ref * weights).sum(), [x_ref, *params])
-    grads_fx = torch.autograd.grad((out * weights).sum(), [x_fx, *params])  # traced graph shares the parameters
+    grads_ref, grads_fx = _grads(ref, x_ref, params), _grads(out["out"], x_fx, params)
     assert grads_ref[0].abs().max() > 0
     for g_fx, g_ref in zip(grads_fx, grads_ref, strict=True):
         assert _close(g_fx, g_ref, 1e-4)
 
-
-@pytest.mark.parametrize("name", MODELS)
-def test_fx_graph_keeps_batch1_training_norms(name: str) -> None:
-    """Training mode, one image of 32 px: the last stage (and RepNeXt's classifier BN) hold one value per channel.
-
-    The BN that tolerates this branches on the input's shape at run time, so it must be a leaf of the graph, not
-    traced through (a traced-through branch would freeze the shape of the example or fail to trace at all).
-    """
-    model = _model(name).train()
-    traced = _traced(model)
-    x = _input(size=32)
+    model.train()
+    x1 = _input(size=32)
     with torch.no_grad():
-        ref = model(x)
-        out = traced(x)["out"]
-    assert torch.isfinite(out).all()
-    assert _close(out, ref)
+        ref, out = model(x1), traced(x1)["out"]
+    assert torch.isfinite(out).all() and _close(out, ref)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_fx_stage_features_match_forward_intermediates(name: str) -> None:
-    model = _model(name)
+@pytest.mark.parametrize("name", ["regla_t", "repnext_m0"])
+def test_features_only_fx(name: str) -> None:
+    """``features_only=True, feature_cls='fx'`` builds timm's FX feature net, equal to ``forward_intermediates``."""
     x = _input()
     with torch.no_grad():
-        ref = model.forward_intermediates(x, intermediates_only=True)
-        stages = [info["module"] for info in model.feature_info]
-        by_node = create_feature_extractor(model, stages)(x)
+        ref = _model(name).forward_intermediates(x, intermediates_only=True)
         feats = _model(name, features_only=True, feature_cls="fx")  # same seed: same weights
         assert type(feats).__name__ == "FeatureGraphNet"
         out = feats(x)
-    assert len(ref) == len(out) == len(stages) == 4
-    for r, node, o in zip(ref, stages, out, strict=True):
-        assert _close(by_node[node], r)
+    assert len(out) == len(ref) == 4
+    for o, r in zip(out, ref, strict=True):
         assert _close(o, r)
 
 
