@@ -659,7 +659,7 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),
-        "crop_pct": 0.875,  # ConvNeXt/iFormer eval protocol of §4.1, as every recipe (docs/architecture.md)
+        "crop_pct": 0.875,  # ConvNeXt/iFormer eval (resize 256, crop 224) that §4.1 follows, as every recipe
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
