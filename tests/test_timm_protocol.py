@@ -169,3 +169,32 @@ def test_pretrained_cfg_names_existing_layers(tag: str) -> None:
     for classifier in classifiers:
         assert f"{classifier}.weight" in keys and f"{classifier}.bias" in keys, classifier
     assert cfg["crop_pct"] in (0.875, 0.9)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scriptable batch-1-tolerant BatchNorm is torch's BatchNorm otherwise
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_tolerant_batchnorm_equals_torch_batchnorm(momentum: float | None) -> None:
+    from regla.models import regla as G
+    from regla.models import repnext as R
+
+    for ours, ref, shape in ((G.BatchNorm2d(4, momentum=momentum), nn.BatchNorm2d(4, momentum=momentum),
+                              (2, 4, 3, 3)),
+                             (R.BatchNorm1d(4, momentum=momentum), nn.BatchNorm1d(4, momentum=momentum), (3, 4))):
+        ours.load_state_dict(_randomize_norms(ref).state_dict())
+        for step in range(3):
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(step))
+            for mode in (True, False):
+                ours.train(mode), ref.train(mode)
+                assert torch.allclose(ours(x), ref(x), atol=1e-6)
+        for key, value in ref.state_dict().items():
+            assert torch.allclose(ours.state_dict()[key].float(), value.float()), key
+        ours.train()
+        single = torch.randn(1, 4) if shape == (3, 4) else torch.randn(1, 4, 1, 1)
+        before = {k: v.clone() for k, v in ours.state_dict().items()}
+        expected = ours.eval()(single)
+        assert torch.allclose(ours.train()(single), expected)  # running statistics, not updated
+        assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())
