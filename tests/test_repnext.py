@@ -25,8 +25,8 @@ fixture_tools = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixture_tools)
 
 VARIANTS = ["m0", "m1", "m2", "m3", "m4", "m5"]
-# Paper Table 2: params (M), GMACs.
-TABLE2 = {"m1": (4.8, 0.8), "m2": (6.5, 1.1), "m3": (7.8, 1.3), "m4": (13.3, 2.3), "m5": (21.7, 4.5)}
+# Paper Table 2 (params, GMACs, latency, top-1) as the module quotes it: the one source of the paper's figures.
+TABLE2 = {name.removeprefix("repnext_"): fig for name, fig in R.PAPER_FIGURES.items()}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -131,11 +131,26 @@ def test_rep_dwconv_fuse_exact_per_branch(cls: type, stride: int) -> None:
 
 @pytest.mark.parametrize("variant", sorted(TABLE2))
 def test_params_and_macs_match_table2(variant: str) -> None:
-    paper_params, paper_gmacs = TABLE2[variant]
+    paper_params, paper_gmacs = TABLE2[variant]["params_m"], TABLE2[variant]["gmacs"]
     fused = _model(variant).fuse().eval()
     params, macs = count_params(fused) / 1e6, count_macs(fused, 224) / 1e9
     assert abs(params / paper_params - 1) <= 0.03, params
     assert abs(macs / paper_gmacs - 1) <= 0.10, macs
+
+
+def test_paper_figures_are_the_one_source() -> None:
+    """Table 2 models M1-M5 with every column; bench and ``regla models`` read them from here."""
+    from regla.bench.models import bench_model
+    from regla.models.cli import format_rows
+
+    assert sorted(R.PAPER_FIGURES) == [f"repnext_m{i}" for i in range(1, 6)]
+    for name, fig in R.PAPER_FIGURES.items():
+        assert {"params_m", "gmacs", "lat_ms", "top1", "top1_distilled"} <= set(fig)
+        assert fig["top1"] < fig["top1_distilled"]  # Table 3 (no distillation) below Table 2 (distilled)
+        assert bench_model(name).published.top1 == fig["top1"]
+    assert R.PAPER_FIGURES["repnext_m4"]["params_m"] == 13.3 and R.PAPER_FIGURES["repnext_m1"]["lat_ms"] == 0.86
+    row = dict(model="repnext_m1", params_m=4.83, gmacs=0.82, paper_params_m=4.8, paper_gmacs=0.8, paper_top1=77.5)
+    assert format_rows([row], 224, markdown=True).splitlines()[-1].split(" | ")[2:4] == ["4.8", "+0.6%"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..errors import UnknownModelError
 from ..errors import unknown_model_message as _unknown_model_message
 from ..models.regla import PAPER_FIGURES as REGLA_FIGURES
+from ..models.repnext import PAPER_FIGURES as REPNEXT_FIGURES
 
 REGLA_T2 = "ReGLA, Table 2"
 IFORMER_T3 = "iFormer, Table 3"
@@ -67,11 +68,11 @@ DEFAULT_MODELS: tuple[BenchModel, ...] = (
     _m("repvit_m1_1", "RepViT-M1.1", "RepViT", 79.4, REPVIT_T2),
     _m("repvit_m1_5", "RepViT-M1.5", "RepViT", 81.2, REPVIT_T2),
     _m("repvit_m2_3", "RepViT-M2.3", "RepViT", 82.5, REPVIT_T2),
-    _m("repnext_m1", "RepNeXt-M1", "RepNeXt", 77.5, REPNEXT_T3),
-    _m("repnext_m2", "RepNeXt-M2", "RepNeXt", 78.9, REPNEXT_T3),
-    _m("repnext_m3", "RepNeXt-M3", "RepNeXt", 79.4, REPNEXT_T3),
-    _m("repnext_m4", "RepNeXt-M4", "RepNeXt", 81.2, REPNEXT_T3),
-    _m("repnext_m5", "RepNeXt-M5", "RepNeXt", 82.4, REPNEXT_T3),
+    _m("repnext_m1", "RepNeXt-M1", "RepNeXt", REPNEXT_FIGURES["repnext_m1"]["top1"], REPNEXT_T3),
+    _m("repnext_m2", "RepNeXt-M2", "RepNeXt", REPNEXT_FIGURES["repnext_m2"]["top1"], REPNEXT_T3),
+    _m("repnext_m3", "RepNeXt-M3", "RepNeXt", REPNEXT_FIGURES["repnext_m3"]["top1"], REPNEXT_T3),
+    _m("repnext_m4", "RepNeXt-M4", "RepNeXt", REPNEXT_FIGURES["repnext_m4"]["top1"], REPNEXT_T3),
+    _m("repnext_m5", "RepNeXt-M5", "RepNeXt", REPNEXT_FIGURES["repnext_m5"]["top1"], REPNEXT_T3),
     _m("mobilenetv4_conv_small", "MNV4-Conv-S", "MobileNetV4", 73.8, REGLA_T2),
     _m("mobilenetv4_conv_medium", "MNV4-Conv-M", "MobileNetV4", 79.9, REGLA_T2, "trained and evaluated at 256 px"),
     _m("efficientvit_b1", "EfficientViT-B1", "EfficientViT", 79.4, REGLA_T2),

@@ -13,11 +13,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only this model family (repeatable); default: all of ours")
     parser.add_argument("--img-size", type=int, default=224, help="input side for the MAC count (default 224)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (as in docs/)")
+    parser.add_argument("--deploy", action="store_true",
+                        help="count the reparameterized (deploy) form, as RepNeXt's Table 2 does (default: unfused)")
 
 
-def model_rows(families: tuple[str, ...] = FAMILIES, img_size: int = 224) -> list[dict[str, object]]:
-    """One row per registered model: measured params/MACs and the published figures its module quotes."""
+def model_rows(families: tuple[str, ...] = FAMILIES, img_size: int = 224,
+               deploy: bool = False) -> list[dict[str, object]]:
+    """One row per registered model: measured params/MACs (of the deploy form if ``deploy``) and the published
+    figures its module's ``PAPER_FIGURES`` quotes (keys ``params_m``, ``gmacs``, ``top1``)."""
     import timm
+    from timm.utils import reparameterize_model
 
     import regla  # noqa: F401  (registers our models)
     from regla.utils import count_macs, count_params
@@ -28,10 +33,13 @@ def model_rows(families: tuple[str, ...] = FAMILIES, img_size: int = 224) -> lis
         for name in timm.list_models(module=family):
             model = timm.create_model(name).eval()
             module = sys.modules[type(model).__module__]
+            if deploy:
+                model = reparameterize_model(model)
             paper = getattr(module, "PAPER_FIGURES", {}).get(name, {})
             params, macs = count_params(model) / 1e6, count_macs(model, img_size) / 1e9
             family_rows.append(dict(model=name, params_m=params, gmacs=macs,
-                                    paper_params_m=paper.get("params_m"), paper_gmacs=paper.get("gmacs")))
+                                    paper_params_m=paper.get("params_m"), paper_gmacs=paper.get("gmacs"),
+                                    paper_top1=paper.get("top1")))
         rows += sorted(family_rows, key=lambda r: r["params_m"])
     return rows
 
@@ -41,13 +49,14 @@ def _delta(measured: float, paper: float | None) -> str:
 
 
 def format_rows(rows: list[dict[str, object]], img_size: int, markdown: bool) -> str:
-    head = ["model", "params (M)", "paper (M)", "diff", f"MACs@{img_size} (G)", "paper (G)", "diff"]
+    head = ["model", "params (M)", "paper (M)", "diff", f"MACs@{img_size} (G)", "paper (G)", "diff", "paper top-1"]
     body = []
     for r in rows:
         pp, pm = r["paper_params_m"], r["paper_gmacs"]
         body.append([r["model"], f"{r['params_m']:.2f}", f"{pp}" if pp else "-", _delta(r["params_m"], pp),
                      f"{r['gmacs']:.3f}", f"{pm}" if pm and img_size == 224 else "-",
-                     _delta(r["gmacs"], pm) if img_size == 224 else ""])
+                     _delta(r["gmacs"], pm) if img_size == 224 else "",
+                     f"{r['paper_top1']}" if r.get("paper_top1") else "-"])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -59,9 +68,11 @@ def format_rows(rows: list[dict[str, object]], img_size: int, markdown: bool) ->
 
 def run(args: argparse.Namespace) -> int:
     families = tuple(args.family) if args.family else FAMILIES
-    rows = model_rows(families, args.img_size)
+    rows = model_rows(families, args.img_size, getattr(args, "deploy", False))
     print(format_rows(rows, args.img_size, args.markdown))
     if not args.markdown:
-        print("\nparams: all parameters (unfused); MACs: torch.utils.flop_counter FLOPs / 2, batch 1, "
-              "unfused model in eval mode; paper: Table 1 (params) and Table 2 (GFLOPs) of each family's paper.")
+        form = "reparameterized (deploy) form" if getattr(args, "deploy", False) else "unfused model"
+        print(f"\nparams: all parameters of the {form}; MACs: torch.utils.flop_counter FLOPs / 2, batch 1, {form} in "
+              "eval mode; paper: each module's PAPER_FIGURES (ReGLA Tables 1-2; RepNeXt Table 2, which counts the "
+              "deploy form: use --deploy); paper top-1: ImageNet-1K without distillation.")
     return 0

@@ -24,13 +24,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, calculate_drop_path_rates, get_act_layer, trunc_normal_
+from timm.layers import (
+    DropPath,
+    calculate_drop_path_rates,
+    get_act_layer,
+    register_notrace_function,
+    register_notrace_module,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
+try:  # newer torch: FX symbolic tracing only (torch.export is covered by is_compiling below), no warning
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
+except ImportError:  # pragma: no cover
+    from torch.fx._symbolic_trace import is_fx_tracing
+
 from ..checkpoints import filter_fn
-from ._helpers import stage_intermediates
+from ._helpers import TolerantBatchNorm, stage_intermediates
 
 __all__ = ["ReGLA", "RGMA", "ELRF", "relu_linear_attention", "PAPER_FIGURES"]
 
@@ -55,17 +67,13 @@ PAPER_FIGURES: dict[str, dict[str, float]] = {
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+@register_notrace_module  # forward branches on the input's shape: a leaf of FX graphs (timm's feature extraction)
+class BatchNorm2d(TolerantBatchNorm, nn.BatchNorm2d):
     """BatchNorm2d that normalises with its running statistics when a training batch has one value per channel.
 
     A batch of one image whose feature map is 1x1 (stage 4 of a 32 px input) has no variance to normalise by;
-    plain BatchNorm raises there. Such a step neither uses nor updates batch statistics.
+    plain BatchNorm raises there. Such a step neither uses nor updates batch statistics (:class:`TolerantBatchNorm`).
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        return super().forward(x)
 
 
 class ConvNorm(nn.Sequential):
@@ -219,6 +227,20 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
     return num / (den + eps)
 
 
+@register_notrace_function  # reads the autocast state at run time: a leaf of FX graphs
+def fp32_relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """:func:`relu_linear_attention`, computed (and returned) in fp32 under autocast, in the inputs' dtype otherwise.
+
+    TorchScript has no device-type autocast query: a scripted model computes in the inputs' dtype.
+    """
+    if torch.jit.is_scripting():
+        return relu_linear_attention(q, k, v, eps)
+    if torch.is_autocast_enabled(q.device.type):
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return relu_linear_attention(q.float(), k.float(), v.float(), eps)
+    return relu_linear_attention(q, k, v, eps)
+
+
 class RGMA(nn.Module):
     """ReLU Gated Modulated Attention, Eq. (4)-(6), single head, followed by an output projection.
 
@@ -260,13 +282,7 @@ class RGMA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
         q, k, v, g = self._split(x)
-        q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                out = relu_linear_attention(q.float(), k.float(), v.float(), self.eps)
-            out = out.to(x.dtype)
-        else:
-            out = relu_linear_attention(q, k, v, self.eps)
+        out = fp32_relu_linear_attention(q.flatten(2), k.flatten(2), v.flatten(2), self.eps).to(x.dtype)
         out = out.reshape(B, self.value_dim, H, W)
         if g is not None:
             out = out * g
@@ -372,13 +388,15 @@ class ClassifierHead(nn.Module):
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self.head_dist = nn.Linear(dim, num_classes) if distillation and num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    # No return annotation: TorchScript infers Tensor (it drops the distilled-training branch), eager may give a tuple.
+    def forward(self, x: torch.Tensor):  # -> Tensor | tuple[Tensor, Tensor]
         if not self.distillation or self.num_classes == 0:
             return self.head(x)
         x1, x2 = self.head(x), self.head_dist(x)
         if self.training and self.distilled_training and not torch.jit.is_scripting():
             return x1, x2
-        return (x1 + x2) / 2
+        else:  # noqa: RET505  (the explicit else lets TorchScript drop the tuple branch)
+            return (x1 + x2) / 2
 
     @torch.no_grad()
     def fuse(self) -> nn.Module:
@@ -407,7 +425,15 @@ def _check_input(x: Any, in_chans: int) -> None:
 
 
 def _is_tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+    """True while tracing (jit or FX) or compiling."""
+    return torch.jit.is_tracing() or is_fx_tracing() or torch.compiler.is_compiling()
+
+
+def _check_input_eager(x: torch.Tensor, in_chans: int) -> None:
+    """:func:`_check_input`, except while scripting, tracing (jit or FX) or compiling: no check in those graphs."""
+    if not torch.jit.is_scripting():  # TorchScript compiles nothing inside this block
+        if not _is_tracing():
+            _check_input(x, in_chans)
 
 
 class ReGLA(nn.Module):
@@ -564,8 +590,7 @@ class ReGLA(nn.Module):
 
         ``norm`` is accepted for API compatibility; the model has no final norm layer.
         """
-        if not _is_tracing():
-            _check_input(x, self.in_chans)
+        _check_input_eager(x, self.in_chans)
         return stage_intermediates(self.stem, self.stages, x, indices, stop_early, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
@@ -584,8 +609,7 @@ class ReGLA(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not _is_tracing():
-            _check_input(x, self.in_chans)
+        _check_input_eager(x, self.in_chans)
         return self.stages(self.stem(x))  # each stage checkpoints its own blocks when asked
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -646,7 +670,7 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),
-        "crop_pct": 0.95,
+        "crop_pct": 0.875,  # ConvNeXt/iFormer eval (resize 256, crop 224) that §4.1 follows, as every recipe
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,

@@ -33,20 +33,37 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..checkpoints import filter_fn, read_raw
-from ._helpers import stage_intermediates
+from ._helpers import TolerantBatchNorm, stage_intermediates
 
-__all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict"]
+__all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict", "PAPER_FIGURES"]
 
 _logger = logging.getLogger(__name__)
 
 _RELEASE = "https://github.com/suous/RepNeXt/releases/download/v1.0/"
+
+# Published figures of the paper (arXiv:2406.16004), quoted, never measured here. Table 2: params (M, deploy form),
+# GMACs at 224, iPhone 12 Core ML latency (mean and std over 20 trials, ms), RTX3090 throughput (im/s) and top-1 with
+# RegNetY-16GF distillation (``top1_distilled``); Table 3: top-1 without distillation (``top1``), as ReGLA's figures.
+# M0 (a later release) is in neither table.
+PAPER_FIGURES: dict[str, dict[str, float]] = {
+    "repnext_m1": dict(params_m=4.8, gmacs=0.8, lat_ms=0.86, lat_std_ms=0.03, throughput=3885, top1=77.5,
+                       top1_distilled=78.8),
+    "repnext_m2": dict(params_m=6.5, gmacs=1.1, lat_ms=1.00, lat_std_ms=0.04, throughput=3198, top1=78.9,
+                       top1_distilled=80.1),
+    "repnext_m3": dict(params_m=7.8, gmacs=1.3, lat_ms=1.11, lat_std_ms=0.04, throughput=2903, top1=79.4,
+                       top1_distilled=80.7),
+    "repnext_m4": dict(params_m=13.3, gmacs=2.3, lat_ms=1.48, lat_std_ms=0.04, throughput=1745, top1=81.2,
+                       top1_distilled=82.3),
+    "repnext_m5": dict(params_m=21.7, gmacs=4.5, lat_ms=2.20, lat_std_ms=0.02, throughput=978, top1=82.4,
+                       top1_distilled=83.3),
+}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -54,29 +71,17 @@ _RELEASE = "https://github.com/suous/RepNeXt/releases/download/v1.0/"
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _batch_norm_tolerant(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """BN forward; in training mode with one value per channel, normalize with the running statistics.
+@register_notrace_module  # its forward branches on the input's shape: a leaf of FX graphs (timm's feature extraction)
+class BatchNorm2d(TolerantBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that accepts one value per channel in training mode (:class:`TolerantBatchNorm`).
 
-    Batch statistics of a single value are undefined (PyTorch raises); this happens for the classifier BN at
-    batch 1 and for the last stage at batch 1 and 32x32 input. Running statistics are then used and not updated.
+    Batch 1 at 32x32 input leaves the last stage with one value per channel.
     """
-    if bn.training and x.numel() // x.shape[1] <= 1:
-        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    return nn.modules.batchnorm._BatchNorm.forward(bn, x)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that accepts one value per channel in training mode (see ``_batch_norm_tolerant``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _batch_norm_tolerant(self, x)
-
-
-class BatchNorm1d(nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` that accepts one value per channel in training mode (see ``_batch_norm_tolerant``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _batch_norm_tolerant(self, x)
+@register_notrace_module
+class BatchNorm1d(TolerantBatchNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that accepts one value per channel in training mode: the classifier BN at batch 1."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -385,11 +390,13 @@ class RepNeXtClassifier(nn.Module):
         self.head: nn.Module = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self.head_dist: nn.Module = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    # No return annotation: TorchScript infers Tensor (it drops the distilled-training branch), eager may give a tuple.
+    def forward(self, x: torch.Tensor):  # -> Tensor | tuple[Tensor, Tensor]
         x1, x2 = self.head(x), self.head_dist(x)
         if self.training and self.distilled_training and not torch.jit.is_scripting():
             return x1, x2
-        return (x1 + x2) / 2
+        else:  # noqa: RET505  (the explicit else lets TorchScript drop the tuple branch)
+            return (x1 + x2) / 2
 
     @torch.no_grad()
     def fuse(self) -> nn.Module:
@@ -430,6 +437,8 @@ class RepNeXt(nn.Module):
         drop_rate: dropout before the classifier.
         fused: build the inference (reparameterized) form directly, e.g. to load ``*_fused.pt`` checkpoints.
     """
+
+    __jit_unused_properties__ = ["is_fused"]  # Python-only (isinstance over module types): not compiled by TorchScript
 
     def __init__(
         self,
@@ -687,29 +696,29 @@ def repnext_m0(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
 
 @register_model
 def repnext_m1(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
-    """RepNeXt-M1 (Table 2: 4.8M params, 0.8 GMACs)."""
+    """RepNeXt-M1 (paper figures: ``PAPER_FIGURES['repnext_m1']``)."""
     return _variant("m1", pretrained, kwargs)
 
 
 @register_model
 def repnext_m2(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
-    """RepNeXt-M2 (Table 2: 6.5M params, 1.1 GMACs)."""
+    """RepNeXt-M2 (paper figures: ``PAPER_FIGURES['repnext_m2']``)."""
     return _variant("m2", pretrained, kwargs)
 
 
 @register_model
 def repnext_m3(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
-    """RepNeXt-M3 (Table 2: 7.8M params, 1.3 GMACs)."""
+    """RepNeXt-M3 (paper figures: ``PAPER_FIGURES['repnext_m3']``)."""
     return _variant("m3", pretrained, kwargs)
 
 
 @register_model
 def repnext_m4(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
-    """RepNeXt-M4 (Table 2: 13.3M params, 2.3 GMACs)."""
+    """RepNeXt-M4 (paper figures: ``PAPER_FIGURES['repnext_m4']``)."""
     return _variant("m4", pretrained, kwargs)
 
 
 @register_model
 def repnext_m5(pretrained: bool = False, **kwargs: Any) -> RepNeXt:
-    """RepNeXt-M5 (Table 2: 21.7M params, 4.5 GMACs)."""
+    """RepNeXt-M5 (paper figures: ``PAPER_FIGURES['repnext_m5']``)."""
     return _variant("m5", pretrained, kwargs)
