@@ -78,9 +78,10 @@ def test_safetensors_with_metadata_evaluates_like_its_pth(trained, capsys):
     assert b["top1"] == 100.0 and b["img_size"] == SIZE and b["crop_pct"] == 1.0  # the run's own settings
     assert {k: a[k] for k in SETTINGS} == {k: b[k] for k in SETTINGS}
     assert a["model"] == MODEL and a["settings_from"]["input_size"] == "file" == a["settings_from"]["crop_pct"]
-    # without metadata: the model's pretrained_cfg (regla_t: 224 px, crop 0.95), not the training defaults (0.875)
+    # without metadata: the model's pretrained_cfg (regla_t: 224 px, crop 0.875), not the run's 32 px / crop 1.0
     c = evaluate_cli(eval_args(data, bare, model=MODEL))
-    assert (c["img_size"], c["crop_pct"], c["settings_from"]["input_size"]) == (224, 0.95, "model")
+    assert (c["img_size"], c["crop_pct"], c["settings_from"]["input_size"]) == (224, 0.875, "model")
+    assert c["settings_from"]["crop_pct"] == "model"
     d = evaluate_cli(eval_args(data, bare, model=MODEL, img_size=SIZE, crop_pct=1.0))
     assert d["settings_from"]["input_size"] == "flag" and (d["n"], d["top1"]) == (b["n"], b["top1"])
     code, err = run_cli(capsys, cli_argv(data, bare))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from regla.preflight import int_range
+
 FAMILIES = ("regla", "repnext")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", choices=FAMILIES, action="append",
                         help="only this model family (repeatable); default: all of ours")
-    parser.add_argument("--img-size", type=int, default=224, help="input side for the MAC count (default 224)")
+    parser.add_argument("--img-size", type=int_range(32, 4096), default=224,
+                        help="input side for the MAC count, 32-4096 (default 224)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (as in docs/)")
     parser.add_argument("--deploy", action="store_true",
                         help="count the reparameterized (deploy) form, as RepNeXt's Table 2 does (default: unfused)")
