@@ -129,7 +129,7 @@ def test_rgma_matches_eq4_to_6(gating: str) -> None:
     torch.manual_seed(1)
     dim, dk, dv = 16, 8, 16
     m = randomize_bn(R.RGMA(dim, dk, dv, gating)).double().eval()
-    m.proj.bn.weight.data.fill_(1.0)
+    m.proj.norm.weight.data.fill_(1.0)
     x = torch.randn(2, dim, 5, 7, dtype=torch.float64)
     y = m.qkvg(x).flatten(2)
     q, k = y[:, :dk], y[:, dk:2 * dk]
@@ -282,8 +282,8 @@ def test_pretrained_cfg() -> None:
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and 0 < cfg["crop_pct"] <= 1
     assert len(cfg["mean"]) == 3 and len(cfg["std"]) == 3
-    assert cfg["classifier"] == "head.head" and cfg["first_conv"] == "stem.conv1.c"
-    assert dict(model.named_modules())["stem.conv1.c"] is not None
+    assert cfg["classifier"] == "head.head" and cfg["first_conv"] == "stem.conv1.conv"
+    assert dict(model.named_modules())["stem.conv1.conv"] is not None
 
 
 @pytest.mark.parametrize("size", [(32, 32), (33, 47), (224, 224), (65, 200)])
@@ -314,7 +314,7 @@ def test_state_dict_round_trip(tmp_path, suffix: str) -> None:
         torch.testing.assert_close(fresh(x), model(x))
     # fine-tuning: another class count keeps the backbone and re-initialises the classifier (timm's behaviour)
     tuned = timm.create_model("regla_t", num_classes=10, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    torch.testing.assert_close(tuned.stem.conv1.c.weight, model.stem.conv1.c.weight)
+    torch.testing.assert_close(tuned.stem.conv1.conv.weight, model.stem.conv1.conv.weight)
     assert tuned.head.head.weight.shape == (10, 1024)
 
 
@@ -322,14 +322,14 @@ def test_state_dict_errors_name_keys(tmp_path) -> None:
     from safetensors.torch import save_file
 
     state = timm.create_model("regla_t", num_classes=10).state_dict()
-    del state["stem.conv1.c.weight"]
+    del state["stem.conv1.conv.weight"]
     state["head.head.weight"] = torch.zeros(3, 1024)
     state["extra.weight"] = torch.zeros(1)
     save_file(state, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError) as err:
         load_weights(timm.create_model("regla_t", num_classes=10), tmp_path / "bad.safetensors")
     msg = str(err.value)
-    assert "stem.conv1.c.weight" in msg and "extra.weight" in msg and "head.head.weight" in msg
+    assert "stem.conv1.conv.weight" in msg and "extra.weight" in msg and "head.head.weight" in msg
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_weights(timm.create_model("regla_t"), tmp_path / "corrupt.pth")
@@ -355,14 +355,14 @@ def test_ablation_switches(name: str, switch: str, value: str) -> None:
 def test_ablation_switches_change_the_model() -> None:
     base = timm.create_model("regla_m")
     dw7 = timm.create_model("regla_m", early_block="dw7")
-    assert isinstance(dw7.stages[0].blocks[0], R.ConvBlock) and dw7.stages[0].blocks[0].dw.c.kernel_size == (7, 7)
+    assert isinstance(dw7.stages[0].blocks[0], R.ConvBlock) and dw7.stages[0].blocks[0].dw.conv.kernel_size == (7, 7)
     assert isinstance(base.stages[0].blocks[0], R.ELRF)
     ffn = timm.create_model("regla_m", post_attn="ffn")
     assert isinstance(ffn.stages[3].blocks[-1], R.FFN)
     assert isinstance(base.stages[3].blocks[-1], R.RepDWResidual)
     none = timm.create_model("regla_m", gating="none")
     rgma = [b.m for b in none.modules() if isinstance(b, R.Residual)][0]
-    assert rgma.qkvg.c.out_channels == 2 * rgma.key_dim + rgma.value_dim
+    assert rgma.qkvg.conv.out_channels == 2 * rgma.key_dim + rgma.value_dim
     with pytest.raises(ValueError, match="gating must be one of"):
         timm.create_model("regla_t", gating="softmax")
 

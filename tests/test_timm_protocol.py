@@ -178,12 +178,11 @@ def test_pretrained_cfg_names_existing_layers(tag: str) -> None:
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_tolerant_batchnorm_equals_torch_batchnorm(momentum: float | None) -> None:
-    from regla.models import regla as G
-    from regla.models import repnext as R
+    from regla.models import _layers as L
 
-    for ours, ref, shape in ((G.BatchNorm2d(4, momentum=momentum), nn.BatchNorm2d(4, momentum=momentum),
+    for ours, ref, shape in ((L.BatchNorm2d(4, momentum=momentum), nn.BatchNorm2d(4, momentum=momentum),
                               (2, 4, 3, 3)),
-                             (R.BatchNorm1d(4, momentum=momentum), nn.BatchNorm1d(4, momentum=momentum), (3, 4))):
+                             (L.BatchNorm1d(4, momentum=momentum), nn.BatchNorm1d(4, momentum=momentum), (3, 4))):
         ours.load_state_dict(_randomize_norms(ref).state_dict())
         for step in range(3):
             x = torch.randn(shape, generator=torch.Generator().manual_seed(step))
@@ -198,3 +197,17 @@ def test_tolerant_batchnorm_equals_torch_batchnorm(momentum: float | None) -> No
         expected = ours.eval()(single)
         assert torch.allclose(ours.train()(single), expected)  # running statistics, not updated
         assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())
+
+
+def test_both_families_share_one_set_of_layers() -> None:
+    """One ConvNorm, one batch-1-tolerant BN, one distillation head and one protocol implementation (issue 8)."""
+    from regla.models import _layers as L
+
+    for name in ("regla_t", "repnext_m0"):
+        model = timm.create_model(name, distillation=True)
+        kinds = {type(m) for m in model.modules()}
+        assert {L.ConvNorm, L.BatchNorm2d, L.DistilledClassifier} <= kinds, name
+        assert isinstance(model, L.StagedModelMixin)
+        for method in ("forward_intermediates", "prune_intermediate_layers", "reset_classifier", "fuse"):
+            assert getattr(type(model), method) is getattr(L.StagedModelMixin, method), (name, method)
+    assert not hasattr(__import__("regla.models.regla", fromlist=["x"]), "ClassifierHead")

@@ -29,11 +29,9 @@ from timm.layers import (
     calculate_drop_path_rates,
     get_act_layer,
     register_notrace_function,
-    register_notrace_module,
     trunc_normal_,
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch import nn
 
 try:  # newer torch: FX symbolic tracing only (torch.export is covered by is_compiling below), no warning
@@ -42,7 +40,7 @@ except ImportError:  # pragma: no cover
     from torch.fx._symbolic_trace import is_fx_tracing
 
 from ..checkpoints import filter_fn
-from ._helpers import TolerantBatchNorm, stage_intermediates
+from ._layers import ConvNorm, DistilledClassifier, StagedModelMixin, check_global_pool
 
 __all__ = ["ReGLA", "RGMA", "ELRF", "relu_linear_attention", "PAPER_FIGURES"]
 
@@ -65,37 +63,6 @@ PAPER_FIGURES: dict[str, dict[str, float]] = {
 # ---------------------------------------------------------------------------------------------------------------
 # Foldable building blocks
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@register_notrace_module  # forward branches on the input's shape: a leaf of FX graphs (timm's feature extraction)
-class BatchNorm2d(TolerantBatchNorm, nn.BatchNorm2d):
-    """BatchNorm2d that normalises with its running statistics when a training batch has one value per channel.
-
-    A batch of one image whose feature map is 1x1 (stage 4 of a 32 px input) has no variance to normalise by;
-    plain BatchNorm raises there. Such a step neither uses nor updates batch statistics (:class:`TolerantBatchNorm`).
-    """
-
-
-class ConvNorm(nn.Sequential):
-    """Conv2d (no bias) + BatchNorm2d; :meth:`fuse` folds the BN into the conv."""
-
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-                 bn_weight_init: float = 1.0):
-        super().__init__()
-        self.c = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
-        self.bn = BatchNorm2d(out_chs)
-        nn.init.constant_(self.bn.weight, bn_weight_init)
-        nn.init.zeros_(self.bn.bias)
-
-    @torch.no_grad()
-    def fuse(self) -> nn.Conv2d:
-        c, bn = self.c, self.bn
-        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-        conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, groups=c.groups,
-                         bias=True, device=c.weight.device, dtype=c.weight.dtype)
-        conv.weight.copy_(c.weight * scale[:, None, None, None])
-        conv.bias.copy_(bn.bias - bn.running_mean * scale)
-        return conv
 
 
 class RepDWResidual(nn.Module):
@@ -373,43 +340,6 @@ class ReGLAStage(nn.Module):
         return self.blocks(x)
 
 
-class ClassifierHead(nn.Module):
-    """Linear classifier on pre-logits, with an optional DeiT-style distillation head (as in RepViT / iFormer).
-
-    With ``distillation=True`` it returns ``(cls, dist)`` in distilled training and their mean otherwise. There is
-    no BatchNorm here, so batch-1 training works and nothing is left to fold but the two heads into one.
-    """
-
-    def __init__(self, dim: int, num_classes: int, distillation: bool = False):
-        super().__init__()
-        self.num_classes = num_classes
-        self.distillation = distillation
-        self.distilled_training = False
-        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = nn.Linear(dim, num_classes) if distillation and num_classes > 0 else nn.Identity()
-
-    # No return annotation: TorchScript infers Tensor (it drops the distilled-training branch), eager may give a tuple.
-    def forward(self, x: torch.Tensor):  # -> Tensor | tuple[Tensor, Tensor]
-        if not self.distillation or self.num_classes == 0:
-            return self.head(x)
-        x1, x2 = self.head(x), self.head_dist(x)
-        if self.training and self.distilled_training and not torch.jit.is_scripting():
-            return x1, x2
-        else:  # noqa: RET505  (the explicit else lets TorchScript drop the tuple branch)
-            return (x1 + x2) / 2
-
-    @torch.no_grad()
-    def fuse(self) -> nn.Module:
-        """Merge the distillation head into one Linear (the inference output is their mean)."""
-        if self.num_classes == 0 or not self.distillation:
-            return self.head
-        head = nn.Linear(self.head.in_features, self.num_classes, device=self.head.weight.device,
-                         dtype=self.head.weight.dtype)
-        head.weight.copy_((self.head.weight + self.head_dist.weight) / 2)
-        head.bias.copy_((self.head.bias + self.head_dist.bias) / 2)
-        return head
-
-
 def _check_input(x: Any, in_chans: int) -> None:
     """Raise a ValueError naming what is wrong with a model input and what was expected."""
     if not isinstance(x, torch.Tensor):
@@ -436,7 +366,7 @@ def _check_input_eager(x: torch.Tensor, in_chans: int) -> None:
             _check_input(x, in_chans)
 
 
-class ReGLA(nn.Module):
+class ReGLA(StagedModelMixin, nn.Module):
     """ReGLA backbone and classifier (§3.4, Fig. 2, Table 1).
 
     Args:
@@ -487,8 +417,7 @@ class ReGLA(nn.Module):
         act_layer = get_act_layer(act_layer)
         _check_choice("gating", gating, GATINGS)
         _check_choice("post_attn", post_attn, POST_ATTNS)
-        if global_pool not in ("", "avg"):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         if not len(embed_dims) == len(depths) == len(attn_groups) == len(key_ratio):
             raise ValueError("embed_dims, depths, attn_groups and key_ratio need one entry per stage")
         mlp_ratios = _per_stage("mlp_ratio", mlp_ratio, len(depths))
@@ -497,7 +426,6 @@ class ReGLA(nn.Module):
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.distillation = distillation
-        self.num_stages = len(depths)
         self.feature_info: list[dict[str, Any]] = []
 
         self.stem = Stem(in_chans, embed_dims[0], act_layer)
@@ -524,7 +452,7 @@ class ReGLA(nn.Module):
         self.pre_logits = (nn.Sequential(nn.Conv2d(self.num_features, head_hidden_size, 1), act_layer())
                            if head_hidden_size else nn.Identity())
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = ClassifierHead(self.head_hidden_size, num_classes, distillation)
+        self.head = DistilledClassifier(self.head_hidden_size, num_classes, distillation)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -551,62 +479,16 @@ class ReGLA(nn.Module):
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None,
-                         distillation: bool | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("", "avg"):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
+    def _make_head(self, num_classes: int, distillation: bool | None = None) -> nn.Module:
         if distillation is not None:
             self.distillation = distillation
-        self.num_classes = num_classes
-        device = next(self.parameters()).device
-        self.head = ClassifierHead(self.head_hidden_size, num_classes, self.distillation).to(device)
-        self.head.train(self.training)
+        return DistilledClassifier(self.head_hidden_size, num_classes, self.distillation)
 
-    @torch.jit.ignore
-    def set_distilled_training(self, enable: bool = True) -> None:
-        self.head.distilled_training = enable
+    def _drop_pre_logits(self) -> None:
+        self.pre_logits = nn.Identity()
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Forward returning the outputs of the stages in ``indices`` (timm's feature-extraction API).
-
-        ``norm`` is accepted for API compatibility; the model has no final norm layer.
-        """
+    def _input_check(self, x: torch.Tensor) -> None:
         _check_input_eager(x, self.in_chans)
-        return stage_intermediates(self.stem, self.stages, x, indices, stop_early, output_fmt, intermediates_only)
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        """Drop stages (and the head) not needed for the intermediates in ``indices``."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        self.feature_info = self.feature_info[: max_index + 1]
-        self.num_stages = len(self.stages)
-        if prune_head or prune_end:
-            self.num_features = self.feature_info[-1]["num_chs"]
-            self.pre_logits = nn.Identity()
-            self.head_hidden_size = self.num_features
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input_eager(x, self.in_chans)
@@ -623,21 +505,6 @@ class ReGLA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    @torch.no_grad()
-    def fuse(self) -> ReGLA:
-        """Fold every BN and depthwise residual for deployment, in place (see ``timm.utils.reparameterize_model``)."""
-
-        def _fuse(module: nn.Module) -> None:
-            for name, child in module.named_children():
-                if hasattr(child, "fuse"):
-                    setattr(module, name, child.fuse())
-                else:
-                    _fuse(child)
-
-        self.eval()
-        _fuse(self)
-        return self
 
 
 def _per_stage(name: str, value: float | tuple[float, ...], num_stages: int) -> tuple[float, ...]:
@@ -674,7 +541,7 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv1.c",
+        "first_conv": "stem.conv1.conv",
         "classifier": "head.head",
         "paper_name": "ReGLA: Efficient Receptive-Field Modeling with Gated Linear Attention Network",
         "license": "apache-2.0",

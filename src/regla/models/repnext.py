@@ -33,14 +33,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import register_notrace_module, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..checkpoints import filter_fn, read_raw
-from ._helpers import TolerantBatchNorm, stage_intermediates
+from ._layers import BatchNorm1d, BatchNorm2d, ConvNorm, DistilledClassifier, StagedModelMixin, check_global_pool
 
 __all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict", "PAPER_FIGURES"]
 
@@ -69,19 +68,6 @@ PAPER_FIGURES: dict[str, dict[str, float]] = {
 # --------------------------------------------------------------------------------------------------------------
 # Normalization that tolerates a single value per channel (batch 1 in training mode).
 # --------------------------------------------------------------------------------------------------------------
-
-
-@register_notrace_module  # its forward branches on the input's shape: a leaf of FX graphs (timm's feature extraction)
-class BatchNorm2d(TolerantBatchNorm, nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that accepts one value per channel in training mode (:class:`TolerantBatchNorm`).
-
-    Batch 1 at 32x32 input leaves the last stage with one value per channel.
-    """
-
-
-@register_notrace_module
-class BatchNorm1d(TolerantBatchNorm, nn.BatchNorm1d):
-    """``nn.BatchNorm1d`` that accepts one value per channel in training mode: the classifier BN at batch 1."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -135,27 +121,6 @@ def _dw(channels: int, kernel_size: tuple[int, int], stride: tuple[int, int], bi
 # --------------------------------------------------------------------------------------------------------------
 # Basic layers.
 # --------------------------------------------------------------------------------------------------------------
-
-
-class ConvNorm(nn.Sequential):
-    """Bias-free convolution followed by BN (children ``conv``, ``norm``); ``fuse()`` folds the BN into the conv."""
-
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, padding: int = 0) -> None:
-        super().__init__()
-        self.add_module("conv", nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, bias=False))
-        self.add_module("norm", BatchNorm2d(out_chs))
-        nn.init.ones_(self.norm.weight)
-        nn.init.zeros_(self.norm.bias)
-
-    @torch.no_grad()
-    def fuse(self) -> nn.Conv2d:
-        conv = self.conv
-        scale, shift = _bn_scale_shift(self.norm)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                          conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
-        fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        fused.bias.copy_(shift)
-        return fused
 
 
 class NormLinear(nn.Sequential):
@@ -376,53 +341,12 @@ class RepNeXtStage(nn.Module):
         return self.blocks(x)
 
 
-class RepNeXtClassifier(nn.Module):
-    """Classifier as released: two ``NormLinear`` heads (``head``, ``head_dist``), always both present.
-
-    Returns ``(head(x), head_dist(x))`` in distilled training, else their mean (the release averages the two heads
-    at inference whether or not it was trained with distillation). ``fuse()`` returns one averaged ``nn.Linear``.
-    """
-
-    def __init__(self, dim: int, num_classes: int, distillation: bool = False) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.distilled_training = distillation
-        self.head: nn.Module = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist: nn.Module = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    # No return annotation: TorchScript infers Tensor (it drops the distilled-training branch), eager may give a tuple.
-    def forward(self, x: torch.Tensor):  # -> Tensor | tuple[Tensor, Tensor]
-        x1, x2 = self.head(x), self.head_dist(x)
-        if self.training and self.distilled_training and not torch.jit.is_scripting():
-            return x1, x2
-        else:  # noqa: RET505  (the explicit else lets TorchScript drop the tuple branch)
-            return (x1 + x2) / 2
-
-    @torch.no_grad()
-    def fuse(self) -> nn.Module:
-        if self.num_classes <= 0:
-            return nn.Identity()
-        head, head_dist = self.head.fuse(), self.head_dist.fuse()
-        head.weight.copy_((head.weight + head_dist.weight) / 2)
-        head.bias.copy_((head.bias + head_dist.bias) / 2)
-        return head
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The model.
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _fuse_children(module: nn.Module) -> None:
-    """Replace, depth first, every child that has ``fuse()`` by its fused version (the release's procedure)."""
-    for name, child in module.named_children():
-        if hasattr(child, "fuse"):
-            child = child.fuse()
-            setattr(module, name, child)
-        _fuse_children(child)
-
-
-class RepNeXt(nn.Module):
+class RepNeXt(StagedModelMixin, nn.Module):
     """RepNeXt (Sec. 3.1, Fig. 2): stem, four stages of ``MetaNeXtBlock``s joined by ``RepNeXtDownsample``, head.
 
     Args:
@@ -455,8 +379,7 @@ class RepNeXt(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if global_pool not in ("", "avg"):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         if kwargs:
             _logger.warning("RepNeXt ignores unsupported arguments %s", sorted(kwargs))
         self.num_classes = num_classes
@@ -469,7 +392,7 @@ class RepNeXt(nn.Module):
         self.stages, self.feature_info = self._build_stages(embed_dim, depth, mlp_ratio, act_layer)
         self.num_features = self.head_hidden_size = embed_dim[-1]
         self.head_drop = nn.Dropout(drop_rate)
-        self.head: nn.Module = RepNeXtClassifier(embed_dim[-1], num_classes, distillation)
+        self.head: nn.Module = self._make_head(num_classes, distillation)
         if fused:
             self.fuse()
 
@@ -495,65 +418,22 @@ class RepNeXt(nn.Module):
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     @property
     def is_fused(self) -> bool:
         """True once no training-time branch (``ConvNorm``, ``Rep*`` convs, two-head classifier) is left."""
-        training_only = (ConvNorm, NormLinear, RepDWConvS, RepDWConvM, RepNeXtClassifier)
+        training_only = (ConvNorm, NormLinear, RepDWConvS, RepDWConvM, DistilledClassifier)
         return not any(isinstance(m, training_only) for m in self.modules())
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None, distillation: bool = False) -> None:
-        """New classifier; a plain ``nn.Linear`` if the model is already fused."""
-        if global_pool is not None:
-            if global_pool not in ("", "avg"):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        p = next(self.parameters())
+    def _make_head(self, num_classes: int, distillation: bool | None = None) -> nn.Module:
+        """The release's classifier: two BN + Linear heads (averaged at inference); one Linear once fused."""
         if self.is_fused:
-            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        else:
-            self.head = RepNeXtClassifier(self.num_features, num_classes, distillation)
-        self.head.to(device=p.device, dtype=p.dtype).train(self.training)
+            return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        head = DistilledClassifier(self.num_features, num_classes, distillation=True, layer=NormLinear)
+        head.distilled_training = bool(distillation)
+        return head
 
-    @torch.jit.ignore
-    def set_distilled_training(self, enable: bool = True) -> None:
-        """Return ``(head, head_dist)`` logits while training (no effect once fused)."""
-        if isinstance(self.head, RepNeXtClassifier):
-            self.head.distilled_training = enable
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features of the selected stages (``indices``: last n if int, all if None); see timm's protocol."""
-        return stage_intermediates(self.stem, self.stages, x, indices, stop_early, output_fmt, intermediates_only)
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        """Drop stages after the last requested intermediate (and the head if asked or if stages were dropped)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
+    def _input_check(self, x: torch.Tensor) -> None:
+        """RepNeXt takes any input timm's layers take; nothing to check."""
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -568,12 +448,6 @@ class RepNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     # ---- reparameterization and checkpoints ----------------------------------------------------------------
-    @torch.no_grad()
-    def fuse(self) -> RepNeXt:
-        """Structural reparameterization in place (Sec. 3.2); returns ``self``. Output is unchanged in eval mode."""
-        _fuse_children(self)
-        return self
-
     def load_pretrained(self, checkpoint_path: str | Path) -> None:
         """Load an official checkpoint file (``.pth``/``.pth.tar`` training form or TorchScript ``_fused.pt``).
 
