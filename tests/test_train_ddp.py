@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from regla.train.engine import StepContext, backward, forward_loss
@@ -81,3 +82,53 @@ def test_regla_train_under_torchrun_with_sync_bn_and_resume(tmp_path):
     assert ck["epoch"] == 2 and len(ck["rng"]) == 2  # both ranks' RNG streams are saved ...
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # ... and they differ (seed + rank)
     assert "global batch 8" in proc.stdout  # 2 processes x 4
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """RANK -> pid of the worker processes torchrun started (read from /proc; Linux)."""
+    from pathlib import Path
+
+    out = {}
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = next((int(e.split(b"=")[1]) for e in env if e.startswith(b"RANK=")), None)
+        if rank is not None:
+            out[rank] = int(child)
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker pids from /proc")
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """A preemption signal reaching only rank 1 stops both ranks after the same step (the stop flag is all-reduced);
+    rank 0 saves a checkpoint with both ranks' RNG state, and the run resumes under torchrun."""
+    import signal
+    import time
+
+    import yaml
+
+    from regla.train.checkpoint import load_checkpoint
+    from train_helpers import make_folder, tiny_recipe
+
+    data = make_folder(tmp_path / "data", classes=3, train_per_class=8, val_per_class=2)
+    cfg = tiny_recipe(data, tmp_path / "out", epochs=40, batch_size=4, warmup_epochs=0)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "regla.cli", "train", "--no-progress", "-c", str(tmp_path / "r.yaml")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (tmp_path / "out" / "last.pth").exists():
+        assert proc.poll() is None and time.time() - t0 < 240, "no first checkpoint"
+        time.sleep(0.05)
+    os.kill(_rank_pids(proc.pid)[1], signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "Resume with: regla train --resume" in out, out[-3000:]
+    ck = load_checkpoint(tmp_path / "out" / "last.pth")
+    assert 1 <= ck["epoch"] < 40 and len(ck["rng"]) == 2
+    if ck["position"] is not None:  # stopped inside an epoch: both ranks' state at its start and now
+        assert len(ck["position"]["epoch_rng"]) == 2 and ck["position"]["step"] >= 1
+    resume = cmd[:4] + [f"--master_port={free_port()}"] + cmd[5:-2] + [
+        "--resume", str(tmp_path / "out"), "--set", f"epochs={ck['epoch'] + 1}"]
+    done = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "out" / "last.pth")["epoch"] == ck["epoch"] + 1
