@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int_range(16, 4096), nargs="+", default=[224], metavar="N",
                         help="example input size: N or H W (the fixed input size for Core ML; ONNX stays dynamic)")
     parser.add_argument("--atol", type=float_range(0.0, lo_open=True), default=1e-4,
-                        help="max abs difference allowed between exported model and PyTorch (default 1e-4)")
+                        help="allowed max abs difference from PyTorch, times max(1, max |logit|) (default 1e-4)")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime / TorchScript check")
     parser.add_argument("--opset", type=int_range(7, 23), default=18, help="ONNX opset (default 18)")
     parser.add_argument("--exporter", choices=("legacy", "dynamo", "auto"), default="legacy",
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({result.format}, fused, example input {hw[0]}x{hw[1]})")
     if result.max_abs_diff is not None:
         shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
-        print(f"checked against PyTorch on {shapes}: max abs diff {result.max_abs_diff:.2e} (atol {args.atol:g})")
+        print(f"checked against PyTorch on {shapes}: max abs diff {result.max_abs_diff:.2e} "
+              f"(allowed: atol {args.atol:g} x max(1, max |logit|))")
     elif args.format == "coreml":
         print("Core ML packages run only on macOS/iOS: measure latency in Xcode (see docs/deployment.md)")
     return 0
