@@ -3,7 +3,6 @@ only readable images counted, transform errors told apart, and bad input refused
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -13,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train_helpers import MODEL, SIZE, make_folder, tiny_recipe
+from train_helpers import MODEL, SIZE, eval_args, make_folder, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +31,6 @@ def trained(tmp_path_factory):
     assert read_weights(with_meta).info.input_size == weights.info.input_size == (3, SIZE, SIZE)
     bare = save_weights(root / "bare.safetensors", weights.state)  # no model, classes or input size recorded
     return data, pth, with_meta, bare
-
-
-def eval_args(data: Path, ckpt: Path, **kw) -> argparse.Namespace:
-    from regla.eval import cli
-
-    p = argparse.ArgumentParser()
-    cli.add_arguments(p)
-    argv = ["--data", str(data), "--checkpoint", str(ckpt), "--device", "cpu", "--workers", "0", "--batch-size", "4"]
-    for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
-    return p.parse_args(argv)
 
 
 def cli_argv(data: Path, ckpt: Path, *extra: str) -> list[str]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from regla.models import repnext as R
 from regla.utils import count_macs, count_params
+from train_helpers import randomize_norms
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = json.loads((FIXTURES / "repnext_official_keys.json").read_text())
@@ -27,28 +28,6 @@ _spec.loader.exec_module(fixture_tools)
 VARIANTS = ["m0", "m1", "m2", "m3", "m4", "m5"]
 # Paper Table 2 (params, GMACs, latency, top-1) as the module quotes it: the one source of the paper's figures.
 TABLE2 = {name.removeprefix("repnext_"): fig for name, fig in R.PAPER_FIGURES.items()}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CNN ops on a shared 2-core machine: one intra-op thread is many times faster than spinning on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, as after training, so that fusing them matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model
 
 
 def _shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -67,7 +46,7 @@ def _model(variant: str, **kwargs) -> R.RepNeXt:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fused_matches_unfused(variant: str) -> None:
     torch.manual_seed(0)
-    model = _randomize_norms(_model(variant)).eval()
+    model = randomize_norms(_model(variant)).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
@@ -87,7 +66,7 @@ def test_fused_matches_unfused(variant: str) -> None:
 
 def test_fuse_method_in_place_matches_reparameterize_model() -> None:
     torch.manual_seed(0)
-    model = _randomize_norms(_model("m0")).eval()
+    model = randomize_norms(_model("m0")).eval()
     x = torch.randn(1, 3, 45, 37)  # odd sizes exercise stride-2 padding of every branch
     with torch.no_grad():
         ref = model(x)
@@ -227,7 +206,7 @@ def test_checkpoint_filter_fn_fuses_model_for_fused_checkpoint() -> None:
 def test_release_file_formats_load_through_timm(tmp_path: Path) -> None:
     """The release's .pth ({'model', 'args': Namespace, ...}) and TorchScript *_fused.pt, via pretrained_cfg_overlay."""
     torch.manual_seed(0)
-    src = _randomize_norms(_model("m0")).eval()
+    src = randomize_norms(_model("m0")).eval()
     x = torch.randn(1, 3, 64, 64)
     pth = tmp_path / "repnext_m0_distill_300e.pth"
     torch.save({"model": src.state_dict(), "epoch": 299, "args": argparse.Namespace(model="repnext_m0")}, pth)

@@ -14,6 +14,7 @@ from timm.utils import reparameterize_model
 from torch import nn
 
 import regla  # noqa: F401  (registers regla_* and repnext_*)
+from train_helpers import randomize_norms
 
 MODELS = timm.list_models(module="regla") + timm.list_models(module="repnext")
 TAGS = timm.list_models("regla_*", include_tags=True) + timm.list_models("repnext_*", include_tags=True)
@@ -21,31 +22,9 @@ SIZE = 64
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CNN ops on a shared 2-core machine: one intra-op thread is faster than two contending."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters (fresh ones hide errors: zero-init residual branches)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model
-
-
 def _model(name: str, **kwargs) -> nn.Module:
     torch.manual_seed(0)
-    return _randomize_norms(timm.create_model(name, **kwargs)).eval()
+    return randomize_norms(timm.create_model(name, **kwargs)).eval()
 
 
 def _input(batch: int = 1, size: int = SIZE, seed: int = 1) -> torch.Tensor:
@@ -183,7 +162,7 @@ def test_tolerant_batchnorm_equals_torch_batchnorm(momentum: float | None) -> No
     for ours, ref, shape in ((L.BatchNorm2d(4, momentum=momentum), nn.BatchNorm2d(4, momentum=momentum),
                               (2, 4, 3, 3)),
                              (L.BatchNorm1d(4, momentum=momentum), nn.BatchNorm1d(4, momentum=momentum), (3, 4))):
-        ours.load_state_dict(_randomize_norms(ref).state_dict())
+        ours.load_state_dict(randomize_norms(ref).state_dict())
         for step in range(3):
             x = torch.randn(shape, generator=torch.Generator().manual_seed(step))
             for mode in (True, False):

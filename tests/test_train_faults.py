@@ -83,6 +83,11 @@ def run_with_fault(data, out, hook) -> None:
         trainer._SAVE_HOOK[0] = None
 
 
+def one_epoch(data, out):
+    """A finished one-epoch run in ``out``."""
+    return train(tiny_recipe(data, out, **dict(FAST, epochs=1)), show_bar=False)
+
+
 def continue_run(data, out):
     """What a user does next: resume the run if it has a checkpoint (or a committed one), else start it again."""
     resumable = (out / "last.pth").exists() or (out / COMMIT_LOG).exists()
@@ -171,7 +176,7 @@ def test_second_sigint_stops_at_once(reference, tmp_path, monkeypatch):
 def test_a_moved_run_folder_resumes_in_place(reference, tmp_path):
     data, _, _ = reference
     first = tmp_path / "first"
-    train(tiny_recipe(data, first, **dict(FAST, epochs=1)), show_bar=False)
+    one_epoch(data, first)
     moved = tmp_path / "moved"
     shutil.move(first, moved)
     first.mkdir()
@@ -186,7 +191,7 @@ def test_a_moved_run_folder_resumes_in_place(reference, tmp_path):
 def test_resume_refuses_changed_class_names(reference, tmp_path):
     data, _, _ = reference
     out = tmp_path / "run"
-    train(tiny_recipe(data, out, **dict(FAST, epochs=1)), show_bar=False)
+    one_epoch(data, out)
     renamed = tmp_path / "renamed"
     shutil.copytree(data, renamed)
     for split in ("train", "val"):

@@ -3,7 +3,6 @@ computation of top-1 (plain and fused, other resolution/crop), and `regla plot`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ from PIL import Image
 
 from regla.train.checkpoint import CheckpointError, load_checkpoint
 from regla.train.trainer import RunError, train
-from train_helpers import MODEL, SIZE, make_folder, tiny_recipe
+from train_helpers import MODEL, SIZE, eval_args, make_folder, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -120,17 +119,6 @@ def direct_top1(model: torch.nn.Module, val_dir: Path, class_map: dict, size: in
                 correct += int(model(x).argmax(1).item() == class_map[cls_dir.name])
                 total += 1
     return 100.0 * correct / total
-
-
-def eval_args(data: Path, ckpt: Path, **kw) -> argparse.Namespace:
-    from regla.eval import cli as eval_cli
-
-    p = argparse.ArgumentParser()
-    eval_cli.add_arguments(p)
-    argv = ["--data", str(data), "--checkpoint", str(ckpt), "--device", "cpu", "--workers", "0", "--batch-size", "4"]
-    for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
-    return p.parse_args(argv)
 
 
 @pytest.mark.parametrize("size,crop,fuse", [(SIZE, 1.0, False), (40, 0.9, True)])

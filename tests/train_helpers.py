@@ -62,3 +62,31 @@ def ddp_batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed global batch (the same in every process), in float64 so that only the algorithm can differ."""
     g = torch.Generator().manual_seed(123)
     return torch.randn(n, 3, SIZE, SIZE, generator=g, dtype=torch.float64), torch.randint(0, 5, (n,), generator=g)
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine parameters, as after training (fresh ones hide fusion errors: zero-init
+    residual branches)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model
+
+
+def eval_args(data: Path, ckpt: Path, **kw: Any):
+    """``regla eval`` arguments (an ``argparse.Namespace``) for ``data`` and ``ckpt``, CPU, no workers, batch 4."""
+    import argparse
+
+    from regla.eval import cli
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    argv = ["--data", str(data), "--checkpoint", str(ckpt), "--device", "cpu", "--workers", "0", "--batch-size", "4"]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    return p.parse_args(argv)
