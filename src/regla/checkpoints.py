@@ -344,7 +344,7 @@ def load_into(model: nn.Module, weights: Weights | Mapping[str, torch.Tensor], s
     state = weights.state if isinstance(weights, Weights) else dict(weights)
     source = source or (weights.describe() if isinstance(weights, Weights) else "state dict")
     report = compare_keys(model, state, source)
-    if not report.ok and allow_fused:
+    if report.missing and allow_fused:  # only a fused file leaves the model's tensors missing (its BN, branches)
         fused = _fused_copy(model)
         fused_report = compare_keys(fused, state, source)
         if fused_report.ok or (not strict and len(fused_report.loaded) > len(report.loaded)):
@@ -430,7 +430,7 @@ def filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torc
     """
     state, _ = unwrap_state_dict(state_dict)
     own = compare_keys(model, state)
-    if own.ok:
+    if own.ok or not own.missing:  # nothing of the model is missing: not a fused file (timm adapts the classifier)
         return state
     fused_model = _fused_copy(model)
     fused = compare_keys(fused_model, state)
@@ -463,6 +463,6 @@ def safetensors_bytes(state: Mapping[str, torch.Tensor], info: WeightsInfo | Non
 
 def save_weights(path: str | os.PathLike, state: Mapping[str, torch.Tensor], info: WeightsInfo | None = None) -> Path:
     """Write ``state`` as ``.safetensors`` with ``info`` as metadata, atomically."""
-    from .utils.io import atomic_write_bytes
+    from .outputs import atomic_write_bytes
 
     return atomic_write_bytes(path, safetensors_bytes(state, info))

@@ -39,4 +39,4 @@ def create_fused_model(name: str | None, checkpoint: str | os.PathLike | None = 
             kwargs["num_classes"] = num_classes
         return fuse(timm.create_model(name, pretrained=False, **kwargs))
     model, _, _ = create_model_from_weights(checkpoint, name, num_classes, fuse=True, **kwargs)
-    return fuse(model)  # a no-op on an already fused model, apart from eval mode
+    return model  # fused, in eval mode

@@ -23,7 +23,7 @@ from typing import Any
 from regla.errors import ReglaError, UsageError
 from regla.preflight import float_range, int_range
 
-__all__ = ["add_arguments", "check_args", "check_device", "evaluate_cli", "run"]
+__all__ = ["add_arguments", "check_args", "evaluate_cli", "run"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
 
@@ -60,31 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Checks argparse's types cannot make (for callers that build ``args`` themselves, ranges too)."""
-    for flag, value, lo in (("--batch-size", args.batch_size, 1), ("--img-size", args.img_size, 1),
-                            ("--num-classes", args.num_classes, 1), ("--workers", args.workers, 0)):
-        if value is not None and value < lo:
-            raise UsageError(f"{flag} must be an integer >= {lo}, got {value}")
-    if args.crop_pct is not None and not 0.0 < args.crop_pct <= 1.0:
-        raise UsageError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    """What the argparse types (``regla.preflight``) cannot check: ``--json``'s place and the device."""
+    from regla.preflight import check_device
+
     if args.json_out:
         from regla.outputs import check_writable
 
         if Path(args.json_out).is_dir():
             raise UsageError(f"--json {args.json_out} is a folder; give a file path")
         check_writable(Path(args.json_out))
-
-
-def check_device(name: str) -> str:
-    """The device ``--device name`` resolves to (``auto``: a GPU if there is one); see :mod:`regla.preflight`."""
-    from regla.preflight import check_device as require_device
-
-    require_device(name)
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    check_device(args.device)
 
 
 def eval_folder(data: str, split: str) -> Path:
@@ -202,10 +187,9 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
 
     check_args(args)
     check_dataset(args.dataset)
-    device = check_device(args.device)
     folder = Path(args.data) if args.dataset else eval_folder(args.data, args.split)
     classes = None if args.dataset else check_class_folders(folder)
-    d = setup_distributed({"device": device})
+    d = setup_distributed({"device": args.device})  # "auto": a GPU if there is one
     try:
         return _evaluate(args, d, folder, classes)
     finally:
@@ -243,7 +227,7 @@ def report_skipped(m: dict[str, Any], limit: int = 20) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from regla.utils.io import atomic_write_text
+    from regla.outputs import atomic_write_text
 
     try:
         m = evaluate_cli(args)

@@ -1,7 +1,7 @@
 """Training checkpoints: atomic writes, full-state resume, clear errors for corrupt or foreign files.
 
 Each epoch writes ``last.pth`` (and ``best.pth`` when validation top-1 improves) through
-:func:`regla.utils.io.atomic_write_bytes` (write a temporary file, fsync, rename), so a run killed at any moment
+:func:`regla.outputs.atomic_write_bytes` (write a temporary file, fsync, rename), so a run killed at any moment
 leaves the previous checkpoint intact. A checkpoint holds the model, EMA, optimizer, scheduler, loss scaler, the
 number of finished epochs and every rank's RNG state (python, numpy, torch, CUDA); the training sampler's order is a
 function of that state and the epoch, so a resumed run continues on the same curve.
@@ -31,7 +31,7 @@ from regla.checkpoints import (
     read_train_checkpoint,
     safetensors_bytes,
 )
-from regla.utils.io import atomic_write_bytes
+from regla.outputs import atomic_write_bytes
 
 __all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"]
 

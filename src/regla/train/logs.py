@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from regla.utils.io import atomic_write_text
+from regla.outputs import atomic_write_text
 
 _logger = logging.getLogger("regla.train")
 

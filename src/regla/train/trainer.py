@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from regla.checkpoints import WeightsInfo, read_weights
 from regla.errors import UsageError
-from regla.utils.io import atomic_write_text
+from regla.outputs import atomic_write_text
 
 from . import checkpoint as ckpt_mod
 from .config import data_settings, dump, scaled_lr
