@@ -50,6 +50,7 @@ __all__ = [
     "create_model_from_weights",
     "filter_fn",
     "infer_num_classes",
+    "info_from_train_checkpoint",
     "load_into",
     "load_weights",
     "read_train_checkpoint",
@@ -264,8 +265,9 @@ def _tensor_share(obj: Mapping) -> float:
     return sum(isinstance(v, torch.Tensor) for v in obj.values()) / max(len(obj), 1)
 
 
-def _info_from_train_checkpoint(obj: Mapping[str, Any]) -> WeightsInfo:
-    """What a ``regla train`` checkpoint records about its model and data."""
+def info_from_train_checkpoint(obj: Mapping[str, Any]) -> WeightsInfo:
+    """What a ``regla train`` checkpoint records about its model and data (also the metadata of the
+    ``.safetensors`` written beside it)."""
     cfg, arch = obj.get("cfg") or {}, obj.get("arch") or {}
     class_map = obj.get("class_map")
     names = [n for n, _ in sorted(class_map.items(), key=lambda kv: kv[1])] if class_map else None
@@ -289,7 +291,7 @@ def read_weights(path: str | os.PathLike, prefer_ema: bool = True) -> Weights:
         raise CheckpointError(f"{path} holds no tensors: found {found}; expected a state dict or a checkpoint "
                               f"with one under {', '.join(EMA_KEYS + RAW_KEYS)}")
     if isinstance(raw, Mapping) and raw.get("format") == TRAIN_FORMAT:
-        info = _info_from_train_checkpoint(raw)
+        info = info_from_train_checkpoint(raw)
     else:
         info = WeightsInfo.from_metadata(meta)
     return Weights(state=state, path=path, container=container, info=info)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from regla.checkpoints import WeightsInfo, read_weights
+from regla.checkpoints import info_from_train_checkpoint, read_weights
 from regla.errors import UsageError
 from regla.outputs import atomic_write_text
 
@@ -376,15 +376,6 @@ def _stop_check(stop: StopSignals, d: Dist, log_every: int):
     return check
 
 
-def weights_info(cfg: dict[str, Any], data: Any, fused: bool = False) -> WeightsInfo:
-    """What the saved ``.safetensors`` record: model, classes, input size and the evaluation transform."""
-    names = [n for n, _ in sorted(data.class_map.items(), key=lambda kv: kv[1])] if data.class_map else None
-    return WeightsInfo(model=cfg["model"], num_classes=data.num_classes, class_names=names,
-                       input_size=(cfg["in_chans"], cfg["img_size"], cfg["img_size"]), mean=tuple(cfg["mean"]),
-                       std=tuple(cfg["std"]), interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"],
-                       distillation=cfg["distillation_type"] != "none", fused=fused)
-
-
 def _save(parts: Parts, cfg: dict[str, Any], run_dir: Path, epoch: int, best: dict, rng_states: list,
           is_best: bool, d: Dist, position: dict | None = None) -> None:
     """Rank 0 writes the checkpoint set of ``epoch + 1`` finished epochs (plus a position inside the next)."""
@@ -397,7 +388,7 @@ def _save(parts: Parts, cfg: dict[str, Any], run_dir: Path, epoch: int, best: di
                                          scheduler=parts.scheduler, scaler=parts.scaler, epoch=epoch + 1, cfg=cfg,
                                          class_map=parts.data.class_map, num_classes=parts.data.num_classes,
                                          best=best, rng_states=rng_states, position=position)
-        ckpt_mod.save_checkpoint(state, run_dir, is_best, weights_info(cfg, parts.data), hook=_SAVE_HOOK[0])
+        ckpt_mod.save_checkpoint(state, run_dir, is_best, info_from_train_checkpoint(state), hook=_SAVE_HOOK[0])
     if d.distributed:
         dist.barrier()
 
