@@ -1,0 +1,1 @@
+"""The one run harness that every trainer runs on (see :mod:`regla.runs.task`)."""
