@@ -65,8 +65,8 @@ def release_state(name, timm_state):
         return out
     if name == "vitamin":  # OpenCLIP: visual.trunk.* plus the projection and the text tower
         out = {"visual.trunk." + k: v for k, v in s.items()}
-        return {**out, "visual.head.proj.weight": torch.zeros(16, 24), "text.token_embedding.weight": torch.zeros(5, 16),
-                "logit_scale": torch.ones(())}
+        return {**out, "visual.head.proj.weight": torch.zeros(16, 24),
+                "text.token_embedding.weight": torch.zeros(5, 16), "logit_scale": torch.ones(())}
     if name == "sam2":  # facebookresearch/sam2: {'model': image_encoder.trunk.*, neck, decoders}
         out = {"image_encoder.trunk." + k.replace("mlp.fc1", "mlp.layers.0").replace("mlp.fc2", "mlp.layers.1"): v
                for k, v in s.items()}
@@ -120,9 +120,8 @@ def test_missing_and_mismatched_checkpoints_name_the_teacher(tmp_path):
     with pytest.raises(CheckpointError, match=r"teacher sam2: .*deit.pth does not fit sam2 .*expected: SAM2"):
         load_release(tiny_spec("sam2", str(tmp_path / "deit.pth")))
     spec = tiny_spec("deit3", str(tmp_path / "deit.pth"))  # right layout, wrong width
-    torch.save(release_state("deit3", create_teacher_model(replace(spec, model_kwargs=dict(TINY_VIT, embed_dim=48,
-                                                                                              ))).state_dict()),
-               tmp_path / "deit.pth")
+    wider = create_teacher_model(replace(spec, model_kwargs=dict(TINY_VIT, embed_dim=48)))
+    torch.save(release_state("deit3", wider.state_dict()), tmp_path / "deit.pth")
     with pytest.raises(CheckpointError, match="teacher deit3: .*of another shape"):
         load_release(spec)
 
