@@ -134,7 +134,8 @@ def test_sets_and_recipe_teachers():
                              {"dinov2": "/x.pth"})
     assert [s.name for s in specs] == ["dbot_ft", "deit3", "dinov2", "ibot", "mine"]
     assert specs[2].checkpoint == "/x.pth" and specs[4].layout == "timm"
-    with pytest.raises(ValueError, match="teacher_checkpoints names"):
-        resolve_teachers(["4tea"], {"sam2": "/y"})
+    assert len(resolve_teachers(["4tea"], {"sam2": "/y"})) == 4  # a shared list of checkpoints
+    with pytest.raises(ValueError, match="teacher_checkpoints names unknown teacher"):
+        resolve_teachers(["4tea"], {"sam3": "/y"})
     with pytest.raises(ValueError, match="named twice"):
         resolve_teachers(["4tea", "dinov2"])

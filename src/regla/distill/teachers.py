@@ -128,10 +128,10 @@ def resolve_teachers(entries: Sequence[Any], checkpoints: Mapping[str, str] | No
         raise UsageError(f"teacher(s) named twice: {', '.join(dup)}")
     if not specs:
         raise UsageError("no teachers given (teachers: [7tea], or a list of names)")
-    unknown = sorted(set(checkpoints or {}) - set(names))
+    unknown = sorted(set(checkpoints or {}) - set(names) - set(REGISTRY))  # a shared list may name unused ones
     if unknown:
-        raise UsageError(f"teacher_checkpoints names teacher(s) not in teachers: {', '.join(unknown)} "
-                         f"(teachers: {', '.join(names)})")
+        raise UsageError(f"teacher_checkpoints names unknown teacher(s) {', '.join(unknown)} "
+                         f"(teachers: {', '.join(names)}; registry: {', '.join(REGISTRY)})")
     return [replace(s, checkpoint=(checkpoints or {}).get(s.name, s.checkpoint)) for s in specs]
 
 
