@@ -22,7 +22,7 @@ WORK = {
     "bench": "regla.bench.runner.run_bench",
     "plot": "regla.train.plot_cli.plot_runs",
     "models": "regla.models.cli.model_rows",
-    "eval": "regla.train.engine.evaluate",
+    "eval": "regla.train.evaluate.evaluate",
 }
 
 

@@ -38,8 +38,9 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from regla.runs.logs import read_jsonl
+
     from ..outputs import atomic_write_bytes
-    from .logs import read_jsonl
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     try:
