@@ -17,12 +17,12 @@ settings (AdamW, lr 3e-4 per 256 images, weight decay 0.03, betas (0.9, 0.99), 1
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-from regla.config import ConfigError, Field, Schema, parse_override
+from regla.config import ConfigError, Field, Schema, dump
+from regla.runs.config import RUN_RULES, run_fields
 
-__all__ = ["DISTILL_FIELDS", "build_config", "dump", "run_fields", "schema"]
+__all__ = ["DISTILL_FIELDS", "SCHEMA", "build_config"]
 
 PROB = dict(ge=0.0, le=1.0)
 
@@ -76,28 +76,6 @@ RUN_DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 10, "min_lr": 1e-6, "sync_bn": True, "model_ema": False, "workers": 8,
 }
 
-# regla train's fields for the harness keys, until regla.runs.config lands (the lead's harness replaces them).
-_RUN_KEYS = ("epochs", "batch_size", "grad_accum", "opt", "lr", "weight_decay", "opt_eps", "opt_betas", "momentum",
-             "clip_grad", "clip_mode", "sched", "warmup_epochs", "warmup_lr", "min_lr", "sched_on_updates",
-             "model_ema", "model_ema_decay", "model_ema_warmup", "device", "amp", "amp_dtype", "channels_last",
-             "compile", "sync_bn", "workers", "seed", "deterministic", "torch_threads", "output", "eval_every",
-             "log_every")
-
-
-def run_fields() -> dict[str, Field]:
-    """The run harness's recipe keys (``regla.runs.config.RUN_FIELDS``) with this command's defaults."""
-    try:
-        from regla.runs.config import RUN_FIELDS
-    except ImportError:  # the harness is not merged yet: the same keys from regla train's schema
-        from regla.train.config import FIELDS
-
-        RUN_FIELDS = {k: FIELDS[k] for k in _RUN_KEYS if k in FIELDS}
-    fields = dict(RUN_FIELDS)
-    for key, value in RUN_DEFAULTS.items():
-        if key in fields:
-            fields[key] = replace(fields[key], default=value)
-    return fields
-
 
 def _knn_pair(cfg: dict[str, Any]) -> str | None:
     if bool(cfg["knn_bank"]) != bool(cfg["knn_queries"]):
@@ -117,39 +95,14 @@ def _some_loss(cfg: dict[str, Any]) -> str | None:
     return None
 
 
-_SCHEMA: Schema | None = None
-
-
-def schema() -> Schema:
-    """The recipe schema of ``regla distill``."""
-    global _SCHEMA
-    if _SCHEMA is None:
-        _SCHEMA = Schema({**run_fields(), **DISTILL_FIELDS}, rules=[_knn_pair, _momentum_order, _some_loss])
-    return _SCHEMA
+SCHEMA = Schema({**run_fields(**RUN_DEFAULTS), **DISTILL_FIELDS},
+                rules=(*RUN_RULES, _knn_pair, _momentum_order, _some_loss))
 
 
 def build_config(config: str | None = None, overrides: list[str] | None = None,
                  base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults < ``base`` < recipe file (``configs/distill/...``, ``base:`` chains allowed) < ``--set`` overrides."""
-    from regla.train.config import find_config, load_yaml
-
-    s = schema()
-    cfg = s.merge(s.defaults(), base or {}, "built-in recipe")
-    source = "built-in recipe"
-    if config:
-        path = find_config(config)
-        cfg, source = s.merge(cfg, load_yaml(path), str(path)), str(path)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        cfg, source = s.merge(cfg, {key: value}, f"--set {text}"), "the recipe with its overrides"
-    s.validate(cfg, source)
-    return cfg
+    """Defaults < ``base`` < recipe (a path, or a name under ``configs/distill/``; ``base:`` chains) < ``--set``."""
+    return SCHEMA.build(config, overrides, base=base, configs_dir="distill")
 
 
-def dump(cfg: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg, sort_keys=False)
-
-
-__all__ += ["ConfigError", "RUN_DEFAULTS"]
+__all__ += ["ConfigError", "RUN_DEFAULTS", "dump"]

@@ -12,7 +12,6 @@ folder (Fig. 3), across ranks under DDP. ``export_state`` is the plain backbone:
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from .losses import aggregate_teachers, cosine_momentum, standardize, teacher_lo
 from .student import DistillStudent, create_backbone
 from .teachers import Teacher, build_teacher, resample_grid, resolve_teachers
 
-__all__ = ["DistillTask", "few_shot_indices"]
+__all__ = ["DistillTask"]
 
 
 def _core(model: nn.Module) -> DistillStudent:
@@ -35,16 +34,6 @@ def _core(model: nn.Module) -> DistillStudent:
     while not isinstance(model, DistillStudent):
         model = getattr(model, "module", None) or model._orig_mod
     return model
-
-
-def few_shot_indices(targets: list[int], per_class: int, seed: int = 0) -> list[int]:
-    """``per_class`` indices of each class, drawn with a fixed seed (the few-shot KNN bank), in index order."""
-    rng = random.Random(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, t in enumerate(targets):
-        by_class.setdefault(int(t), []).append(i)
-    picked = [i for c in sorted(by_class) for i in rng.sample(by_class[c], min(per_class, len(by_class[c])))]
-    return sorted(picked)
 
 
 def _image_folder(path: str, what: str, split: str | None = None) -> Path:
@@ -59,27 +48,6 @@ def _image_folder(path: str, what: str, split: str | None = None) -> Path:
         except DataError:
             return root  # the folder of class folders itself
     return root
-
-
-class _Subset(torch.utils.data.Dataset):
-    """Some samples of a dataset whose ``transform`` is the wrapped one's (timm's loader sets it)."""
-
-    def __init__(self, dataset: Any, indices: list[int]):
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[self.indices[index]]
-
-    @property
-    def transform(self) -> Any:
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value: Any) -> None:
-        self.dataset.transform = value
 
 
 class DistillTask:
@@ -117,7 +85,10 @@ class DistillTask:
                                   "cls_dim": widths[n][1], "checkpoint": t.spec.checkpoint}
                               for n, t in self.teachers.items()},
                  "student": cfg["model"], "mean": list(mean), "std": list(std)}
-        return Built(model=student, train_loader=loader, extra=extra)
+        arch = {"model": cfg["model"], "teachers": {n: list(w) for n, w in widths.items()}, "stages": student.stages,
+                "grid_stride": cfg["grid_stride"], "head_hidden": cfg["head_hidden"],
+                "head_last_hidden": cfg["head_last_hidden"]}
+        return Built(model=student, train_loader=loader, extra=extra, arch=arch)
 
     def _norm(self, backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
         pcfg = getattr(backbone, "pretrained_cfg", None) or {}
@@ -158,9 +129,7 @@ class DistillTask:
         """The bank and query loaders (this rank's shards) and the number of classes, or None without a bank."""
         if not cfg["knn_bank"]:
             return None
-        from timm.data import create_dataset
-
-        from regla.eval.samples import CountingBatches, build_loader, wrap_dataset
+        from regla.eval.knn_cli import folder_batches
         from regla.train.data import DataError, check_class_folders, class_map_for
 
         bank_dir = _image_folder(cfg["knn_bank"], "knn_bank")
@@ -174,14 +143,9 @@ class DistillTask:
                   "mean": mean, "std": std, "crop_pct": cfg["knn_crop_pct"], "crop_mode": "center"}
 
         def loader(folder: Path, per_class: int | None):
-            ds = create_dataset("", root=str(folder), search_split=False, class_map=class_map)
-            view = wrap_dataset(ds)
-            if per_class:
-                targets = [t for _, t in ds.reader.samples]
-                view = _Subset(view, few_shot_indices(targets, per_class, cfg["seed"]))
-            return CountingBatches(build_loader(view, config, batch_size=cfg["knn_batch_size"] or cfg["batch_size"],
-                                                workers=min(cfg["workers"], 4), device=device, rank=rank,
-                                                world=world))
+            return folder_batches(folder, class_map, config, batch_size=cfg["knn_batch_size"] or cfg["batch_size"],
+                                  workers=min(cfg["workers"], 4), device=device, rank=rank, world=world,
+                                  per_class=per_class, seed=cfg["seed"])
 
         return loader(bank_dir, cfg["knn_bank_per_class"]), loader(query_dir, None), len(classes)
 

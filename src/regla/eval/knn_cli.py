@@ -20,7 +20,7 @@ from typing import Any
 from regla.errors import UsageError
 from regla.preflight import float_range, int_range
 
-__all__ = ["add_arguments", "knn_cli", "run"]
+__all__ = ["add_arguments", "folder_batches", "few_shot_indices", "knn_cli", "run"]
 
 POOLS = ("auto", "avg", "prelogits")
 
@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bank-chunk", type=int_range(1), default=65536, help="bank rows per similarity block")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None)
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed without --checkpoint")
+    parser.add_argument("--bank-per-class", type=int_range(1), default=None,
+                        help="a few-shot bank: this many images per class, drawn with --seed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and, without --checkpoint, "
+                                                           "of the initialisation")
     parser.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
 
 
@@ -93,15 +96,59 @@ def _build_model(args: argparse.Namespace) -> tuple[Any, Any]:
     return timm.create_model(args.model, pretrained=False).eval(), WeightsInfo()
 
 
-def _loader(args: argparse.Namespace, folder: Path, class_map: dict[str, int], config: dict[str, Any], d: Any):
+def few_shot_indices(targets: list[int], per_class: int, seed: int = 0) -> list[int]:
+    """``per_class`` indices of each class drawn with a fixed seed (a few-shot bank), in index order."""
+    import random
+
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    return sorted(i for c in sorted(by_class) for i in rng.sample(by_class[c], min(per_class, len(by_class[c]))))
+
+
+class _Subset:
+    """Some samples of a dataset whose ``transform`` is the wrapped one's (timm's loader sets it)."""
+
+    def __init__(self, dataset: Any, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
+
+    @property
+    def transform(self) -> Any:
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value: Any) -> None:
+        self.dataset.transform = value
+
+
+def folder_batches(folder: Path, class_map: dict[str, int], config: dict[str, Any], *, batch_size: int,
+                   workers: int, device: Any, rank: int = 0, world: int = 1, per_class: int | None = None,
+                   seed: int = 0) -> Any:
+    """``(images, labels)`` batches of a folder of class folders (this rank's shard) with the evaluation transform
+    of ``config`` (a timm data config); ``per_class``: only that many images per class (seeded)."""
     from timm.data import create_dataset
 
     from .samples import CountingBatches, build_loader, wrap_dataset
 
-    dataset = wrap_dataset(create_dataset("", root=str(folder), search_split=False, class_map=class_map))
-    loader = build_loader(dataset, config, batch_size=args.batch_size, workers=args.workers, device=d.device,
-                          rank=d.rank, world=d.world_size)
-    return CountingBatches(loader)
+    ds = create_dataset("", root=str(folder), search_split=False, class_map=class_map)
+    view = wrap_dataset(ds)
+    if per_class:
+        view = _Subset(view, few_shot_indices([t for _, t in ds.reader.samples], per_class, seed))
+    return CountingBatches(build_loader(view, config, batch_size=batch_size, workers=workers, device=device,
+                                        rank=rank, world=world))
+
+
+def _loader(args: argparse.Namespace, folder: Path, class_map: dict[str, int], config: dict[str, Any], d: Any,
+            per_class: int | None = None):
+    return folder_batches(folder, class_map, config, batch_size=args.batch_size, workers=args.workers,
+                          device=d.device, rank=d.rank, world=d.world_size, per_class=per_class, seed=args.seed)
 
 
 def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,7 +156,7 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from regla.train.data import class_map_for
-    from regla.train.trainer import setup_distributed
+    from regla.runs.dist import setup_distributed
 
     from .cli import settings_fields
     from .knn import extract_features, knn_scores
@@ -124,8 +171,8 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
         class_map = class_map_for(classes)
         model = model.to(d.device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp or "")
-        bank, bank_labels = extract_features(model, _loader(args, bank_dir, class_map, config, d), d.device,
-                                             args.pool, dtype)
+        bank, bank_labels = extract_features(model, _loader(args, bank_dir, class_map, config, d,
+                                                            args.bank_per_class), d.device, args.pool, dtype)
         queries, query_labels = extract_features(model, _loader(args, query_dir, class_map, config, d), d.device,
                                                  args.pool, dtype)
         scores = knn_scores(bank, bank_labels, queries, query_labels, args.k, args.temperature, len(classes),
@@ -136,7 +183,8 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
 
             dist.destroy_process_group()
     return {**scores, "model": args.model or info.model, "checkpoint": args.checkpoint, "k": sorted(set(args.k)),
-            "temperature": args.temperature, "pool": args.pool, "classes": len(classes), "bank_dir": str(bank_dir),
+            "temperature": args.temperature, "pool": args.pool, "bank_per_class": args.bank_per_class,
+            "classes": len(classes), "bank_dir": str(bank_dir),
             "queries_dir": str(query_dir), "processes": d.world_size, "device": str(d.device),
             **settings_fields(config, sources)}
 
