@@ -234,3 +234,39 @@ def test_phase_recipes_build():
     assert build_config(str(CONFIGS / "regla_x_in21k.yaml"))["model"] == "regla_x"
     phase2 = train_config(str(CONFIGS / "regla_m_in1k_ft.yaml"))
     assert phase2["epochs"] == 200 and phase2["model"] == "regla_m" and phase2["initial_checkpoint"]
+
+
+def test_regla_distill_runs_on_the_harness(setup, tmp_path, capsys):
+    """The CLI end to end for one epoch: the harness saves the plain student and the KNN score."""
+    import timm
+
+    from regla.cli import main
+
+    data, teachers = setup
+    out = tmp_path / "run"
+    args = ["distill", "--model", "regla_t", "--data", str(data), "--img-size", "32", "--batch-size", "8",
+            "--epochs", "1", "--device", "cpu", "--workers", "0", "--output", str(out), "--no-progress",
+            "--knn-bank", str(data / "train"), "--knn-queries", str(data / "val"),
+            "--set", f"teachers={[dict(t) for t in teachers]}", "--set", "warmup_epochs=0",
+            "--set", "head_hidden=16", "--set", "head_last_hidden=16", "--set", "sync_bn=false"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "KNN (k=20) top-1" in capsys.readouterr().out
+    plain = timm.create_model("regla_t", pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(out / "last.safetensors")))
+    assert plain.num_classes == 0
+    ckpt = torch.load(out / "last.pth", weights_only=False)
+    assert any(k.startswith("stats.vit16") for k in ckpt["model"]) and int(ckpt["model"]["stat_updates"]) == 3
+
+
+def test_regla_distill_checks_teacher_checkpoints_first(setup, tmp_path, capsys):
+    from regla.cli import main
+
+    data, _ = setup
+    code = main(["distill", "-c", "table8_row1", "--data", str(data), "--knn-bank", str(data / "train"),
+                 "--knn-queries", str(data / "val"), "--output", str(tmp_path / "r"), "--device", "cpu",
+                 "--teacher-checkpoint", f"dbot_ft={tmp_path / 'dbot.pth'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "teacher dbot_ft: checkpoint" in err and "dbot.pth not found" in err
+    assert main(["distill", "-c", "table8_row3", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "addcls: true" in printed and "teacher_drop: 0.5" in printed

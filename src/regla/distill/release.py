@@ -26,7 +26,7 @@ from regla.checkpoints import CheckpointError, create_model_from_weights, load_i
 
 from .teachers import TeacherSpec, create_teacher_model
 
-__all__ = ["LAYOUTS", "Layout", "load_release", "map_release"]
+__all__ = ["LAYOUTS", "Layout", "check_checkpoint", "load_release", "map_release"]
 
 State = dict[str, torch.Tensor]
 
@@ -82,7 +82,8 @@ def map_release(spec: TeacherSpec, state: Mapping[str, torch.Tensor], model: nn.
     return {k: v for k, v in out.items() if not k.startswith(layout.drop)} if layout.drop else out
 
 
-def _checkpoint_path(spec: TeacherSpec) -> Path:
+def check_checkpoint(spec: TeacherSpec) -> Path:
+    """The local file of ``spec``'s checkpoint; a CheckpointError naming the teacher when unset or missing."""
     what = spec.release or f"weights of {spec.model}"
     if not spec.checkpoint:
         raise CheckpointError(f"teacher {spec.name}: no checkpoint given; set teacher_checkpoints.{spec.name}=PATH "
@@ -98,7 +99,7 @@ def load_release(spec: TeacherSpec) -> nn.Module:
     if spec.layout not in LAYOUTS:
         raise CheckpointError(f"teacher {spec.name}: unknown release layout {spec.layout!r} "
                               f"(known: {', '.join(LAYOUTS)})")
-    path = _checkpoint_path(spec)
+    path = check_checkpoint(spec)
     what = spec.release or f"weights of {spec.model}"
     try:
         if spec.layout == "timm":

@@ -155,8 +155,8 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation (also used by tests): ``top1_k20`` ... in percent, ``n``, ``bank`` and the settings."""
     import torch
 
-    from regla.train.data import class_map_for
     from regla.runs.dist import setup_distributed
+    from regla.train.data import class_map_for
 
     from .cli import settings_fields
     from .knn import extract_features, knn_scores
