@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -247,7 +248,7 @@ def test_regla_distill_runs_on_the_harness(setup, tmp_path, capsys):
     args = ["distill", "--model", "regla_t", "--data", str(data), "--img-size", "32", "--batch-size", "8",
             "--epochs", "1", "--device", "cpu", "--workers", "0", "--output", str(out), "--no-progress",
             "--knn-bank", str(data / "train"), "--knn-queries", str(data / "val"),
-            "--set", f"teachers={[dict(t) for t in teachers]}", "--set", "warmup_epochs=0",
+            "--set", f"teachers={json.dumps(teachers)}", "--set", "warmup_epochs=0",
             "--set", "head_hidden=16", "--set", "head_last_hidden=16", "--set", "sync_bn=false"]
     assert main(args) == 0, capsys.readouterr().err
     assert "KNN (k=20) top-1" in capsys.readouterr().out
