@@ -101,3 +101,34 @@ def test_regla_knn_cli_rejects_unknown_query_classes(tmp_path, capsys):
     queries = make_folder(tmp_path / "b", classes=3, train_per_class=2, val_per_class=1)
     code = main(["knn", "--bank", str(bank / "train"), "--queries", str(queries / "val"), "--model", "regla_t"])
     assert code == 2 and "class_2" in capsys.readouterr().err
+
+
+def test_two_ranks_give_the_one_process_answer(tmp_path):
+    """torchrun, 2 gloo ranks, each with half the bank and half the queries (k=30 > a rank's bank of 20)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from regla.distill.losses import batch_moments
+
+    here = Path(__file__).resolve().parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "knn.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(here),
+                                                                            os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           f"--master_port={port}", str(here / "knn_ddp_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    bank, bank_y, queries, query_y, classes = _data(n_bank=41, n_query=23)
+    assert got["scores"] == knn_scores(bank, bank_y, queries, query_y, [1, 5, 20, 30], 0.07, classes)
+    feats = torch.arange(60, dtype=torch.float32).view(20, 3) ** 1.5
+    mean, std = batch_moments(feats)
+    torch.testing.assert_close(got["mean"], feats.mean(0)) and torch.testing.assert_close(mean, feats.mean(0))
+    torch.testing.assert_close(got["std"], feats.std(0))
+    torch.testing.assert_close(std, feats.std(0))

@@ -52,12 +52,14 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
             for key, style in (("train_loss", "-"), ("val_loss", "--")):
                 x, y = series(rows, key)
                 axes[0].plot(x, y, style, label=f"{name} {key.split('_')[0]}")
-            for key, style in (("top1", "-"), ("top1_ema", ":")):
-                x, y = series(rows, key)
+            for key, style in (("top1", "-"), ("top1_ema", ":"), ("knn_top1", "-"), ("knn_top1_ema", ":")):
+                x, y = series(rows, key)  # knn_top1: `regla distill`'s KNN (k=20) curve (ReGLA Fig. 3)
                 if x:
-                    axes[1].plot(x, y, style, label=f"{name} {'EMA ' if 'ema' in key else ''}top-1")
+                    kind = "KNN top-1" if key.startswith("knn") else "top-1"
+                    axes[1].plot(x, y, style, marker="o" if key.startswith("knn") else None,
+                                 label=f"{name} {'EMA ' if 'ema' in key else ''}{kind}")
             axes[2].plot(*series(rows, "lr"), label=name)
-        for ax, title in zip(axes, ("loss", "validation top-1 (%)", "learning rate (end of epoch)"), strict=True):
+        for ax, title in zip(axes, ("loss", "val top-1 / KNN top-1 (%)", "learning rate (end of epoch)"), strict=True):
             ax.set_title(title)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
