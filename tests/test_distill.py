@@ -258,6 +258,15 @@ def test_regla_distill_runs_on_the_harness(setup, tmp_path, capsys):
     ckpt = torch.load(out / "last.pth", weights_only=False)
     assert any(k.startswith("stats.vit16") for k in ckpt["model"]) and int(ckpt["model"]["stat_updates"]) == 3
 
+    # phase 2 (regla train --initial-checkpoint): the backbone strictly, a fresh classifier
+    from regla.train.task import load_initial
+
+    classifier = timm.create_model("regla_t", num_classes=7)
+    load_initial(classifier, out / "last.safetensors")
+    assert all(torch.equal(v, classifier.state_dict()[k]) for k, v in plain.state_dict().items())
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_initial(timm.create_model("regla_s", num_classes=7), out / "last.safetensors")
+
 
 def test_regla_distill_checks_teacher_checkpoints_first(setup, tmp_path, capsys):
     from regla.cli import main
