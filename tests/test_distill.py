@@ -280,3 +280,36 @@ def test_regla_distill_checks_teacher_checkpoints_first(setup, tmp_path, capsys)
     assert main(["distill", "-c", "table8_row3", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "addcls: true" in printed and "teacher_drop: 0.5" in printed
+
+
+def test_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
+    """A run stopped right after its first checkpoint and resumed equals an uninterrupted one: heads, statistics
+    and their update count, backbone; with teacher dropping (random) and random crops and flips on."""
+    from regla.runs import harness
+    from regla.runs.harness import run
+    from regla.runs.state import load_checkpoint
+
+    recipe = dict(epochs=3, teacher_drop=0.5, hflip=0.5, scale=[0.5, 1.0], sync_bn=False, warmup_epochs=1)
+    full = run(DistillTask(), cfg_for(setup, output=str(tmp_path / "full"), **recipe), show_bar=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_set(what: str) -> None:
+        if what == "clear log":
+            raise Killed
+
+    cfg = cfg_for(setup, output=str(tmp_path / "killed"), **recipe)
+    harness._SAVE_HOOK[0] = kill_after_first_set
+    try:
+        with pytest.raises(Killed):
+            run(DistillTask(), dict(cfg), show_bar=False)
+    finally:
+        harness._SAVE_HOOK[0] = None
+    assert load_checkpoint(tmp_path / "killed" / "last.pth")["epoch"] == 1  # it did stop after one epoch
+    resumed = run(DistillTask(), dict(cfg), resume=str(tmp_path / "killed"), show_bar=False)
+    a, b = load_checkpoint(full.run_dir / "last.pth"), load_checkpoint(resumed.run_dir / "last.pth")
+    assert a["epoch"] == b["epoch"] == 3 and int(a["model"]["stat_updates"]) == 9
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert full.last["knn_top1"] == resumed.last["knn_top1"]
