@@ -313,3 +313,19 @@ def test_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert full.last["knn_top1"] == resumed.last["knn_top1"]
+
+
+def test_any_timm_model_is_a_student(setup, tmp_path):
+    """A timm ConvNeXt as the student: its four stages feed the ladder; the saved weights load back in timm."""
+    import timm
+
+    task, b = built(setup, model="convnext_atto", ladder_stages=[0, 1, 2, 3])
+    assert [b.model.backbone.feature_info[i]["reduction"] for i in b.model.stages] == [4, 8, 16, 32]
+    loss, _ = task.step(b.model, fixed_batch(b), torch.device("cpu"))
+    loss.backward()
+    path = save_weights(tmp_path / "s.safetensors", task.export_state(b.model))
+    plain = timm.create_model("convnext_atto", pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain.forward_features(x), b.model.backbone.eval().forward_features(x))
