@@ -155,7 +155,6 @@ class Teacher(nn.Module):
         self.dtype = dtype
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1), persistent=False)
-        self.dim = int(getattr(model, "num_features", 0) or getattr(model, "embed_dim", 0))
 
     def train(self, mode: bool = True) -> Teacher:  # always in eval mode (§3.5: frozen teachers)
         return super().train(False)

@@ -101,7 +101,7 @@ def knn_search(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Ten
 
     Peak memory is ``query_chunk x (bank_chunk + k)`` similarities whatever the bank's size.
     """
-    if bank.shape[0] == 0:
+    if bank.shape[0] == 0 or queries.shape[0] == 0:
         empty = queries.new_empty(queries.shape[0], 0)
         return Neighbours(empty, empty.long())
     out_sims, out_labels = [], []
