@@ -97,10 +97,10 @@ def preflight(cfg: dict[str, Any], resume: str | None) -> None:
     for key in ("knn_bank", "knn_queries"):
         if cfg[key]:
             existing_dir(cfg[key], key)
+    check_output(cfg, resume)
     for spec in resolve_teachers(cfg["teachers"], cfg["teacher_checkpoints"]):
         require_model(spec.model)
         check_checkpoint(spec)
-    check_output(cfg, resume)
 
 
 def run(args: argparse.Namespace) -> int:

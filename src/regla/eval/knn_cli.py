@@ -23,6 +23,7 @@ from regla.preflight import float_range, int_range
 __all__ = ["add_arguments", "folder_batches", "few_shot_indices", "knn_cli", "run"]
 
 POOLS = ("auto", "avg", "prelogits")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feature: avg of the last map/patch tokens, the classifier's pre-logits, or auto")
     parser.add_argument("--img-size", type=int_range(1), default=None)
     parser.add_argument("--crop-pct", type=float_range(0.0, 1.0, lo_open=True), default=None)
-    parser.add_argument("--interpolation", default=None)
+    parser.add_argument("--interpolation", default=None, choices=INTERPOLATIONS)
     parser.add_argument("--batch-size", type=int_range(1), default=256)
     parser.add_argument("--workers", type=int_range(0), default=4)
     parser.add_argument("--query-chunk", type=int_range(1), default=1024, help="queries per similarity block")
@@ -54,17 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _folder(path: str, flag: str) -> Path:
-    from regla.train.data import DataError
+    from regla.preflight import existing_dir
 
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{flag} {root} does not exist" if not root.exists() else f"{flag} {root} is not a folder")
-    return root
+    return existing_dir(path, flag)
 
 
 def _check(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
     """Paths, classes and flags, before any model is built."""
-    from regla.preflight import check_device, require_model
+    from regla.preflight import check_device, existing_file, require_model
     from regla.train.data import DataError, check_class_folders
 
     if not args.checkpoint and not args.model:
@@ -72,8 +70,14 @@ def _check(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
                          "for a randomly initialised network")
     if args.model:
         require_model(args.model)
-    if args.json_out and Path(args.json_out).is_dir():
-        raise UsageError(f"--json {args.json_out} is a folder; give a file path")
+    if args.checkpoint:
+        existing_file(args.checkpoint, "--checkpoint")
+    if args.json_out:
+        from regla.outputs import check_writable
+
+        if Path(args.json_out).is_dir():
+            raise UsageError(f"--json {args.json_out} is a folder; give a file path")
+        check_writable(Path(args.json_out))
     check_device(args.device)
     bank, queries = _folder(args.bank, "--bank"), _folder(args.queries, "--queries")
     classes = check_class_folders(bank)
