@@ -139,3 +139,22 @@ def test_sets_and_recipe_teachers():
         resolve_teachers(["4tea"], {"sam3": "/y"})
     with pytest.raises(ValueError, match="named twice"):
         resolve_teachers(["4tea", "dinov2"])
+
+
+@pytest.mark.parametrize("name", ["sam2", "aimv2", "vitamin", "dinov2"])
+def test_teacher_grids(name):
+    """Hiera's NHWC map and the ViTs' tokens become (B, C, h, w) grids; no class token where there is none."""
+    spec = tiny_spec(name)
+    teacher = Teacher(spec, create_teacher_model(spec))
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    x = torch.randn(2, 3, 40, 40)
+    cls, grid = teacher(x, mean, std)
+    feats = teacher.model.forward_features(teacher.prepare(x, mean, std))
+    if name == "sam2":  # NHWC trunk output, stride 32 at 64 px
+        assert grid.shape == (2, 64, 2, 2) and torch.equal(grid, feats.permute(0, 3, 1, 2))
+    else:
+        prefix = teacher.model.num_prefix_tokens
+        side = int((feats.shape[1] - prefix) ** 0.5)
+        assert grid.shape == (2, 24, side, side)
+        assert torch.equal(grid.flatten(2).transpose(1, 2), feats[:, prefix:])
+    assert (cls is None) == (spec.class_token is None)
