@@ -20,7 +20,7 @@ WORK = {
     "train": "regla.train.trainer.train",
     "export": "regla.deploy.export.export_model",
     "bench": "regla.bench.runner.run_bench",
-    "plot": "regla.train.plot_cli.plot_runs",
+    "plot": "regla.runs.plot_cli.plot_runs",
     "models": "regla.models.cli.model_rows",
     "eval": "regla.train.evaluate.evaluate",
     "knn": "regla.eval.knn.extract_features",
