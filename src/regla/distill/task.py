@@ -192,9 +192,8 @@ class DistillTask:
                                        c["onlycos_tokens"])
                 per_teacher[name] = loss
                 parts[f"loss_{name}"] = loss.detach().mean()
-            loss, coeffs = aggregate_teachers(per_teacher, c["teacher_drop"])
-        parts.update({f"share_{n}": v for n, v in coeffs.items()} if c["teacher_drop"] > 0 else {})
-        parts.update(batch_size=images.shape[0], tnorm_momentum=m)
+            loss, _ = aggregate_teachers(per_teacher, c["teacher_drop"])
+        parts["batch_size"] = images.shape[0]  # parts: the per-teacher losses (logged, plotted as losses)
         return loss, parts
 
     # --- evaluation and export -----------------------------------------------------------------------------------
