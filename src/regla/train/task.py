@@ -30,6 +30,21 @@ _logger = logging.getLogger("regla.train")
 SKIPPED = "skipped_images.txt"
 
 
+def load_initial(model: nn.Module, path: str | Path) -> None:
+    """Fine-tuning weights: every tensor of the model strictly, except the classifier, which starts fresh when the
+    file has none (a backbone, e.g. a `regla distill` student: ReGLA §4.1.2's phase 2) or one of another size."""
+    state = read_weights(path).state
+    names = (model.pretrained_cfg or {}).get("classifier") or ()
+    heads = tuple(f"{n}." for n in ((names,) if isinstance(names, str) else names)) + ("head.head_dist.",)
+    own = model.state_dict()
+    fresh = [k for k in own if k.startswith(heads) and (k not in state or state[k].shape != own[k].shape)]
+    if fresh:
+        state = {k: v for k, v in state.items() if k not in fresh}
+        state.update({k: own[k] for k in fresh})
+        _logger.info("%s: no classifier of this shape in the file; %s initialised fresh", path, ", ".join(fresh))
+    load_weights(model, state, path)
+
+
 class ClassificationTask:
     """Supervised training of a timm classifier (with DeiT's distillation head if asked)."""
 
@@ -62,7 +77,7 @@ class ClassificationTask:
                            f"({cfg['batch_size']} x {world_size} processes x {cfg['grad_accum']} accumulation)")
         model = create_student(cfg, data.num_classes)
         if cfg["initial_checkpoint"]:
-            load_weights(model, read_weights(cfg["initial_checkpoint"]).state, cfg["initial_checkpoint"])
+            load_initial(model, cfg["initial_checkpoint"])
         self.criterion = build_criterion(cfg, data.num_classes, device)
         arch = {"model": cfg["model"], "num_classes": data.num_classes,
                 "distillation": cfg["distillation_type"] != "none", "in_chans": cfg["in_chans"]}
