@@ -124,8 +124,8 @@ def export_decoder_onnx(sam: Any, path: str | os.PathLike, *, opset: int = DEFAU
                         threads: int = 1, verify: bool = True) -> float | None:
     """Export the prompt encoder and mask decoder through ``SamOnnxModel`` (single mask, :func:`sam_onnx_model`).
 
-    The check runs Meta's ``SamOnnxModel`` in PyTorch and the file in ONNX Runtime on two prompts unlike the export example (3 points
-    without a mask input at 480x640; 1 point with one at 700x500) and compares every output.
+    The check runs Meta's ``SamOnnxModel`` in PyTorch and the file in ONNX Runtime on two prompts unlike the export
+    example (3 points without a mask input at 480x640; 1 point with one at 700x500) and compares every output.
     """
     model = sam_onnx_model(sam)
     example = decoder_example(sam)
