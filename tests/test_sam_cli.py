@@ -6,6 +6,8 @@ a box prompt and compared with ``SamPredictor`` in PyTorch.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,22 @@ def test_export_mismatch_is_a_failure_and_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="does not match PyTorch"):
         sam_export.export_decoder_onnx(sam, tmp_path / "d.onnx")
     assert not (tmp_path / "d.onnx").exists()
+
+
+def test_bench_task_sam_times_encoders_and_decoder(tmp_path, capsys):
+    rc = main(["bench", "--task", "sam", "--sam-encoders", "regla_t_sam:fuse", "regla_t_sam", "--resolutions", "64",
+               "--rounds", "1", "-o", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads((tmp_path / "sam_results.json").read_text())
+    assert doc["img_size"] == 64 and doc["threads"] == 1
+    labels = [r["label"] for r in doc["results"]]
+    assert labels == ["regla_t_sam:fuse", "regla_t_sam:stride1", "mask_decoder"]
+    assert all(r["latency"]["median_ms"] > 0 and r["params"] > 0 for r in doc["results"])
+    assert "| regla_t_sam:fuse |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, message", [("repvit_sam:fuse", "applies to regla_"), ("regla_q_sam", "unknown"),
+                                           ("regla_m_sam:stride2", "applies to regla_")])
+def test_bench_task_sam_refuses_unknown_encoders(tmp_path, spec, message, capsys):
+    assert main(["bench", "--task", "sam", "--sam-encoders", spec, "-o", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err

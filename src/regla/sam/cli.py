@@ -62,6 +62,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="allowed max abs difference from PyTorch, times max(1, max |output|) (default 1e-4)")
     _add_model_arguments(p)
 
+    p = sub.add_parser("distill", help="decoupled distillation of an image encoder (MobileSAM, RepViT §4.2)",
+                       description="Train a student image encoder to reproduce a teacher's image embeddings (MSE), "
+                                   "the teacher's embeddings computed once and cached on disk. On the run harness: "
+                                   "torchrun, AMP, resume, logs.")
+    p.add_argument("--data", default=None, help="training images: SA-1B's layout (sa_N.jpg + sa_N.json) or any folder")
+    p.add_argument("--student", default=None, help="student encoder (default regla_m_sam)")
+    p.add_argument("--last-stage", choices=LAST_STAGE_CHOICES, default=None, help="ReGLA student: stride1 or fuse")
+    p.add_argument("--student-checkpoint", default=None, help="ImageNet weights of the student's backbone")
+    p.add_argument("--teacher", default=None, help="teacher encoder (default sam_vit_h)")
+    p.add_argument("--teacher-checkpoint", default=None, help="the teacher's whole-SAM file, e.g. sam_vit_h_4b8939.pth")
+    p.add_argument("--cache", default=None, help="embedding cache folder (default <data>/.regla_sam_cache/...)")
+    p.add_argument("--img-size", type=int_range(64, 4096), default=None, help="input side (default 1024)")
+    p.add_argument("--config", "-c", default=None, help="recipe YAML (keys of `--print-config`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one recipe key (repeatable), e.g. --set epochs=8")
+    p.add_argument("--resume", default=None, help="run folder or last.pth to continue")
+    p.add_argument("--output", "-o", default=None, help="run folder (default runs/<student>)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     sub.add_parser("encoders", help="list the image encoder names")
 
 
@@ -70,7 +90,60 @@ def run(args: argparse.Namespace) -> int:
     command = getattr(args, "sam_command", None)
     if command is None:
         raise UsageError("regla sam needs a subcommand: predict, export or encoders (see `regla sam --help`)")
-    return {"predict": run_predict, "export": run_export, "encoders": run_encoders}[command](args)
+    return {"predict": run_predict, "export": run_export, "distill": run_distill,
+            "encoders": run_encoders}[command](args)
+
+
+DISTILL_FLAGS = {"data": "data_dir", "student": "student", "last_stage": "last_stage",
+                 "student_checkpoint": "student_checkpoint", "teacher": "teacher",
+                 "teacher_checkpoint": "teacher_checkpoint", "cache": "cache_dir", "img_size": "img_size"}
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """``regla sam distill``: resolve and check the recipe, fill the embedding cache, train on the harness."""
+    import logging
+
+    from ..runs.config import resolve_recipe
+    from .distill import SCHEMA
+
+    flags = {key: getattr(args, flag) for flag, key in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
+    cfg = resolve_recipe(SCHEMA, args.config, args.overrides, flags=flags, resume=args.resume, output=args.output)
+    if args.print_config:
+        from ..config import dump
+
+        print(dump(cfg), end="")
+        return 0
+    _check_distill(cfg, args.resume)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    from ..runs.harness import run
+    from .distill import SamDistillTask
+
+    cfg["model"] = cfg["student"]  # the default run folder is runs/<student>
+    result = run(SamDistillTask(), cfg, resume=args.resume, show_bar=not args.no_progress)
+    print(f"done: {result.epochs} epochs, held-out MSE {-result.best['score']:.5f} (best), run folder {result.run_dir}")
+    return 0
+
+
+def _check_distill(cfg: dict, resume: str | None) -> None:
+    from ..preflight import existing_dir
+    from ..runs.config import check_output
+    from .build import encoder_names
+
+    if not cfg["data_dir"]:
+        raise UsageError("--data is required: a folder of training images (SA-1B's layout or any)")
+    existing_dir(cfg["data_dir"], "--data")
+    for key in ("student", "teacher"):
+        if cfg[key] not in encoder_names():
+            raise UsageError(f"{key} {cfg[key]!r}: expected one of {', '.join(encoder_names())}")
+    for key in ("teacher_checkpoint", "student_checkpoint"):
+        if cfg[key]:
+            existing_file(cfg[key], key.replace("_", "-"))
+    if not cfg["teacher_checkpoint"]:
+        print(f"regla sam distill: warning: no --teacher-checkpoint: the teacher {cfg['teacher']} has random "
+              "weights", file=sys.stderr)
+    if cfg["img_size"] % 16:
+        raise UsageError(f"img_size {cfg['img_size']}: expected a multiple of 16")
+    check_output({**cfg, "model": cfg["student"]}, resume)
 
 
 def run_encoders(args: argparse.Namespace) -> int:
