@@ -95,6 +95,18 @@ class VocCrops(torch.utils.data.Dataset):
         return x, boxes, F.interpolate(target, size=(low, low), mode="area")
 
 
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor, max_weight: float = 20.0) -> torch.Tensor:
+    """BCE with each instance's foreground weighted by its background/foreground ratio (at most ``max_weight``).
+
+    Most instances of the photo are small: plain BCE first drives every mask to empty, where dice has little
+    gradient; balancing lets the foreground appear within the first few dozen steps.
+    """
+    pos = target.flatten(1).sum(1).clamp(min=1.0)
+    neg = target[0].numel() - pos
+    weight = (neg / pos).clamp(max=max_weight).view(-1, 1, 1, 1)
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = logits.sigmoid().flatten(1)
     t = target.flatten(1)
@@ -132,7 +144,7 @@ class SamDemoTask:
         low, iou_pred = sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                          multimask_output=False)
-        bce = F.binary_cross_entropy_with_logits(low, target)
+        bce = balanced_bce(low, target)
         dice = dice_loss(low, target)
         with torch.no_grad():
             pred, gt = low > 0, target > 0.5
