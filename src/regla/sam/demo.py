@@ -36,9 +36,9 @@ SCHEMA = Schema({
     "encoder": Field(str, "regla_t_sam"),
     "last_stage": Field(str, "fuse", choices=("stride1", "fuse")),
     "img_size": Field(int, 256, ge=64),
-    "steps_per_epoch": Field(int, 40, ge=1),
+    "steps_per_epoch": Field(int, 50, ge=1),
     "min_scale": Field(float, 0.5, gt=0.0, le=1.0),  # smallest crop side, as a fraction of the photo's
-    **run_fields(epochs=10, batch_size=1, lr=1e-3, weight_decay=0.01, warmup_epochs=1, model_ema=False, workers=0,
+    **run_fields(epochs=12, batch_size=1, lr=1e-3, weight_decay=0.01, warmup_epochs=1, model_ema=False, workers=0,
                  sched="cosine", min_lr=1e-5, log_every=20),
 }, rules=RUN_RULES)
 
