@@ -29,9 +29,10 @@ _spec = importlib.util.spec_from_file_location("make_repvit_sam_fixture", FIXTUR
 fixture_tools = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixture_tools)
 
-#: MobileSAM's image encoder (tiny_vit_sam.py's TinyViT with build_sam_vit_t's settings) without its unused
-#: classifier (norm_head, head): counted from that code.
-MOBILE_SAM_ENCODER_PARAMS = 5_743_892
+MOBILE = json.loads((FIXTURES / "mobile_sam_release_keys.json").read_text())
+_spec = importlib.util.spec_from_file_location("make_mobile_sam_fixture", FIXTURES / "make_mobile_sam_fixture.py")
+mobile_tools = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mobile_tools)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -191,13 +192,29 @@ def test_regla_sam_backbone_takes_an_imagenet_checkpoint_of_the_same_model():
 
 def test_mobile_sam_tinyvit_5m():
     encoder = perturb_(build_image_encoder("mobile_sam", img_size=256))
-    assert n_params(encoder) == MOBILE_SAM_ENCODER_PARAMS
+    # MobileSAM's encoder without its unused classifier (norm_head, head), counted from its code
+    assert n_params(encoder) == MOBILE["params_without_classifier"] == 5_743_892
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         ref = encoder(x)
         out = reparameterize_model(encoder)(x)
     assert ref.shape == (1, 256, 16, 16)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_mobile_sam_release_layout_loads_strictly_and_computes_what_the_release_computes(tmp_path):
+    encoder = mobile_tools.random_state_dict(MOBILE["keys"], MOBILE["reference"]["seed_weights"])
+    path = tmp_path / "mobile_sam.pt"
+    torch.save({**{f"image_encoder.{k}": v for k, v in encoder.items()}, **sam_decoder_state()}, path)
+    sam = build_sam("mobile_sam", img_size=256).double()
+    report = load_sam_weights(sam, read_weights(path))  # strict; the unused classifier is dropped by the mapping
+    assert report.ok and "MobileSAM release layout" in report.source
+    ref = MOBILE["reference"]
+    with torch.no_grad():
+        out = sam.image_encoder(mobile_tools.reference_input())
+    assert list(out.shape) == ref["output_shape"]
+    np.testing.assert_allclose(out.flatten()[:16].numpy(), ref["output_first16"], rtol=1e-9, atol=1e-9)
+    assert out.abs().sum().item() == pytest.approx(ref["output_abs_sum"], rel=1e-9)
 
 
 def test_build_sam_checks_its_arguments():

@@ -24,7 +24,9 @@ from .encoders import (
     ReglaSamEncoder,
     RepViTSamEncoder,
     TinyViTSamEncoder,
+    is_mobile_sam_release,
     is_repvit_sam_release,
+    mobile_sam_release_to_timm,
     repvit_sam_release_to_timm,
 )
 
@@ -131,7 +133,7 @@ def load_sam_weights(sam: nn.Module, weights: Weights | Mapping[str, torch.Tenso
                      strict: bool = True) -> LoadReport:
     """Load a whole-SAM state dict into ``sam`` (through :func:`regla.checkpoints.load_into`); returns the report.
 
-    The released RepViT-SAM layout is renamed first. ``strict``: every tensor must fit (else
+    The released RepViT-SAM and MobileSAM layouts are renamed first. ``strict``: every tensor must fit (else
     :class:`regla.checkpoints.CheckpointError` names what differs).
     """
     state = weights.state if isinstance(weights, Weights) else dict(weights)
@@ -139,5 +141,8 @@ def load_sam_weights(sam: nn.Module, weights: Weights | Mapping[str, torch.Tenso
     if is_repvit_sam_release(state):
         state = repvit_sam_release_to_timm(state)
         source += " (RepViT-SAM release layout)"
+    elif is_mobile_sam_release(state):
+        state = mobile_sam_release_to_timm(state)
+        source += " (MobileSAM release layout)"
     _, report = load_into(sam, state, strict=strict, allow_fused=False, source=source)
     return report

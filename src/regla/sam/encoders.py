@@ -36,7 +36,9 @@ __all__ = [
     "ReglaSamEncoder",
     "TimmSamEncoder",
     "TinyViTSamEncoder",
+    "is_mobile_sam_release",
     "is_repvit_sam_release",
+    "mobile_sam_release_to_timm",
     "repvit_sam_release_to_timm",
     "sam_neck",
 ]
@@ -217,6 +219,43 @@ def repvit_sam_release_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, t
         target = targets.get(int(match["idx"])) if match else None
         renamed = _rename(match["rest"], target[1]) if target else None
         out[f"{match['prefix']}backbone.{target[0]}.{renamed}" if renamed else key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The released MobileSAM checkpoint (mobile_sam.pt): ``image_encoder.layers.N.*`` -> timm's TinyVit names
+# ---------------------------------------------------------------------------------------------------------------
+
+_TINYVIT_KEY = re.compile(r"^(?P<prefix>.*?image_encoder\.)(?P<rest>(patch_embed|layers|norm_head|head)\..+)$")
+
+
+def is_mobile_sam_release(state: Mapping[str, torch.Tensor]) -> bool:
+    """True when ``state`` is in MobileSAM's layout (``image_encoder.layers.N.*``, TinyViT's own names)."""
+    return any(k.startswith("image_encoder.layers.") for k in state)
+
+
+def mobile_sam_release_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a released MobileSAM state dict onto :class:`TinyViTSamEncoder`'s (timm's) module names.
+
+    ``patch_embed.seq.0/2`` -> ``patch_embed.conv1/2``; ``layers.i.blocks`` -> ``stages.i.blocks``; a layer's
+    closing ``downsample`` -> the next stage's opening ``downsample`` (timm merges patches at a stage's start);
+    conv-BN children ``c`` -> ``conv``. TinyViT's classifier (``norm_head``, ``head``: unused by SAM) is dropped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        match = _TINYVIT_KEY.match(key)
+        if not match:
+            out[key] = value
+            continue
+        rest = match["rest"]
+        if rest.startswith(("norm_head.", "head.")):
+            continue
+        rest = re.sub(r"^patch_embed\.seq\.0\.", "patch_embed.conv1.", rest)
+        rest = re.sub(r"^patch_embed\.seq\.2\.", "patch_embed.conv2.", rest)
+        rest = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.", rest)
+        rest = re.sub(r"^layers\.(\d+)\.", r"stages.\1.", rest)
+        rest = re.sub(r"\.c\.(weight|bias)$", r".conv.\1", rest)
+        out[f"{match['prefix']}backbone.{rest}"] = value
     return out
 
 
