@@ -291,3 +291,13 @@ def test_a_prompt_outside_the_image_fails_before_the_decoder(regla_sam):
         predict_mask(regla_sam, image, point=(100, 10))
     with pytest.raises(UsageError, match="give a prompt"):
         predict_mask(regla_sam, image)
+
+
+def test_automatic_mask_generator_runs_on_a_regla_encoder(regla_sam):
+    from segment_anything import SamAutomaticMaskGenerator
+
+    image = np.random.default_rng(2).integers(0, 256, size=(64, 96, 3), dtype=np.uint8)
+    generator = SamAutomaticMaskGenerator(regla_sam, points_per_side=4, pred_iou_thresh=-10.0,
+                                          stability_score_thresh=0.0, box_nms_thresh=1.0)
+    masks = generator.generate(image)
+    assert masks and all(m["segmentation"].shape == (64, 96) for m in masks)
