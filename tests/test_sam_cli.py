@@ -130,7 +130,7 @@ def test_export_mismatch_is_a_failure_and_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_bench_task_sam_times_encoders_and_decoder(tmp_path, capsys):
-    rc = main(["bench", "--task", "sam", "--sam-encoders", "regla_t_sam:fuse", "regla_t_sam", "--resolutions", "64",
+    rc = main(["bench", "--task", "sam", "--sam-encoders", "regla_t_sam", "regla_t_sam:stride1", "--resolutions", "64",
                "--rounds", "1", "-o", str(tmp_path)])
     assert rc == 0
     doc = json.loads((tmp_path / "sam_results.json").read_text())

@@ -41,18 +41,17 @@ class SamBenchResult:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``"regla_m_sam:fuse"`` -> ``("regla_m_sam", "fuse")``; a name alone takes ``stride1``."""
+    """``"regla_m_sam:stride1"`` -> ``("regla_m_sam", "stride1")``; a name alone takes the default mode."""
     from ..sam.build import encoder_names
-    from ..sam.encoders import LAST_STAGE_MODES
+    from ..sam.encoders import DEFAULT_LAST_STAGE, LAST_STAGE_MODES
 
     name, _, mode = spec.partition(":")
-    mode = mode or "stride1"
     if name not in encoder_names():
         raise UsageError(f"--sam-encoders {spec!r}: unknown encoder; expected one of {', '.join(encoder_names())}")
-    if mode not in LAST_STAGE_MODES or (mode != "stride1" and not name.startswith("regla_")):
+    if (mode and not name.startswith("regla_")) or (mode or DEFAULT_LAST_STAGE) not in LAST_STAGE_MODES:
         raise UsageError(f"--sam-encoders {spec!r}: ':{mode}' applies to regla_*_sam only, as one of "
                          f"{', '.join(LAST_STAGE_MODES)}")
-    return name, mode
+    return name, mode or DEFAULT_LAST_STAGE
 
 
 def _export_encoder(name: str, mode: str, img_size: int, folder: Path) -> tuple[Path, int, float]:

@@ -19,6 +19,7 @@ from torch import nn
 from ..checkpoints import LoadReport, Weights, load_into, read_weights
 from ..errors import UsageError
 from .encoders import (
+    DEFAULT_LAST_STAGE,
     EMBED_DIM,
     LAST_STAGE_MODES,
     ReglaSamEncoder,
@@ -68,7 +69,7 @@ def _check_name(name: str) -> None:
         raise UsageError(f"unknown SAM encoder {name!r}: expected one of {', '.join(encoder_names())}{hint}")
 
 
-def build_image_encoder(name: str, img_size: int = 1024, last_stage: str = "stride1") -> nn.Module:
+def build_image_encoder(name: str, img_size: int = 1024, last_stage: str = DEFAULT_LAST_STAGE) -> nn.Module:
     """The image encoder ``name`` (see :data:`ENCODERS`, or ``regla_<v>_sam``) for ``img_size`` input.
 
     ``last_stage`` (``stride1`` | ``fuse``) applies to ReGLA encoders only.
@@ -101,7 +102,7 @@ def _vit_encoder(name: str, img_size: int) -> nn.Module:
 
 
 def build_sam(encoder: str | nn.Module, img_size: int = 1024, checkpoint: str | os.PathLike | None = None, *,
-              last_stage: str = "stride1", strict: bool = True) -> Any:
+              last_stage: str = DEFAULT_LAST_STAGE, strict: bool = True) -> Any:
     """``segment_anything.Sam`` with the image encoder ``encoder`` (a name, or a module with ``img_size``).
 
     ``checkpoint``: a whole-SAM weights file (SAM's and MobileSAM's ``.pth``, RepViT-SAM's ``repvit_sam.pt``, or

@@ -30,9 +30,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", "-e", default=DEFAULT_ENCODER,
                    help=f"image encoder: repvit_sam, mobile_sam, sam_vit_b|l|h, regla_<t|s|m|l|x>_sam "
                         f"(default {DEFAULT_ENCODER}; `regla sam encoders` lists them)")
-    p.add_argument("--last-stage", choices=LAST_STAGE_CHOICES, default="stride1",
-                   help="ReGLA encoders: how stage 4 reaches 1/16 - stride-1 last downsampling (default) or "
-                        "stride-16 and stride-32 features fused")
+    p.add_argument("--last-stage", choices=LAST_STAGE_CHOICES, default="fuse",
+                   help="ReGLA encoders: how stage 4 reaches 1/16 - stride-16 and stride-32 features fused "
+                        "(default) or a stride-1 last downsampling as RepViT-SAM")
     p.add_argument("--checkpoint", "-c", default=None,
                    help="whole-SAM weights (.pth/.pt/.safetensors: SAM's, RepViT-SAM's repvit_sam.pt, ours); "
                         "default: random weights (the pipeline runs, the masks mean nothing)")

@@ -47,7 +47,7 @@ MANIFEST = "manifest.json"
 #: ``regla sam distill``'s recipe: RepViT §4.2 / MobileSAM (8 epochs, AdamW, cosine) plus the run harness's keys.
 SCHEMA = Schema({
     "student": Field(str, "regla_m_sam"),
-    "last_stage": Field(str, "stride1", choices=("stride1", "fuse")),
+    "last_stage": Field(str, "fuse", choices=("stride1", "fuse")),
     "student_checkpoint": Field(str, None, nullable=True),  # ImageNet weights of the backbone (non-strict)
     "teacher": Field(str, "sam_vit_h"),
     "teacher_checkpoint": Field(str, None, nullable=True),  # whole-SAM file, e.g. sam_vit_h_4b8939.pth

@@ -29,6 +29,7 @@ from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
 __all__ = [
+    "DEFAULT_LAST_STAGE",
     "EMBED_DIM",
     "FuseProjection",
     "LAST_STAGE_MODES",
@@ -47,6 +48,8 @@ __all__ = [
 EMBED_DIM = 256
 #: How a ReGLA backbone's last stage reaches 1/16.
 LAST_STAGE_MODES = ("stride1", "fuse")
+#: The default (docs/sam.md, "Choice: fuse"): faster, and stage 4 keeps the resolution it was pre-trained at.
+DEFAULT_LAST_STAGE = "fuse"
 #: RepViT-M2.3's blocks per stage in timm's layout (the released RepViT-SAM: 7/7/35/3 ``features`` blocks, the
 #: last of stages 1-3 being timm's ``downsample.pre_block`` of the next stage).
 REPVIT_M2_3_DEPTHS = (6, 6, 34, 2)
@@ -132,7 +135,7 @@ class ReglaSamEncoder(nn.Module):
     model loads into it (``load_into(encoder.backbone, weights, strict=False)`` leaves only the head unused).
     """
 
-    def __init__(self, model_name: str = "regla_m", last_stage: str = "stride1", img_size: int = 1024,
+    def __init__(self, model_name: str = "regla_m", last_stage: str = DEFAULT_LAST_STAGE, img_size: int = 1024,
                  **kwargs: object):
         super().__init__()
         import timm
