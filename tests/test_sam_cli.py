@@ -146,3 +146,13 @@ def test_bench_task_sam_times_encoders_and_decoder(tmp_path, capsys):
 def test_bench_task_sam_refuses_unknown_encoders(tmp_path, spec, message, capsys):
     assert main(["bench", "--task", "sam", "--sam-encoders", spec, "-o", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_export_coreml_writes_the_encoder_package(tmp_path, capsys):
+    pytest.importorskip("coremltools")
+    rc = main(["sam", "export", "-o", str(tmp_path), "--coreml", "--name", "t", "--encoder", "regla_t_sam",
+               "--img-size", "64"])
+    assert rc == 0
+    package = tmp_path / "t_encoder_64x64.mlpackage"
+    assert (package / "Manifest.json").is_file() and (tmp_path / "t_encoder.onnx").is_file()
+    assert "Core ML" in capsys.readouterr().out

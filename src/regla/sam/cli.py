@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="folder for <name>_encoder.onnx and <name>_decoder.onnx (default: current folder)")
     p.add_argument("--name", default=None, help="file name stem (default: the encoder name)")
     p.add_argument("--opset", type=int_range(13, 20), default=17, help="ONNX opset (default 17)")
+    p.add_argument("--coreml", action="store_true",
+                   help="also write the encoder as Core ML (<name>_encoder_<S>x<S>.mlpackage, fp16; converted here, "
+                        "runs on macOS/iOS only, so not checked against PyTorch)")
     p.add_argument("--atol", type=float_range(0.0, lo_open=True), default=1e-4,
                    help="allowed max abs difference from PyTorch, times max(1, max |output|) (default 1e-4)")
     _add_model_arguments(p)
@@ -261,4 +264,10 @@ def run_export(args: argparse.Namespace) -> int:
           f"ONNX Runtime vs PyTorch max abs diff {result.encoder_max_abs_diff:.2e}")
     print(f"{result.decoder}: SamOnnxModel (dynamic point count); ONNX Runtime vs PyTorch max abs diff "
           f"{result.decoder_max_abs_diff:.2e}")
+    if args.coreml:
+        from .export import export_encoder_coreml
+
+        package = export_encoder_coreml(sam.image_encoder, folder / f"{stem}_encoder_{size}x{size}.mlpackage")
+        print(f"{package}: Core ML ML Program (fp16), image (1,3,{size},{size}) -> image_embeddings; not run here "
+              "(Core ML runs on macOS/iOS)")
     return 0

@@ -28,7 +28,7 @@ from ..deploy.export import ExportError, max_abs_diff, ort_session, verify_again
 from ..outputs import atomic_output
 
 __all__ = ["DECODER_INPUTS", "DECODER_OUTPUTS", "SamExport", "decoder_example", "export_decoder_onnx",
-           "export_encoder_onnx", "export_sam_onnx", "sam_onnx_model"]
+           "export_encoder_coreml", "export_encoder_onnx", "export_sam_onnx", "sam_onnx_model"]
 
 ENCODER_INPUT, ENCODER_OUTPUT = "image", "image_embeddings"
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
@@ -165,6 +165,40 @@ def _verify_decoder(sam: Any, sess: Any, atol: float) -> float:
                                   f"max abs diff {diff:.3g} > {tol:.3g} (shapes {np.shape(out)} vs {ref.shape})")
             worst = max(worst, diff)
     return worst
+
+
+def export_encoder_coreml(encoder: nn.Module, path: str | os.PathLike, *, precision: str = "fp16",
+                          deployment_target: str = "iOS16") -> Path:
+    """The fused encoder as a Core ML ML Program (``image`` -> ``image_embeddings``, fixed ``img_size``).
+
+    RepViT-SAM's Core ML route (its ``export_coreml_encoder.py``): trace, convert with coremltools, fp16 by default
+    (what the Neural Engine runs). Conversion works on Linux; running the package needs macOS/iOS, so it is not
+    checked against PyTorch here. The ``.mlpackage`` folder is written next to ``path`` and renamed onto it.
+    """
+    from timm.utils import reparameterize_model
+
+    from ..deploy.export import import_coremltools, is_mlpackage
+
+    path = Path(path)
+    if path.suffix != ".mlpackage":
+        raise ExportError(f"a Core ML ML Program is saved as a .mlpackage folder, got {path}")
+    ct = import_coremltools()
+    size = int(encoder.img_size)
+    fused = reparameterize_model(encoder.eval())
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(fused, torch.randn(1, 3, size, size), check_trace=False)
+            mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=ENCODER_INPUT, shape=(1, 3, size, size))],
+                                 outputs=[ct.TensorType(name=ENCODER_OUTPUT)], convert_to="mlprogram",
+                                 minimum_deployment_target=getattr(ct.target, deployment_target),
+                                 compute_precision=ct.precision.FLOAT16 if precision == "fp16"
+                                 else ct.precision.FLOAT32)
+    except Exception as e:  # noqa: BLE001 - a conversion failure is a runtime failure naming the converter
+        raise ExportError(f"Core ML conversion of the image encoder failed: {type(e).__name__}: {e}") from e
+    with atomic_output(path, directory=True, same_kind=is_mlpackage) as tmp:
+        mlmodel.save(str(tmp))
+    return path
 
 
 def export_sam_onnx(sam: Any, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike, *,
