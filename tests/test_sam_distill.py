@@ -143,3 +143,15 @@ def test_cli_checks_the_recipe_before_work(data_dir, tmp_path, capsys):
     assert main(["sam", "distill", "--data", str(data_dir), "--print-config", "--set", "epochs=3"]) == 0
     printed = capsys.readouterr().out
     assert "epochs: 3" in printed and "teacher: sam_vit_h" in printed and "img_size: 1024" in printed
+
+
+def test_cli_runs_a_distillation_end_to_end(data_dir, tmp_path, capsys):
+    from regla.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["sam", "distill", "--data", str(data_dir), "--teacher", "regla_t_sam", "--student", "regla_t_sam",
+               "--img-size", "64", "--cache", str(tmp_path / "cache"), "-o", str(out), "--no-progress",
+               "--set", "epochs=1", "--set", "batch_size=2", "--set", "workers=0", "--set", "val_images=2"])
+    assert rc == 0
+    assert "held-out MSE" in capsys.readouterr().out
+    assert (out / "last.safetensors").is_file() and (tmp_path / "cache" / "manifest.json").is_file()

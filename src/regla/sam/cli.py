@@ -151,6 +151,8 @@ def run_distill(args: argparse.Namespace) -> int:
     from .distill import SCHEMA
 
     flags = {key: getattr(args, flag) for flag, key in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
+    if args.output is not None:
+        flags["output"] = args.output
     cfg = resolve_recipe(SCHEMA, args.config, args.overrides, flags=flags, resume=args.resume, output=args.output)
     if args.print_config:
         from ..config import dump
