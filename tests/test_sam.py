@@ -301,3 +301,70 @@ def test_automatic_mask_generator_runs_on_a_regla_encoder(regla_sam):
                                           stability_score_thresh=0.0, box_nms_thresh=1.0)
     masks = generator.generate(image)
     assert masks and all(m["segmentation"].shape == (64, 96) for m in masks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts from ground-truth masks and their mIoU (SAM §7.1 protocols)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def rect(h: int, w: int, y: int, x: int, rh: int, rw: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[y:y + rh, x:x + rw] = True
+    return m
+
+
+def test_interior_point_is_the_centre_of_a_box_and_inside_a_ring():
+    from regla.sam.prompt import interior_point, mask_box
+
+    assert interior_point(rect(50, 80, 10, 20, 21, 31)) == (35.5, 20.5)
+    yy, xx = np.mgrid[:81, :81]
+    r = np.hypot(yy - 40, xx - 40)
+    ring = (r >= 20) & (r <= 34)  # the centroid (40, 40) lies in the hole
+    x, y = interior_point(ring)
+    assert ring[int(y), int(x)]
+    assert interior_point(rect(20, 20, 0, 0, 20, 4))[0] in (1.5, 2.5)  # the image border counts as boundary
+    assert mask_box(rect(50, 80, 10, 20, 21, 31)) == (20.0, 10.0, 51.0, 31.0)
+
+
+class OraclePredictor:
+    """Stands in for SamPredictor: answers each prompt with its ground-truth mask, shifted ``shift`` px right."""
+
+    def __init__(self, masks, shift=0):
+        self.masks, self.shift = masks, shift
+        self.is_image_set = False
+
+    def set_image(self, image, image_format="RGB"):
+        self.original_size, self.is_image_set = image.shape[:2], True
+
+    def predict(self, point_coords=None, point_labels=None, box=None, multimask_output=True):
+        from regla.sam.prompt import mask_box
+
+        if box is not None:
+            gt = next(m for m in self.masks if np.allclose(mask_box(m), box))
+        else:
+            x, y = point_coords[0]
+            gt = next(m for m in self.masks if m[int(y), int(x)])
+        out = np.roll(gt, self.shift, axis=1)
+        return out[None], np.array([0.9]), None
+
+
+def test_prompted_miou_is_100_for_the_ground_truth_and_drops_as_expected_when_shifted():
+    from segment_anything import SamPredictor
+
+    from regla.sam import prompt
+
+    masks = [rect(60, 100, 5, 5, 20, 30), rect(60, 100, 30, 50, 25, 40)]
+    image = np.zeros((60, 100, 3), np.uint8)
+    for kind in ("box", "point"):
+        miou, ious = prompt.prompted_miou(_as_predictor(SamPredictor, masks), image, masks, prompt=kind)
+        assert miou == pytest.approx(100.0) and len(ious) == 2
+        miou, ious = prompt.prompted_miou(_as_predictor(SamPredictor, masks, shift=6), image, masks, prompt=kind)
+        assert ious == pytest.approx([(30 - 6) / (30 + 6), (40 - 6) / (40 + 6)])  # w x h shifted by k: (w-k)/(w+k)
+
+
+def _as_predictor(base, masks, shift=0):
+    """An OraclePredictor that passes ``isinstance(_, SamPredictor)``."""
+    oracle = OraclePredictor(masks, shift)
+    oracle.__class__ = type("OracleSamPredictor", (OraclePredictor, base), {})
+    return oracle

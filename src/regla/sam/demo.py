@@ -30,6 +30,7 @@ from ..runs.config import RUN_RULES, run_fields
 from ..runs.task import Built
 from .build import build_sam
 from .distill import preprocess
+from .prompt import mask_iou
 
 #: The demo's recipe: ReGLA-T-SAM at 256 px (16x16 embedding), AdamW, cosine, no EMA.
 SCHEMA = Schema({
@@ -111,11 +112,6 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = logits.sigmoid().flatten(1)
     t = target.flatten(1)
     return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 class SamDemoTask:

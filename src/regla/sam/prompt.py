@@ -22,8 +22,8 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["Prediction", "check_box", "check_point", "draw_prediction", "load_image", "parse_numbers",
-           "predict_mask", "to_rgb"]
+__all__ = ["Prediction", "check_box", "check_point", "draw_prediction", "interior_point", "load_image", "mask_box",
+           "mask_iou", "parse_numbers", "predict_mask", "prompted_miou", "to_rgb"]
 
 MASK_COLOUR = (30, 144, 255)  # SAM's notebooks' blue
 PROMPT_COLOUR = (0, 220, 0)
@@ -157,3 +157,58 @@ def draw_prediction(image: np.ndarray, pred: Prediction, alpha: float = 0.5) -> 
         r = 3 * width
         draw.ellipse((x - r, y - r, x + r, y + r), fill=PROMPT_COLOUR, outline=(255, 255, 255))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts from ground-truth masks, and the mIoU of the masks they give (SAM §7.1's single-point and box protocols)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The tight box ``(x1, y1, x2, y2)`` of a non-empty mask, in pixel edges (``x2 = last column + 1``)."""
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        raise UsageError("an empty mask has no box")
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def interior_point(mask: np.ndarray) -> tuple[float, float]:
+    """The mask's point farthest from its boundary (SAM §7.1 / RITM's first click), as pixel centre ``(x, y)``.
+
+    Unlike the centroid, it lies inside any shape (a ring, a crescent). Among equally deep points (the ridge of an
+    elongated shape) the one nearest to their mean is taken: a rectangle's centre.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    if not mask.any():
+        raise UsageError("an empty mask has no interior point")
+    dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]  # the image border counts as boundary
+    ys, xs = np.nonzero(dist == dist.max())
+    best = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+    return float(xs[best]) + 0.5, float(ys[best]) + 0.5
+
+
+def prompted_miou(sam_or_predictor: Any, image: np.ndarray, masks: Sequence[np.ndarray],
+                  prompt: str = "box") -> tuple[float, list[float]]:
+    """mIoU (%) of the masks SAM predicts for each ground-truth mask's box or interior point, and each IoU.
+
+    ``prompt="box"``: the mask's tight box (SAM's box-prompted protocol, as with ground-truth boxes); ``"point"``:
+    one foreground point, :func:`interior_point` (SAM's single-point protocol; the best of SAM's three masks).
+    """
+    from segment_anything import SamPredictor
+
+    if prompt not in ("box", "point"):
+        raise UsageError(f"prompt must be 'box' or 'point', got {prompt!r}")
+    predictor = sam_or_predictor if isinstance(sam_or_predictor, SamPredictor) else SamPredictor(sam_or_predictor)
+    predictor.set_image(to_rgb(image), image_format="RGB")
+    ious = []
+    for gt in masks:
+        kwargs = {"box": mask_box(gt)} if prompt == "box" else {"point": interior_point(gt)}
+        ious.append(mask_iou(predict_mask(predictor, None, **kwargs).mask, gt))
+    return 100 * float(np.mean(ious)) if ious else float("nan"), ious
