@@ -131,14 +131,15 @@ def test_export_mismatch_is_a_failure_and_leaves_no_file(tmp_path, monkeypatch):
 
 def test_bench_task_sam_times_encoders_and_decoder(tmp_path, capsys):
     rc = main(["bench", "--task", "sam", "--sam-encoders", "regla_t_sam", "regla_t_sam:stride1", "--resolutions", "64",
-               "--rounds", "1", "-o", str(tmp_path)])
+               "--rounds", "1", "--sam-eager", "-o", str(tmp_path)])
     assert rc == 0
     doc = json.loads((tmp_path / "sam_results.json").read_text())
     assert doc["img_size"] == 64 and doc["threads"] == 1
-    labels = [r["label"] for r in doc["results"]]
-    assert labels == ["regla_t_sam:fuse", "regla_t_sam:stride1", "mask_decoder"]
+    labels = [(r["label"], r["backend"]) for r in doc["results"]]
+    assert labels == [("regla_t_sam:fuse", "ort"), ("regla_t_sam:fuse [eager]", "eager"),
+                      ("regla_t_sam:stride1", "ort"), ("regla_t_sam:stride1 [eager]", "eager"), ("mask_decoder", "ort")]
     assert all(r["latency"]["median_ms"] > 0 and r["params"] > 0 for r in doc["results"])
-    assert "| regla_t_sam:fuse |" in capsys.readouterr().out
+    assert "| regla_t_sam:fuse | ort |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("spec, message", [("repvit_sam:fuse", "applies to regla_"), ("regla_q_sam", "unknown"),

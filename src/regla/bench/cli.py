@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam-encoders", nargs="+", default=None, metavar="NAME[:MODE]",
                         help="--task sam: encoders to time, e.g. regla_m_sam:fuse repvit_sam mobile_sam sam_vit_b "
                              "(default: ReGLA-T/M-SAM in both modes, RepViT-SAM, MobileSAM, SAM ViT-B)")
+    parser.add_argument("--sam-eager", action="store_true",
+                        help="--task sam: also time the fused encoders in eager PyTorch (same interleaved rounds)")
     parser.add_argument("--output", "-o", default="bench_out",
                         help="output folder (default bench_out/); results replace earlier results of the same name "
                              "in it, other files are left alone")
@@ -159,7 +161,7 @@ def run_sam(args: argparse.Namespace, out: Path) -> int:
         raise UsageError(f"--task sam times one resolution, got {sizes}")
     threads = args.threads or 1
     _warn_if_busy(threads)
-    doc = run_sam_bench(specs, sizes[0], threads, args.rounds, command=_command_line())
+    doc = run_sam_bench(specs, sizes[0], threads, args.rounds, eager=args.sam_eager, command=_command_line())
     paths = write_sam_outputs(doc, out)
     print(markdown_table(doc))
     print(f"\n{doc['machine']['cpu']}, threads: {threads}; {doc['duration_s']:.0f} s; wrote "

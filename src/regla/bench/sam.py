@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import UsageError
 from ..outputs import atomic_write_text
@@ -37,6 +38,7 @@ class SamBenchResult:
     label: str
     params: int
     export_s: float
+    backend: str = "ort"
     latency: dict = field(default_factory=dict)
 
 
@@ -54,7 +56,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, mode or DEFAULT_LAST_STAGE
 
 
-def _export_encoder(name: str, mode: str, img_size: int, folder: Path) -> tuple[Path, int, float]:
+def _export_encoder(name: str, mode: str, img_size: int, folder: Path) -> tuple[Path, int, float, torch.nn.Module]:
+    """The encoder's ONNX file (fused), its parameter count, the export time and the fused module."""
+    from timm.utils import reparameterize_model
+
     from ..sam.build import build_image_encoder
     from ..sam.export import export_encoder_onnx
 
@@ -63,7 +68,7 @@ def _export_encoder(name: str, mode: str, img_size: int, folder: Path) -> tuple[
     t0 = time.perf_counter()
     path = folder / f"{name}_{mode}.onnx"
     export_encoder_onnx(encoder, path, verify=False)
-    return path, params, time.perf_counter() - t0
+    return path, params, time.perf_counter() - t0, reparameterize_model(encoder)
 
 
 def _decoder_runner(img_size: int, folder: Path, threads: int):
@@ -85,10 +90,14 @@ def _decoder_runner(img_size: int, folder: Path, threads: int):
 
 
 def run_sam_bench(specs: Sequence[str], img_size: int = 1024, threads: int = 1, rounds: int = 3,
-                  runs_per_round: int = 1, decoder: bool = True, command: str = "") -> dict:
-    """Export and time every encoder in ``specs`` (and the decoder); returns the result document."""
+                  runs_per_round: int = 1, decoder: bool = True, eager: bool = False, command: str = "") -> dict:
+    """Export and time every encoder in ``specs`` (and the decoder); returns the result document.
+
+    ``eager``: also time each fused encoder in eager PyTorch (``torch.inference_mode``, the faster memory layout),
+    in the same interleaved rounds, as rows labelled ``<encoder> [eager]``.
+    """
     from ..deploy.export import ort_session
-    from .measure import ort_runner
+    from .measure import ort_runner, pick_eager_layout, set_torch_threads
 
     parsed = [parse_spec(s) for s in specs]
     if img_size % 16 or img_size < 64:
@@ -99,12 +108,18 @@ def run_sam_bench(specs: Sequence[str], img_size: int = 1024, threads: int = 1, 
     with tempfile.TemporaryDirectory(prefix="regla-sam-bench-") as tmp:
         for name, mode in parsed:
             label = f"{name}:{mode}" if name.startswith("regla_") else name
-            path, params, export_s = _export_encoder(name, mode, img_size, Path(tmp))
+            path, params, export_s, fused = _export_encoder(name, mode, img_size, Path(tmp))
             results[label] = SamBenchResult(label, params, export_s)
             runners[label] = ort_runner(ort_session(path, threads), (1, 3, img_size, img_size))
             estimates[label] = float(np.median(time_runs(runners[label], 1)))  # warm-up, also the estimate
             print(f"regla bench: {label}: exported in {export_s:.0f} s, first run {estimates[label]:.2f} s",
                   flush=True)
+            if eager:
+                set_torch_threads(threads)
+                key = f"{label} [eager]"
+                runners[key], _, warm = pick_eager_layout(fused, (1, 3, img_size, img_size), warmup=2)
+                results[key] = SamBenchResult(key, params, 0.0, backend="eager")
+                estimates[key] = float(np.median(warm))
         if decoder:
             params, export_s, run = _decoder_runner(img_size, Path(tmp), threads)
             results[DECODER] = SamBenchResult(DECODER, params, export_s)
@@ -124,13 +139,15 @@ def run_sam_bench(specs: Sequence[str], img_size: int = 1024, threads: int = 1, 
 
 def markdown_table(doc: dict, reference: str = "repvit_sam") -> str:
     """The results as a Markdown table, with each encoder's speed-up over ``reference``."""
-    ref = next((r["latency"]["median_ms"] for r in doc["results"] if r["label"] == reference), None)
-    lines = [f"| model | params (M) | ORT median (ms) | p10-p90 (ms) | runs | speed-up vs {reference} |",
-             "|---|---|---|---|---|---|"]
+    refs = {r.get("backend", "ort"): r["latency"]["median_ms"] for r in doc["results"]
+            if r["label"].split(" [")[0] == reference}
+    lines = [f"| model | backend | params (M) | median (ms) | p10-p90 (ms) | runs | speed-up vs {reference} |",
+             "|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
-        lat = r["latency"]
+        lat, backend = r["latency"], r.get("backend", "ort")
+        ref = refs.get(backend)
         speedup = f"{ref / lat['median_ms']:.2f}x" if ref and r["label"] != DECODER else ""
-        lines.append(f"| {r['label']} | {r['params'] / 1e6:.2f} | {lat['median_ms']:.0f} | "
+        lines.append(f"| {r['label']} | {backend} | {r['params'] / 1e6:.2f} | {lat['median_ms']:.0f} | "
                      f"{lat['p10_ms']:.0f}-{lat['p90_ms']:.0f} | {lat['n']} | {speedup} |")
     return "\n".join(lines)
 
