@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("regla.runs.plot_cli", "draw the training curves of run folders to a PNG"),
     "bench": ("regla.bench.cli", "measure params, MACs, CPU latency (ONNX Runtime, PyTorch) and memory vs peers"),
     "export": ("regla.deploy.cli", "export a fused model to ONNX, Core ML (.mlpackage) or TorchScript, checked"),
+    "sam": ("regla.sam.cli", "segment anything on a fast encoder (RepViT-SAM, ReGLA-SAM): predict, export, distill"),
 }
 
 MAX_MESSAGE_LINES = 2
