@@ -23,6 +23,7 @@ WORK = {
     "plot": "regla.runs.plot_cli.plot_runs",
     "models": "regla.models.cli.model_rows",
     "eval": "regla.train.evaluate.evaluate",
+    "sam": "regla.runs.harness.run",
     "knn": "regla.eval.knn.extract_features",
     "distill": "regla.runs.harness.run",
 }
@@ -125,6 +126,14 @@ CASES: dict[str, Case] = {
     "bench --reference other": case(*BENCH, "--reference", "regla_m", says="not among the benchmarked models"),
     "bench --output file": case(*BENCH, "-o", "{file}", says="is a file"),
     "bench --output under a file": case(*BENCH, "-o", "{file}/b", says="is a file, not a folder"),
+    "bench --task bad": case(*BENCH, "--task", "detect", says="invalid choice"),
+    "bench --sam-encoders unknown": case(*BENCH, "--task", "sam", "--sam-encoders", "sam_vit_q",
+                                         says="unknown encoder"),
+    "sam --demo -o file": case("sam", "--demo", "-o", "{file}", says="is a file"),
+    "sam --demo --resume missing": case("sam", "--demo", "--resume", "{missing}", says="no such file or folder"),
+    "sam --demo --set unknown": case("sam", "--demo", "--set", "bogus=1", says="unknown option 'bogus'"),
+    "bench --sam-encoders bad mode": case(*BENCH, "--task", "sam", "--sam-encoders", "repvit_sam:fuse",
+                                          says="applies to regla_*_sam only"),
     # regla plot
     "plot RUN_DIR missing": case("plot", "{missing}", says="folder does not exist"),
     "plot RUN_DIR file": case("plot", "{file}", says="is a file"),
