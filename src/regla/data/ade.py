@@ -67,8 +67,9 @@ def check_labels(pairs: list[tuple[Path, Path]], num_classes: int, reduce_zero: 
         label = read_label(path)
         bad = label[(label > top) & (reduce_zero | (label != IGNORE_INDEX))]
         if bad.size:
+            allowed = f"0..{top}" + ("" if reduce_zero else f" or {IGNORE_INDEX}")
             raise DataError(f"label {path} holds value {int(bad.max())}, above the {num_classes} classes (expected "
-                            f"0..{top}{'' if reduce_zero else f' or {IGNORE_INDEX}'}); wrong num_classes or label format?")
+                            f"{allowed}); wrong num_classes or label format?")
 
 
 class SegmentationFolder(Dataset):

@@ -45,7 +45,7 @@ def create_features(name: str, out_indices: Sequence[int] = (0, 1, 2, 3), drop_p
     except (RuntimeError, TypeError, ValueError, AssertionError, NotImplementedError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise UsageError(f"backbone {name!r} has no features_only support in timm ({first}); expected a model "
-                         "that returns multi-scale feature maps (ReGLA, RepNeXt, iFormer, RepViT, ResNet ...)") from None
+                         "that returns multi-scale feature maps (ReGLA, RepNeXt, iFormer, RepViT ...)") from None
     reductions = tuple(body.feature_info.reduction())
     if reductions != EXPECTED_REDUCTIONS:
         raise UsageError(f"backbone {name!r} gives feature maps at strides {list(reductions)}; the FPN needs four "

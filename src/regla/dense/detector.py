@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import initLevelMapper
@@ -75,10 +77,11 @@ def _l1_rpn(rpn: RegionProposalNetwork) -> L1RegionProposalNetwork:
         rpn._post_nms_top_n, rpn.nms_thresh, rpn.score_thresh)
 
 
-def mask_rcnn(backbone: BackboneFPN, num_classes: int, mean: Sequence[float], std: Sequence[float],
+def mask_rcnn(backbone: BackboneFPN, num_classes: int | None, mean: Sequence[float], std: Sequence[float],
               min_size: int = 800, max_size: int = 1333, rpn_post_nms_top_n_train: int = 1000,
               sampling_ratio: int = 0, aligned: bool = True, rpn_l1: bool = True, **kwargs: Any) -> MaskRCNN:
-    """torchvision ``MaskRCNN`` with mmdet's settings (module docstring); ``num_classes`` counts the background."""
+    """torchvision ``MaskRCNN`` with mmdet's settings (module docstring); ``num_classes`` counts the background
+    (None when the predictors are given in ``kwargs``)."""
     pool = AlignedMultiScaleRoIAlign if aligned else MultiScaleRoIAlign
     model = MaskRCNN(
         backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, image_mean=list(mean),
@@ -95,10 +98,18 @@ def build_detector(cfg: Mapping[str, Any], num_classes: int, log: bool = True) -
     body, report = build_body(cfg, log)
     mean, std = _norm_stats(body, cfg)
     backbone = BackboneFPN(body, cfg["fpn_channels"], extra_pool=True, freeze_bn=cfg["freeze_bn"])
-    model = mask_rcnn(backbone, num_classes, mean, std, min_size=cfg["min_size"], max_size=cfg["max_size"],
-                      rpn_post_nms_top_n_train=cfg["rpn_post_nms_top_n_train"],
+    heads = {}
+    if cfg["box_head_dim"] != 1024:  # torchvision's (and mmdet's) default: two 1024-wide FC layers
+        heads["box_head"] = TwoMLPHead(backbone.out_channels * 7 * 7, cfg["box_head_dim"])
+        heads["box_predictor"] = FastRCNNPredictor(cfg["box_head_dim"], num_classes)
+    if cfg["mask_head_channels"] != 256:  # default: four 256-channel 3x3 convs
+        heads["mask_head"] = MaskRCNNHeads(backbone.out_channels, [cfg["mask_head_channels"]] * 4, 1)
+        heads["mask_predictor"] = MaskRCNNPredictor(cfg["mask_head_channels"], cfg["mask_head_channels"], num_classes)
+    model = mask_rcnn(backbone, num_classes if not heads else None, mean, std, min_size=cfg["min_size"],
+                      max_size=cfg["max_size"], rpn_post_nms_top_n_train=cfg["rpn_post_nms_top_n_train"],
                       sampling_ratio=cfg["roi_sampling_ratio"], aligned=cfg["roi_aligned"], rpn_l1=cfg["rpn_l1"],
-                      box_detections_per_img=cfg["detections_per_img"])
+                      box_detections_per_img=cfg["detections_per_img"],
+                      box_batch_size_per_image=cfg["roi_batch_size"], **heads)
     return model, report
 
 

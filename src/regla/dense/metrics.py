@@ -38,8 +38,8 @@ def coco_results(outputs: Iterable[tuple[int, Mapping[str, torch.Tensor]]], cat_
             binary = (out["masks"].detach().cpu()[:, 0] > mask_threshold).numpy().astype(np.uint8)
             rles = [mask_utils.encode(np.asfortranarray(m)) for m in binary]
         for box, label, score, rle in zip(xywh, labels, scores, rles, strict=True):
-            res = {"image_id": int(image_id), "category_id": int(cat_ids[label - 1]), "bbox": [round(v, 2) for v in box],
-                   "score": round(float(score), 5)}
+            res = {"image_id": int(image_id), "category_id": int(cat_ids[label - 1]),
+                   "bbox": [round(v, 2) for v in box], "score": round(float(score), 5)}
             if rle is not None:
                 res["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
             results.append(res)
@@ -69,7 +69,8 @@ def coco_scores(coco_gt: Any, results: list[dict[str, Any]], iou_types: Sequence
             ev.accumulate()
             ev.summarize()
         # a stat of -1 means "no ground truth in this area range": reported as 0
-        scores.update({f"{iou_type}_{k}": max(float(v), 0.0) * 100 for k, v in zip(COCO_STATS, ev.stats)})
+        stats = zip(COCO_STATS, ev.stats[:6], strict=True)
+        scores.update({f"{iou_type}_{k}": max(float(v), 0.0) * 100 for k, v in stats})
     return scores
 
 
