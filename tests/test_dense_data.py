@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dense_helpers import voc_root
 from PIL import Image
 
+from dense_helpers import voc_root
 from regla.data.ade import IGNORE_INDEX, SegmentationFolder
 from regla.data.coco import CocoInstances
 from regla.data.errors import DataError

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +28,45 @@ _logger = logging.getLogger("regla.dense")
 EXPECTED_REDUCTIONS = (4, 8, 16, 32)
 
 
-def create_features(name: str, out_indices: Sequence[int] = (0, 1, 2, 3), drop_path: float = 0.0,
-                    model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """``timm.create_model(name, features_only=True)``; a UsageError for a model that cannot give multi-scale
-    features at strides 4, 8, 16, 32."""
+def _features(name: str, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
+    try:
+        return timm.create_model(name, features_only=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError, AssertionError, NotImplementedError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UsageError(f"backbone {name!r} has no features_only support in timm ({first}); expected a model "
+                         "that returns multi-scale feature maps (ReGLA, RepNeXt, iFormer, RepViT ...)") from None
+
+
+def create_features(name: str, drop_path: float = 0.0, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """``timm.create_model(name, features_only=True)`` returning the levels at strides 4, 8, 16, 32 (ResNet's
+    stride-2 stem output left out); a UsageError for a model that cannot give them."""
     from ..preflight import require_model
 
     require_model(name, "backbone")
     kwargs = dict(model_kwargs or {})
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-    try:
-        body = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), **kwargs)
-    except (RuntimeError, TypeError, ValueError, AssertionError, NotImplementedError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise UsageError(f"backbone {name!r} has no features_only support in timm ({first}); expected a model "
-                         "that returns multi-scale feature maps (ReGLA, RepNeXt, iFormer, RepViT ...)") from None
+    body = _features(name, kwargs)
     reductions = tuple(body.feature_info.reduction())
-    if reductions != EXPECTED_REDUCTIONS:
+    if reductions == EXPECTED_REDUCTIONS:
+        return body
+    if not set(EXPECTED_REDUCTIONS) <= set(reductions):
         raise UsageError(f"backbone {name!r} gives feature maps at strides {list(reductions)}; the FPN needs four "
                          f"at strides {list(EXPECTED_REDUCTIONS)} (a hierarchical backbone)")
-    return body
+    indices = tuple(max(i for i, r in enumerate(reductions) if r == want) for want in EXPECTED_REDUCTIONS)
+    return _features(name, {**kwargs, "out_indices": indices})
+
+
+def norm_stats(cfg: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The recipe's mean/std, else those of the backbone's timm pretrained config (ImageNet's by default)."""
+    import timm
+
+    pcfg = timm.models.get_pretrained_cfg(cfg["backbone"])
+    mean = cfg.get("mean") or getattr(pcfg, "mean", None) or (0.485, 0.456, 0.406)
+    std = cfg.get("std") or getattr(pcfg, "std", None) or (0.229, 0.224, 0.225)
+    return tuple(mean), tuple(std)
 
 
 def _flat(key: str) -> str:

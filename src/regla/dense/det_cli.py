@@ -67,10 +67,14 @@ def train(args: argparse.Namespace) -> int:
     if args.print_config:
         return common.print_config(cfg)
     common.preflight(cfg)
-    from ..runs.harness import run as run_harness
+    from .backbone import create_features
     from .tasks import DetTask
 
     task = DetTask(show_bar=not args.no_progress)
+    task.prepare(cfg)  # bad data stops here, before the run starts
+    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
+    from ..runs.harness import run as run_harness
+
     result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
     if args.demo:
         return common.demo_report(Path(result.run_dir), result.last, DEMO_TARGETS, "regla det train --demo")

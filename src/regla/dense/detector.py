@@ -24,7 +24,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import initLevelMapper
 
-from .backbone import BackboneFPN, build_body
+from .backbone import BackboneFPN, build_body, norm_stats
 
 LEVELS = ["0", "1", "2", "3"]
 
@@ -96,7 +96,7 @@ def mask_rcnn(backbone: BackboneFPN, num_classes: int | None, mean: Sequence[flo
 def build_detector(cfg: Mapping[str, Any], num_classes: int, log: bool = True) -> tuple[nn.Module, Any]:
     """The Mask R-CNN of a ``regla det`` recipe and the backbone's load report (None without ``pretrained``)."""
     body, report = build_body(cfg, log)
-    mean, std = _norm_stats(body, cfg)
+    mean, std = norm_stats(cfg)
     backbone = BackboneFPN(body, cfg["fpn_channels"], extra_pool=True, freeze_bn=cfg["freeze_bn"])
     heads = {}
     if cfg["box_head_dim"] != 1024:  # torchvision's (and mmdet's) default: two 1024-wide FC layers
@@ -112,10 +112,3 @@ def build_detector(cfg: Mapping[str, Any], num_classes: int, log: bool = True) -
                       box_batch_size_per_image=cfg["roi_batch_size"], **heads)
     return model, report
 
-
-def _norm_stats(body: nn.Module, cfg: Mapping[str, Any]) -> tuple[Sequence[float], Sequence[float]]:
-    """Normalisation of the recipe, else of the backbone's pretrained config (ImageNet's by default)."""
-    pcfg = getattr(body, "pretrained_cfg", None) or {}
-    mean = cfg.get("mean") or pcfg.get("mean") or (0.485, 0.456, 0.406)
-    std = cfg.get("std") or pcfg.get("std") or (0.229, 0.224, 0.225)
-    return tuple(mean), tuple(std)

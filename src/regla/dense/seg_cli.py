@@ -64,11 +64,15 @@ def train(args: argparse.Namespace) -> int:
     if args.print_config:
         return common.print_config(cfg)
     common.preflight(cfg)
-    from ..runs.harness import run as run_harness
+    from .backbone import create_features
     from .tasks import SegTask
 
-    result = run_harness(SegTask(show_bar=not args.no_progress), cfg, resume=args.resume,
-                         show_bar=not args.no_progress)
+    task = SegTask(show_bar=not args.no_progress)
+    task.prepare(cfg)  # bad data stops here, before the run starts
+    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
+    from ..runs.harness import run as run_harness
+
+    result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
     if args.demo:
         return common.demo_report(Path(result.run_dir), result.last, DEMO_TARGETS, "regla seg train --demo")
     return 0
@@ -84,14 +88,14 @@ def _trained_model(cfg: dict[str, Any], weights: str) -> Any:
 
 def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_segmenter, seg_scores
-    from .tasks import SegTask, norm_stats
+    from .tasks import SegTask
 
     cfg = common.eval_config(schema(), args, KIND)
-    model = _trained_model(cfg, args.weights)
-    _, val_set = SegTask(show_bar=not args.no_progress).datasets(cfg, *norm_stats(model.body, cfg), train=False)
+    _, val_set = SegTask(show_bar=not args.no_progress).datasets(cfg, train=False)
     if val_set is None:
         raise common.UsageError("regla seg eval: the recipe sets no val_labels (give --set val_labels=... and "
                                 "val_images)")
+    model = _trained_model(cfg, args.weights)
     meter = evaluate_segmenter(model, val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
                                cfg["test_stride"], cfg.get("eval_images"), show_bar=not args.no_progress)
     scores = seg_scores(meter)
@@ -106,16 +110,16 @@ def evaluate(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     import torch
 
+    from .backbone import norm_stats
     from .predict import colour_labels, read_image, write_png
     from .segmenter import infer_logits
-    from .tasks import norm_stats
     from .transforms import SegTestTransform
 
     cfg = common.eval_config(schema(), args, KIND)
     image = read_image(args.image)
     out = resolve_output(args.output, f"{Path(args.image).stem}_seg.png")
     model = _trained_model(cfg, args.weights)
-    x, _ = SegTestTransform(*norm_stats(model.body, cfg), cfg["scale"])(image, None)
+    x, _ = SegTestTransform(*norm_stats(cfg), cfg["scale"])(image, None)
     device = next(model.parameters()).device
     with torch.no_grad():
         logits = infer_logits(model, x[None].to(device), tuple(image.shape[-2:]), cfg["test_mode"],

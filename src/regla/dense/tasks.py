@@ -10,7 +10,6 @@ and logs are the harness's.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from ..data.errors import DataError
 from ..data.samplers import EpochSampler
 from ..errors import UsageError
 from ..runs.task import Built
+from .backbone import norm_stats
 from .config import samples_per_epoch
 from .detector import build_detector
 from .evaluate import evaluate_detector, evaluate_segmenter
@@ -60,10 +60,15 @@ class DetTask:
 
     def __init__(self, show_bar: bool = False) -> None:
         self.show_bar = show_bar
+        self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
         self.cfg: dict[str, Any] = {}
         self.load_report = None
         self.class_names: list[str] = []
+
+    def prepare(self, cfg: dict[str, Any]) -> None:
+        """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
+        self.train_set, self.val_set = self.datasets(cfg)
 
     def datasets(self, cfg: dict[str, Any], train: bool = True) -> tuple[CocoInstances | None, CocoInstances | None]:
         """The training and validation sets of the recipe (None where not needed or not given)."""
@@ -89,7 +94,9 @@ class DetTask:
         return n
 
     def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
-        train_set, self.val_set = self.datasets(cfg)
+        if self.train_set is None:
+            self.prepare(cfg)
+        train_set = self.train_set
         self.cfg, self.class_names = cfg, train_set.class_names
         model, self.load_report = build_detector(cfg, self.num_classes(cfg, train_set), log=rank == 0)
         loader = _loader(train_set, cfg, rank, world_size, collate_fn=detection_collate)
@@ -128,13 +135,19 @@ class SegTask:
 
     def __init__(self, show_bar: bool = False) -> None:
         self.show_bar = show_bar
+        self.train_set: SegmentationFolder | None = None
         self.val_set: SegmentationFolder | None = None
         self.cfg: dict[str, Any] = {}
         self.load_report = None
 
-    def datasets(self, cfg: dict[str, Any], mean: Any, std: Any,
+    def prepare(self, cfg: dict[str, Any]) -> None:
+        """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
+        self.train_set, self.val_set = self.datasets(cfg)
+
+    def datasets(self, cfg: dict[str, Any],
                  train: bool = True) -> tuple[SegmentationFolder | None, SegmentationFolder | None]:
         """The training and validation sets of the recipe (None where not needed or not given)."""
+        mean, std = norm_stats(cfg)
         common = dict(num_classes=cfg["num_classes"], reduce_zero_label=cfg["reduce_zero_label"],
                       check=cfg["check_labels"], show_bar=self.show_bar)
         train_set = None
@@ -152,9 +165,10 @@ class SegTask:
 
     def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
         self.cfg = cfg
+        if self.train_set is None:
+            self.prepare(cfg)
+        train_set = self.train_set
         model, self.load_report = build_segmenter(cfg, cfg["num_classes"], log=rank == 0)
-        mean, std = norm_stats(model.body, cfg)
-        train_set, self.val_set = self.datasets(cfg, mean, std)
         loader = _loader(train_set, cfg, rank, world_size, drop_last=len(train_set) >= cfg["batch_size"])
         extra = {"num_classes": cfg["num_classes"],
                  "backbone_load": self.load_report.summary() if self.load_report else None}
@@ -179,13 +193,3 @@ class SegTask:
     def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return model.state_dict()
 
-
-def norm_stats(body: nn.Module, cfg: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The recipe's mean/std, else the backbone's pretrained config's (ImageNet's)."""
-    from .detector import _norm_stats
-
-    return _norm_stats(body, cfg)
-
-
-def run_dir_of(cfg: dict[str, Any]) -> Path:
-    return Path(cfg.get("output") or "runs")
