@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ KIND = "seg"
 DEMO_RECIPE: dict[str, Any] = dict(
     backbone="regla_t", fpn_channels=64, head_channels=64, num_classes=21, scale=[640, 320], crop_size=256,
     batch_size=4, iters_per_epoch=20, epochs=8, lr=2e-3, sched="cosine", warmup_updates=10, warmup_lr=1e-5,
-    min_lr=1e-5, photometric=False, workers=0, eval_every=8, device="cpu", output="runs/seg_demo")
+    min_lr=1e-5, photometric=False, workers=0, eval_every=8, device="cpu", output="runs/seg_demo",
+    torch_threads=max(1, min(4, (os.cpu_count() or 2) // 2)))  # one per physical core
 DEMO_TARGETS = {"mIoU": 80.0}
 
 
