@@ -183,3 +183,18 @@ def test_predict_writes_a_png(voc: Path, tmp_path: Path, kind: str) -> None:
                  "--output", str(out), "--device", "cpu", "--no-progress"]) == 0
     with Image.open(out) as im:
         assert im.size == (500, 375) and im.mode == "RGB"
+
+
+@pytest.mark.parametrize("kind", ["det", "seg"])
+def test_table4_recipes_are_valid(kind: str, capsys: pytest.CaptureFixture) -> None:
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs" / kind).glob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        assert main([kind, "train", "-c", str(path), "--print-config"]) == 0
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        assert cfg["backbone"] == path.stem and cfg["fpn_channels"] == 256
+        if kind == "det":
+            recipe = (cfg["epochs"], cfg["lr"], cfg["decay_milestones"], cfg["warmup_updates"])
+            assert recipe == (12, 2e-4, [8, 11], 500)
+        else:
+            assert cfg["epochs"] * cfg["iters_per_epoch"] in (40_000, 80_000) and cfg["sched"] == "poly"
