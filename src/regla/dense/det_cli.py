@@ -22,8 +22,8 @@ KIND = "det"
 #: The demo: ReGLA-T from scratch, a slim FPN/heads at 384 px, on the one VOC photo (a fit test).
 DEMO_RECIPE: dict[str, Any] = dict(
     backbone="regla_t", fpn_channels=64, mask_head_channels=64, box_head_dim=256, roi_batch_size=128,
-    min_size=384, max_size=512, freeze_bn=False, batch_size=1, iters_per_epoch=10, epochs=8, lr=1e-3,
-    sched="cosine", warmup_updates=5, warmup_lr=1e-5, min_lr=1e-5, workers=0, eval_every=8, device="cpu",
+    min_size=384, max_size=512, freeze_bn=False, batch_size=1, iters_per_epoch=10, epochs=12, lr=2e-3,
+    sched="cosine", warmup_updates=10, warmup_lr=1e-5, min_lr=1e-5, workers=0, eval_every=12, device="cpu",
     output="runs/det_demo",
     torch_threads=max(1, min(4, (os.cpu_count() or 2) // 2)))  # one per physical core
 DEMO_TARGETS = {"bbox_AP50": 90.0, "segm_AP50": 80.0}
