@@ -198,3 +198,16 @@ def test_table4_recipes_are_valid(kind: str, capsys: pytest.CaptureFixture) -> N
             assert recipe == (12, 2e-4, [8, 11], 500)
         else:
             assert cfg["epochs"] * cfg["iters_per_epoch"] in (40_000, 80_000) and cfg["sched"] == "poly"
+
+
+def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from regla.dense.cli_common import demo_report
+    from regla.errors import RunFailure
+
+    assert demo_report(tmp_path, {"mIoU": 85.0, "aAcc": 97.0}, {"mIoU": 80.0}, "regla seg train --demo") == 0
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert saved["passed"] and saved["targets"]["mIoU"] == {"value": 85.0, "target": 80.0, "ok": True}
+    assert "mIoU:  85.00" in capsys.readouterr().out
+    with pytest.raises(RunFailure, match="missed its targets \\(segm_AP50\\)"):
+        demo_report(tmp_path, {"bbox_AP50": 95.0, "segm_AP50": 70.0}, {"bbox_AP50": 90.0, "segm_AP50": 80.0}, "x")
+    assert not json.loads((tmp_path / "demo.json").read_text())["passed"]
