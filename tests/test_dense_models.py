@@ -211,3 +211,43 @@ def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, cap
     with pytest.raises(RunFailure, match="missed its targets \\(segm_AP50\\)"):
         demo_report(tmp_path, {"bbox_AP50": 95.0, "segm_AP50": 70.0}, {"bbox_AP50": 90.0, "segm_AP50": 80.0}, "x")
     assert not json.loads((tmp_path / "demo.json").read_text())["passed"]
+
+
+@pytest.mark.parametrize("kind", ["det", "seg"])
+def test_eval_writes_scores(voc: Path, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture) -> None:
+    from regla.dense.detector import build_detector
+    from regla.dense.segmenter import build_segmenter
+
+    cfg = det_cfg(voc, mask_head_channels=16, box_head_dim=64) if kind == "det" else seg_cfg(voc)
+    model = build_detector(cfg, 21)[0] if kind == "det" else build_segmenter(cfg, 21)[0]
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([kind, "eval", "--weights", str(tmp_path / "weights.pth"), "--device", "cpu", "--no-progress"]) == 0
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    if kind == "det":
+        assert "bbox_AP" in scores and isinstance(json.loads((tmp_path / "results.json").read_text()), list)
+    else:
+        assert "per_class_IoU" in scores
+    assert ("segm_AP50" if kind == "det" else "mIoU") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["det", "seg"])
+def test_demo_runs_on_the_harness_contract(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--demo`` through a stand-in harness that keeps the contract of regla.runs.task (build, one step, evaluate):
+    the CLI wiring, the data preparation and demo.json (one step cannot meet the targets: exit 1)."""
+    import sys
+    import types
+
+    def fake_run(task, cfg, resume=None, show_bar=True):
+        built = task.build(cfg, torch.device("cpu"), 0, 1)
+        loss, _ = task.step(built.model.train(), next(iter(built.train_loader)), torch.device("cpu"))
+        loss.backward()
+        return types.SimpleNamespace(run_dir=cfg["output"], last=task.evaluate(built.model, 0))
+
+    monkeypatch.setitem(sys.modules, "regla.runs.harness", types.SimpleNamespace(run=fake_run))
+    monkeypatch.setenv("REGLA_CACHE", str(tmp_path / "cache"))
+    small = ["--set", "min_size=128", "--set", "max_size=160"] if kind == "det" else ["--set", "scale=[160,120]",
+                                                                                      "--set", "crop_size=96"]
+    assert main([kind, "train", "--demo", "--output", str(tmp_path / "run"), "--no-progress", *small]) == 1
+    report = json.loads((tmp_path / "run" / "demo.json").read_text())
+    assert report["passed"] is False and report["targets"]

@@ -77,11 +77,11 @@ SEG_FIELDS: dict[str, Field] = {
 DET_DEFAULTS: dict[str, Any] = dict(
     epochs=12, batch_size=2, opt="adamw", lr=2e-4, weight_decay=0.05, sched="multistep", decay_milestones=[8, 11],
     decay_rate=0.1, warmup_updates=500, warmup_lr=2e-7, min_lr=0.0, model_ema=False, clip_grad=None, workers=2,
-    output="runs/det", eval_every=1, score_key="bbox_AP")
+    output="runs/det", eval_every=1)
 SEG_DEFAULTS: dict[str, Any] = dict(
     epochs=80, iters_per_epoch=1000, batch_size=2, opt="adamw", lr=1e-4, weight_decay=0.05, sched="poly",
     decay_rate=0.9, warmup_epochs=0, warmup_updates=0, min_lr=0.0, model_ema=False, clip_grad=None, workers=4,
-    output="runs/seg", eval_every=8, score_key="mIoU")
+    output="runs/seg", eval_every=8)
 
 
 def _with_defaults(fields: Mapping[str, Field], defaults: Mapping[str, Any]) -> dict[str, Field]:
@@ -100,8 +100,7 @@ def _ratios(cfg: Mapping[str, Any]) -> str | None:
 
 
 def _schema(own: Mapping[str, Field], defaults: Mapping[str, Any], rules: list) -> Schema:
-    run = {k: f for k, f in RUN_FIELDS.items() if k != "score_key"}
-    return Schema(_with_defaults({**run, **own}, {k: v for k, v in defaults.items() if k != "score_key"}), rules)
+    return Schema(_with_defaults({**RUN_FIELDS, **own}, defaults), rules)
 
 
 DET_SCHEMA = _schema(DET_FIELDS, DET_DEFAULTS, [_sizes])
