@@ -1,8 +1,8 @@
 """Any timm ``features_only`` backbone (ReGLA, RepNeXt, iFormer, RepViT, most timm CNNs) under a torchvision
 ``FeaturePyramidNetwork``, initialised from a classification checkpoint through :mod:`regla.checkpoints`.
 
-``features_only`` models rename flattened stages (``stages.0.x`` -> ``stages_0.x``); :func:`init_from_classifier`
-maps a classifier's keys onto the feature model's by that rule and reports, through
+``features_only`` models rename flattened stages (``stages.0.x`` -> ``stages_0.x``, or nest the model under
+``model.``); :func:`init_from_classifier` maps a classifier's keys onto the feature model's by those rules and reports, through
 :func:`regla.checkpoints.load_into`, which tensors were loaded and which were left unused (the classifier head).
 """
 
@@ -81,7 +81,8 @@ def init_from_classifier(body: nn.Module, path: str | Path, prefer_ema: bool = T
     :class:`CheckpointError` naming the file.
     """
     weights = read_weights(path, prefer_ema=prefer_ema)
-    own = {_flat(k): k for k in body.state_dict()}
+    own = {_flat(k.removeprefix("model.")): k for k in body.state_dict()}  # FeatureGetterNet nests as .model
+    own.update({_flat(k): k for k in body.state_dict()})
     state = {own.get(_flat(k), k): v for k, v in weights.state.items()}
     _, report = load_into(body, state, strict=False, allow_fused=False, source=weights.describe())
     if report.mismatched or not report.loaded:
