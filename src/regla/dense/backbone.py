@@ -2,8 +2,9 @@
 ``FeaturePyramidNetwork``, initialised from a classification checkpoint through :mod:`regla.checkpoints`.
 
 ``features_only`` models rename flattened stages (``stages.0.x`` -> ``stages_0.x``, or nest the model under
-``model.``); :func:`init_from_classifier` maps a classifier's keys onto the feature model's by those rules and reports, through
-:func:`regla.checkpoints.load_into`, which tensors were loaded and which were left unused (the classifier head).
+``model.``); :func:`init_from_classifier` maps a classifier's keys onto the feature model's by those rules and
+reports, through :func:`regla.checkpoints.load_into`, which tensors were loaded and which were left unused (the
+classifier head).
 """
 
 from __future__ import annotations
