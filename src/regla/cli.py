@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("regla.bench.cli", "measure params, MACs, CPU latency (ONNX Runtime, PyTorch) and memory vs peers"),
     "export": ("regla.deploy.cli", "export a fused model to ONNX, Core ML (.mlpackage) or TorchScript, checked"),
     "sam": ("regla.sam.cli", "segment anything on a fast encoder (RepViT-SAM, ReGLA-SAM): predict, export, distill"),
+    "det": ("regla.dense.det_cli", "Mask R-CNN on COCO-format data with any backbone: train, eval, predict, --demo"),
+    "seg": ("regla.dense.seg_cli", "Semantic FPN on ADE-format data with any backbone: train, eval, predict, --demo"),
 }
 
 MAX_MESSAGE_LINES = 2

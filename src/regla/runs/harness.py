@@ -173,7 +173,7 @@ def _run(task: Task, cfg: dict[str, Any], resume: str | Path | None, show_bar: b
         parts.ctx.model = torch.compile(parts.ctx.model)
     if d.primary:
         _logger.info("%s: %s; %d process(es) on %s; global batch %d; lr %.3g; epochs %d -> %d; run folder %s",
-                     task.command, cfg.get("model"), d.world_size, d.device,
+                     task.command, cfg.get("model") or cfg.get("backbone"), d.world_size, d.device,
                      cfg["batch_size"] * d.world_size * cfg["grad_accum"], parts.lr, start_epoch, parts.num_epochs,
                      run_dir)
     with StopSignals(d, command=task.command) as stop:

