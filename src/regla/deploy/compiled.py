@@ -3,6 +3,10 @@
 :func:`compile_for` compiles a fused eval model for one shape (``dynamic=False``: one specialised graph, as a
 server running at a fixed size uses it) and returns the compiled callable with the compile time (the first call,
 which traces, lowers and builds the C++ kernels) measured separately from the steady-state latency.
+
+Weights are frozen (inductor's ``freezing`` option, what PyTorch recommends for CPU inference): they become
+constants, so inductor folds them and pre-packs the convolution weights for oneDNN. Without it, regla_t at 224 px
+ran slower compiled than eager on this CPU.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ class CompileError(RunFailure):
     """``torch.compile`` could not compile or run a model (exit code 1)."""
 
 
-def compile_for(model: nn.Module, example: torch.Tensor, mode: str | None = None) -> tuple[Callable, float]:
+def compile_for(model: nn.Module, example: torch.Tensor) -> tuple[Callable, float]:
     """Compile ``model`` for ``example``'s shape; return ``(compiled, compile_seconds)`` after one checked call."""
     import torch._dynamo
 
     torch._dynamo.reset()  # a fresh cache: compile time is this model's alone
-    compiled = torch.compile(model, backend="inductor", mode=mode, dynamic=False, fullgraph=False)
+    compiled = torch.compile(model, backend="inductor", dynamic=False, fullgraph=False,
+                             options={"freezing": True})
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():

@@ -86,16 +86,30 @@ def delegation_summary(graph) -> tuple[int, int]:
     return delegated, portable
 
 
-def load_method(program: bytes | str | os.PathLike):
-    """The ``forward`` method of a program (bytes or a ``.pte`` path) in ExecuTorch's runtime."""
-    from executorch.runtime import Runtime
+class LoadedMethod:
+    """The ``forward`` method of a loaded program, holding the program (and its bytes) alive while it is used.
 
-    runtime = Runtime.get()
-    source = program if isinstance(program, bytes) else Path(program)
-    try:
-        return runtime.load_program(source).load_method("forward")
-    except Exception as e:  # noqa: BLE001
-        raise ExecuTorchError(f"ExecuTorch could not load the program: {type(e).__name__}: {e}") from e
+    ExecuTorch's ``Method`` points into its ``Program``: dropping the program while keeping the method crashes the
+    process on the next ``execute``, so both live here together.
+    """
+
+    def __init__(self, program: bytes | str | os.PathLike):
+        from executorch.runtime import Runtime
+
+        self.source = program if isinstance(program, bytes) else Path(program)
+        try:
+            self.program = Runtime.get().load_program(self.source)
+            self.method = self.program.load_method("forward")
+        except Exception as e:  # noqa: BLE001
+            raise ExecuTorchError(f"ExecuTorch could not load the program: {type(e).__name__}: {e}") from e
+
+    def execute(self, inputs: tuple) -> list:
+        return self.method.execute(inputs)
+
+
+def load_method(program: bytes | str | os.PathLike) -> LoadedMethod:
+    """The ``forward`` method of a program (bytes or a ``.pte`` path) in ExecuTorch's runtime."""
+    return LoadedMethod(program)
 
 
 def runner(program: bytes | str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
