@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {DEFAULT_REFERENCE}, when it is benchmarked)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: ONNX Runtime per-node profile of each model (time by operator type, "
-                             "by stage/sub-module and by block), printed and written as profile_<model>_<px>.json")
+                             "by stage/sub-module and by block), printed and written as profile_<model>_<px>.json; "
+                             "with eager among --backends also torch.profiler of PyTorch eager "
+                             "(profile_eager_<model>_<px>.json)")
     parser.add_argument("--output", "-o", default="bench_out",
                         help="output folder (default bench_out/); results replace earlier results of the same name "
                              "in it, other files are left alone")
@@ -117,7 +119,7 @@ def config_of(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write JSON/CSV/Markdown/PNGs. Returns 1 if every model failed."""
-    from .report import errors, int8_speedups, latency_ratios, text_table, write_outputs
+    from .report import compile_vs_ort, errors, int8_speedups, latency_ratios, text_table, write_outputs
     from .runner import run_bench
 
     out = output_folder(args.output)
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             if ratios:
                 print(f"\n{backend} latency of {reference} at {res} px / each model's (median of per-round ratios): "
                       + ", ".join(f"{label} {x:.2f}" for label, x in ratios))
-    for line in int8_speedups(doc):
+    for line in int8_speedups(doc) + compile_vs_ort(doc):
         print(line)
     m = doc["machine"]
     print(f"\n{m['cpu']}, threads: {m['threads']}; {doc['duration_s']:.0f} s; wrote "
@@ -168,15 +170,22 @@ def run_profile(names: list[str], cfg, output: Path) -> int:
     from ..outputs import atomic_write_text
     from .measure import physical_cores
     from .models import bench_model
-    from .profile import format_profile, profile_onnx
+    from .profile import format_profile, profile_eager, profile_onnx
 
     threads = cfg.threads or physical_cores()
     with tempfile.TemporaryDirectory(prefix="regla-profile-") as tmp:
         for name in names:
-            path = export_onnx(create_fused_model(name), Path(tmp) / f"{name}.onnx", min(cfg.resolutions))
+            model = create_fused_model(name)
+            path = export_onnx(model, Path(tmp) / f"{name}.onnx", min(cfg.resolutions))
             for res in cfg.resolutions:
                 prof = profile_onnx(path, res, threads, runs=max(cfg.min_runs, 1))
                 prof.update(model=name, resolution=res, threads=threads)
                 out = atomic_write_text(output / f"profile_{name}_{res}.json", json.dumps(prof, indent=2))
                 print(format_profile(bench_model(name).label, res, prof) + f"\n  -> {out}\n")
+                if "eager" in cfg.backends:
+                    prof = profile_eager(model, res, threads, runs=max(cfg.min_runs, 1))
+                    prof.update(model=name, resolution=res, threads=threads)
+                    out = atomic_write_text(output / f"profile_eager_{name}_{res}.json", json.dumps(prof, indent=2))
+                    print(format_profile(bench_model(name).label + " (PyTorch eager, torch.profiler)", res, prof)
+                          + f"\n  -> {out}\n")
     return 0
