@@ -3,7 +3,11 @@
 * ONNX Runtime: :func:`quantize_onnx` = ``onnxruntime.quantization.quant_pre_process`` (shape inference and graph
   optimisation, as ONNX Runtime recommends) then ``quantize_static`` in the QDQ format, int8 weights per output
   channel, uint8 activations (the U8S8 layout ONNX Runtime's x86 kernels are fastest with), MinMax calibration fed
-  by a :class:`ImageReader` (an ``onnxruntime.quantization.CalibrationDataReader``).
+  by a :class:`ImageReader` (an ``onnxruntime.quantization.CalibrationDataReader``). Weights use 7 bits
+  (``reduce_range=True``): ONNX Runtime's U8S8 kernels on x86 CPUs without VNNI (AVX2, this machine's EPYC) add
+  pairs of u8*s8 products in 16 bits, which saturates with full-range weights. On the `regla train --demo` model
+  (digits validation set, 32 px) full range gave 98.61 % top-1 agreement with fp32 and mean logit cosine 0.9932;
+  7-bit weights 99.72 % and 0.9996.
 * ExecuTorch / XNNPACK: :func:`quantize_pt2e` = ``torch.export`` then torchao's PT2E flow
   (``prepare_pt2e`` -> calibration forwards -> ``convert_pt2e``) with ExecuTorch's ``XNNPACKQuantizer``,
   symmetric int8, per-channel weights, as ExecuTorch's XNNPACK documentation describes.
@@ -11,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -48,13 +53,20 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    root = logging.getLogger()  # the quantizer logs per-tensor notes (1-D weights per channel) on the root logger
+    level = root.level
     with tempfile.TemporaryDirectory(prefix="regla-quant-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        quantize_static(str(pre), str(out_path), ImageReader(images, input_name), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)  # keeps per-tensor min/max only, not tensors
+        root.setLevel(logging.ERROR)
+        try:
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+            quantize_static(str(pre), str(out_path), ImageReader(images, input_name), quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)  # keeps per-tensor min/max, not tensors
+        finally:
+            root.setLevel(level)
     return Path(out_path)
 
 
