@@ -27,8 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("regla.train.cli", "train a backbone: Table 2 recipes, your own image folder, or --demo"),
     "eval": ("regla.eval.cli", "top-1/top-5 and throughput of any weights file (training-time or fused) on a folder"),
     "plot": ("regla.train.plot_cli", "draw the training curves of run folders to a PNG"),
-    "bench": ("regla.bench.cli", "measure params, MACs, CPU latency (ONNX Runtime, PyTorch) and memory vs peers"),
-    "export": ("regla.deploy.cli", "export a fused model to ONNX, Core ML (.mlpackage) or TorchScript, checked"),
+    "bench": ("regla.bench.cli", "params, MACs, CPU latency (ORT, PyTorch, ExecuTorch; fp32, int8), memory vs peers"),
+    "export": ("regla.deploy.cli", "fused export to ONNX, ExecuTorch, Core ML or TorchScript (int8 too), checked"),
 }
 
 MAX_MESSAGE_LINES = 2
