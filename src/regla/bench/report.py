@@ -97,7 +97,9 @@ def table_rows(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
     header += [f"{LABELS[b]}@{r} ms" for b in backends for r in resolutions]
     if "compile" in backends:
         header += [f"Compile s@{r}" for r in resolutions]
-    header += [f"Mem@{top} MB", "Exp. ORT", "Top-1 (pub.)"]
+    mem = any(r["memory"] for r in doc["results"])
+    growth = len(resolutions) > 1 and "ort" in backends
+    header += ([f"Mem@{top} MB"] if mem else []) + (["Exp. ORT"] if growth else []) + ["Top-1 (pub.)"]
     if any(r["growth_512_1024"] for r in doc["results"]):
         header.insert(-1, "ORT 1024/512")
     rows, notes = [], {}
@@ -112,8 +114,8 @@ def table_rows(doc: dict) -> tuple[list[str], list[list[str]], list[str]]:
         row += [_cell(r, b, x, notes) for b in backends for x in resolutions]
         if "compile" in backends:
             row += [_fmt(r.get("prepare_s", {}).get("compile", {}).get(str(x)), ".1f") for x in resolutions]
-        row += [_fmt(r["memory"].get(str(top), {}).get("peak_delta_mb"), ".1f"),
-                _fmt(r["growth_exponent"].get("ort"), ".2f")]
+        row += [_fmt(r["memory"].get(str(top), {}).get("peak_delta_mb"), ".1f")] if mem else []
+        row += [_fmt(r["growth_exponent"].get("ort"), ".2f")] if growth else []
         if "ORT 1024/512" in header:
             row.append(_fmt(r["growth_512_1024"].get("ort"), ".2f"))
         row.append(_fmt(pub["top1"], "g") if pub else "-")

@@ -141,7 +141,8 @@ def check_set(folder: str | os.PathLike | None, hw: tuple[int, int], norm: tuple
     """
     root = check_folder(folder) if folder is not None else digits_folder("val")
     files = image_files(root)
-    rest = [f for f in files if f not in set(exclude)]
+    used = set(exclude)
+    rest = [f for f in files if f not in used]
     chosen = spread(rest if len(rest) >= 10 else files, limit)
     return read_images(chosen, hw, norm, source=str(root))
 
