@@ -20,9 +20,11 @@ WORK = {
     "train": "regla.train.trainer.train",
     "export": "regla.deploy.export.export_model",
     "bench": "regla.bench.runner.run_bench",
-    "plot": "regla.train.plot_cli.plot_runs",
+    "plot": "regla.runs.plot_cli.plot_runs",
     "models": "regla.models.cli.model_rows",
-    "eval": "regla.train.engine.evaluate",
+    "eval": "regla.train.evaluate.evaluate",
+    "knn": "regla.eval.knn.extract_features",
+    "distill": "regla.runs.harness.run",
 }
 
 
@@ -43,6 +45,9 @@ EXPORT = ("export", "regla_t", "-o", "{out}/m.onnx")
 BENCH = ("bench", "--models", "regla_t", "--resolutions", "64", "-o", "{out}")
 EVAL = ("eval", "--data", "{data}", "--checkpoint", "{weights}", "--model", "regla_t", "--num-classes", "2",
         "--device", "cpu", "--workers", "0")
+KNN = ("knn", "--bank", "{data}/train", "--queries", "{data}/val", "--model", "regla_t", "--device", "cpu",
+       "--workers", "0")
+DISTILL = ("distill", "--data", "{data}", "--output", "{out}", "--model", "regla_t", "--device", "cpu")
 NO_GPU = "--device cuda needs a machine without a GPU"
 
 CASES: dict[str, Case] = {
@@ -156,6 +161,53 @@ CASES: dict[str, Case] = {
     "eval --device cuda:99": case(*EVAL, "--device", "cuda:99", says="cuda:99"),
     "eval --amp bad": case(*EVAL, "--amp", "fp8", says="invalid choice"),
     "eval --json under a file": case(*EVAL, "--json", "{file}/m.json", says="{file}"),
+    # regla knn
+    "knn --bank missing": case(*KNN, "--bank", "{missing}", says="folder does not exist"),
+    "knn --queries file": case(*KNN, "--queries", "{file}", says="is a file, expected a folder"),
+    "knn --queries other classes": case(*KNN, "--queries", "{folder}", says="no class folders"),
+    "knn no model": case(*KNN[:5], says="--model NAME"),
+    "knn --model unknown": case(*KNN, "--model", "regla_q", says="unknown model"),
+    "knn --checkpoint missing": case(*KNN, "--checkpoint", "{missing}", says="file does not exist"),
+    "knn --checkpoint text": case(*KNN, "--checkpoint", "{file}", says="cannot read checkpoint"),
+    "knn --k 0": case(*KNN, "--k", "20", "0", says="out of range"),
+    "knn --temperature 0": case(*KNN, "--temperature", "0", says="out of range"),
+    "knn --pool bad": case(*KNN, "--pool", "cls", says="invalid choice"),
+    "knn --img-size 0": case(*KNN, "--img-size", "0", says="out of range"),
+    "knn --crop-pct 2": case(*KNN, "--crop-pct", "2", says="out of range"),
+    "knn --interpolation bad": case(*KNN, "--interpolation", "cubic", says="invalid choice"),
+    "knn --batch-size 0": case(*KNN, "--batch-size", "0", says="out of range"),
+    "knn --workers -1": case(*KNN, "--workers", "-1", says="out of range"),
+    "knn --query-chunk 0": case(*KNN, "--query-chunk", "0", says="out of range"),
+    "knn --bank-chunk 0": case(*KNN, "--bank-chunk", "0", says="out of range"),
+    "knn --bank-per-class 0": case(*KNN, "--bank-per-class", "0", says="out of range"),
+    "knn --seed abc": case(*KNN, "--seed", "abc", says="invalid int value"),
+    "knn --device tpu": case(*KNN, "--device", "tpu", says="tpu"),
+    "knn --amp bad": case(*KNN, "--amp", "fp8", says="invalid choice"),
+    "knn --json under a file": case(*KNN, "--json", "{file}/m.json", says="{file}"),
+    # regla distill
+    "distill -c missing": case(*DISTILL, "-c", "no_such_recipe", says="not found"),
+    "distill --data missing": case(*DISTILL, "--data", "{missing}", says="folder does not exist"),
+    "distill --model unknown": case(*DISTILL, "--model", "regla_q", says="unknown model 'regla_q'"),
+    "distill --teachers unknown": case(*DISTILL, "--teachers", "4tea,dinov3", says="teacher 'dinov3'"),
+    "distill no teacher checkpoint": case(*DISTILL, "--teachers", "dinov2", says="teacher dinov2: no checkpoint"),
+    "distill --teacher-checkpoint missing": case(*DISTILL, "--teachers", "dinov2", "--teacher-checkpoint",
+                                                 "dinov2={missing}", says="teacher dinov2: checkpoint"),
+    "distill --teacher-checkpoint no =": case(*DISTILL, "--teacher-checkpoint", "dinov2", says="NAME=PATH"),
+    "distill --knn-bank alone": case(*DISTILL, "--knn-bank", "{data}/train", says="knn_queries go together"),
+    "distill --knn-queries missing": case(*DISTILL, "--knn-bank", "{data}/train", "--knn-queries", "{missing}",
+                                          says="knn_queries"),
+    "distill --output file": case(*DISTILL, "--output", "{file}", says="is a file"),
+    "distill --epochs 0": case(*DISTILL, "--epochs", "0", says="epochs = 0"),
+    "distill --batch-size 0": case(*DISTILL, "--batch-size", "0", says="batch_size = 0"),
+    "distill --lr 0": case(*DISTILL, "--lr", "0", says="lr = 0.0"),
+    "distill --img-size 0": case(*DISTILL, "--img-size", "0", says="img_size = 0"),
+    "distill --device tpu": case(*DISTILL, "--device", "tpu", says="device = 'tpu'"),
+    "distill --seed -1": case(*DISTILL, "--seed", "-1", says="seed = -1"),
+    "distill --workers -1": case(*DISTILL, "--workers", "-1", says="workers = -1"),
+    "distill --amp bad": case(*DISTILL, "--amp", "fp8", says="invalid choice"),
+    "distill --set unknown": case(*DISTILL, "--set", "onlycoss=true", says="did you mean 'onlycos'"),
+    "distill --set bad switch": case(*DISTILL, "--set", "onlycos_tokens=cls", says="onlycos_tokens"),
+    "distill --resume missing": case(*DISTILL, "--resume", "{missing}", says="no such file or folder"),
 }
 
 #: Cases that still fail, with the owner of the file at fault (xfail, strict): empty when every case holds.

@@ -30,7 +30,6 @@ def test_corrupt_images_are_skipped_counted_and_named(tmp_path, caplog):
         warnings.simplefilter("always")
         result = train(cfg, show_bar=False)
     assert result.last["epoch"] == 2  # the run went to the end
-    assert {str(p) for p in result.skipped_images} == bad
     assert set((result.run_dir / "skipped_images.txt").read_text().split()) == bad
     named = " ".join(str(w.message) for w in caught) + caplog.text
     assert all(p in named for p in bad)

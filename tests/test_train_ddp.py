@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from regla.train.engine import StepContext, backward, forward_loss
+from regla.runs.engine import StepContext, backward, forward_loss
 from regla.train.modeling import create_student
-from regla.train.trainer import build_criterion
-from train_helpers import ddp_batch, ddp_recipe
+from regla.train.task import build_criterion
+from train_helpers import criterion_step, ddp_batch, ddp_recipe
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,10 +30,10 @@ def single_process_grads() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = create_student(cfg, num_classes=5).double()
     cpu = torch.device("cpu")
-    ctx = StepContext(model=model, criterion=build_criterion(cfg, 5, cpu), device=cpu,
+    ctx = StepContext(model=model, step=criterion_step(build_criterion(cfg, 5, cpu)), device=cpu,
                       optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
     x, y = ddp_batch()
-    backward(ctx, forward_loss(ctx, x, y), need_update=False)
+    backward(ctx, forward_loss(ctx, (x, y))[0], need_update=False)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -63,7 +63,7 @@ def test_regla_train_under_torchrun_with_sync_bn_and_resume(tmp_path):
     states, then a resumed epoch."""
     import yaml
 
-    from regla.train.checkpoint import load_checkpoint
+    from regla.runs.state import load_checkpoint
     from train_helpers import make_folder, tiny_recipe
 
     data = make_folder(tmp_path / "data", classes=3, train_per_class=8, val_per_class=3)
@@ -106,7 +106,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
 
     import yaml
 
-    from regla.train.checkpoint import load_checkpoint
+    from regla.runs.state import load_checkpoint
     from train_helpers import make_folder, tiny_recipe
 
     data = make_folder(tmp_path / "data", classes=3, train_per_class=8, val_per_class=2)

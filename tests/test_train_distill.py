@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from regla.train.distill import DistillationLoss, load_teacher
 from regla.train.modeling import create_student
-from regla.train.trainer import build_criterion, train
+from regla.train.task import build_criterion
+from regla.train.trainer import train
 from train_helpers import MODEL, make_folder, tiny_recipe
 
 TEACHER = "regnety_002"  # a small RegNetY stands in for regnety_160 (the same family and loading path)

@@ -15,8 +15,8 @@ import torch
 
 from regla.checkpoints import read_weights
 from regla.errors import EXIT_SIGINT, EXIT_SIGTERM, Stopped
-from regla.train import trainer
-from regla.train.checkpoint import COMMIT_LOG, load_checkpoint
+from regla.runs import harness as trainer
+from regla.runs.state import COMMIT_LOG, load_checkpoint
 from regla.train.trainer import train
 from train_helpers import make_folder, tiny_recipe
 
@@ -133,16 +133,16 @@ def test_full_disk_during_a_write_resumes_to_the_same_weights(reference, tmp_pat
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, EXIT_SIGTERM), (signal.SIGINT, EXIT_SIGINT)])
 def test_signal_mid_epoch_saves_a_position_that_resumes_exactly(reference, tmp_path, monkeypatch, signum, code):
     data, full, _ = reference
-    from regla.train import engine
+    from regla.runs import engine
 
     calls = [0]
     real = engine.forward_loss
 
-    def signalling_forward(ctx, images, targets):
+    def signalling_forward(ctx, batch):
         calls[0] += 1
         if calls[0] == 5:  # epoch 2 (3 batches an epoch), second batch
             os.kill(os.getpid(), signum)
-        return real(ctx, images, targets)
+        return real(ctx, batch)
 
     monkeypatch.setattr(engine, "forward_loss", signalling_forward)
     out = tmp_path / "run"
@@ -159,14 +159,14 @@ def test_signal_mid_epoch_saves_a_position_that_resumes_exactly(reference, tmp_p
 
 def test_second_sigint_stops_at_once(reference, tmp_path, monkeypatch):
     data, _, _ = reference
-    from regla.train import engine
+    from regla.runs import engine
 
     real = engine.forward_loss
 
-    def twice(ctx, images, targets):
+    def twice(ctx, batch):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
-        return real(ctx, images, targets)
+        return real(ctx, batch)
 
     monkeypatch.setattr(engine, "forward_loss", twice)
     with pytest.raises(KeyboardInterrupt):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from regla.train.checkpoint import load_checkpoint
+from regla.runs.state import load_checkpoint
 from regla.train.trainer import train
 from train_helpers import make_folder, tiny_recipe
 
@@ -93,7 +93,7 @@ def test_rows_of_a_run_that_died_before_its_first_checkpoint_are_dropped(tmp_pat
     assert len(rows) == 1 and rows[0]["train_loss"] != 99.0
     assert "99.0" not in (out / "metrics.csv").read_text()
     (out / "last.pth").unlink()  # best.pth alone still marks a run that must not be overwritten
-    from regla.train.trainer import RunError
+    from regla.runs.harness import RunError
 
     with pytest.raises(RunError, match="best.pth"):
         train(tiny_recipe(data, out, epochs=1, batch_size=4), show_bar=False)

@@ -10,10 +10,12 @@ import sys
 import torch
 import torch.distributed as dist
 
-from regla.train.engine import StepContext, backward, forward_loss
-from regla.train.modeling import count_sync_bn, create_student, wrap_ddp
-from regla.train.trainer import build_criterion, setup_distributed
-from train_helpers import MODEL, ddp_batch, ddp_recipe
+from regla.runs.ddp import count_sync_bn, wrap_ddp
+from regla.runs.dist import setup_distributed
+from regla.runs.engine import StepContext, backward, forward_loss
+from regla.train.modeling import create_student
+from regla.train.task import build_criterion
+from train_helpers import MODEL, criterion_step, ddp_batch, ddp_recipe
 
 
 def main(out: str) -> None:
@@ -29,8 +31,9 @@ def main(out: str) -> None:
         model = create_student(cfg, num_classes=5).double()
         ddp = wrap_ddp(model, d.device, sync_bn=sync_bn, distributed=True)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        ctx = StepContext(model=ddp, criterion=build_criterion(cfg, 5, d.device), optimizer=opt, device=d.device)
-        backward(ctx, forward_loss(ctx, xs, ys), need_update=False)
+        ctx = StepContext(model=ddp, step=criterion_step(build_criterion(cfg, 5, d.device)), optimizer=opt,
+                          device=d.device)
+        backward(ctx, forward_loss(ctx, (xs, ys))[0], need_update=False)
         result[f"sync_{sync_bn}"] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         result[f"n_sync_{sync_bn}"] = count_sync_bn(ddp)
     if d.rank == 0:

@@ -90,3 +90,11 @@ def eval_args(data: Path, ckpt: Path, **kw: Any):
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     return p.parse_args(argv)
+
+
+def criterion_step(criterion):
+    """A task step that applies a ``regla train`` criterion (images, outputs, targets) to an (x, y) batch."""
+    def step(model, batch, device):
+        x, y = batch
+        return criterion(x, model(x), y), {}
+    return step

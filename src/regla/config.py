@@ -16,9 +16,11 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -210,9 +212,10 @@ def _scalar(kind: type, value: Any) -> Any:
 class Schema:
     """Fields plus cross-field rules; builds plain validated dicts from defaults, recipes and overrides."""
 
-    def __init__(self, fields: Mapping[str, Field], rules: Sequence[Rule] = ()):
+    def __init__(self, fields: Mapping[str, Field], rules: Sequence[Rule] = (), command: str = "regla train"):
         self.fields = dict(fields)
         self.rules = list(rules)
+        self.command = command  # named in messages: `COMMAND --print-config` lists the keys
 
     def defaults(self) -> dict[str, Any]:
         """A fresh copy of every field's default."""
@@ -224,7 +227,7 @@ class Schema:
             return self.fields[key]
         close = difflib.get_close_matches(key, list(self.fields), n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"{source}: unknown option {key!r}{hint} (`regla train --print-config` lists the keys)")
+        raise ConfigError(f"{source}: unknown option {key!r}{hint} (`{self.command} --print-config` lists the keys)")
 
     def coerce(self, key: str, value: Any, source: str) -> Any:
         """``value`` checked and converted for ``key``; a ConfigError names source, key, value and what is allowed."""
@@ -258,6 +261,26 @@ class Schema:
         node[parts[-1]] = value
         return root
 
+    def build(self, config: str | None, overrides: Sequence[str] | None = None,
+              base: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None,
+              configs_dir: str = "") -> dict[str, Any]:
+        """Defaults < ``base`` (demo / resumed run) < recipe file < ``flags`` (shortcut options) < ``key=value``.
+
+        Returns a plain dict with every key, each value checked; raises :class:`ConfigError`.
+        """
+        cfg = self.merge(self.defaults(), base or {}, "built-in recipe")
+        source = "built-in recipe"
+        if config:
+            path = find_config(config, configs_dir)
+            cfg, source = self.merge(cfg, load_yaml(path), str(path)), str(path)
+        if flags:
+            cfg, source = self.merge(cfg, flags, "command line"), "command line"
+        for text in overrides or []:
+            key, value = parse_override(text)
+            cfg, source = self.merge(cfg, {key: value}, f"--set {text}"), "the recipe with its overrides"
+        self.validate(cfg, source)
+        return cfg
+
     def validate(self, cfg: Mapping[str, Any], source: str = "recipe") -> None:
         """Check every field of a complete config, then the cross-field rules."""
         missing = [k for k in self.fields if k not in cfg]
@@ -276,3 +299,51 @@ def _show(value: Any) -> str:
     if isinstance(value, str):
         text += " (a string)"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ----------------------------------------------------------------------------------------------- recipe files
+
+
+def find_config(name_or_path: str, subdir: str = "") -> Path:
+    """Resolve ``name_or_path`` to a YAML file: a path, or a recipe name under ``configs/[subdir/]``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    roots = [Path(os.environ.get("REGLA_CONFIGS", "configs")), Path(__file__).resolve().parents[2] / "configs"]
+    for root in roots:
+        for folder in ((root / subdir, root) if subdir else (root,)):
+            for cand in (folder / name_or_path, folder / f"{name_or_path}.yaml"):
+                if cand.is_file():
+                    return cand
+    where = f"configs/{subdir + '/' if subdir else ''}"
+    raise ConfigError(f"recipe {name_or_path!r} not found (not a file, nor a name under {where})")
+
+
+def load_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one recipe file; it must be a mapping.
+
+    A recipe may start from another with ``base: NAME_OR_PATH`` (resolved like ``-c``; relative paths from the
+    recipe's folder) and change only what differs, as the ablation recipes of Tables 5-8 do.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: recipes include each other in a loop ({' -> '.join(map(str, _seen))})")
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the recipe ({e.strerror})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    local = path.parent / str(base)
+    parent = load_yaml(local if local.is_file() else find_config(str(base)), (*_seen, path))
+    return {**parent, **data}
+
+
+def dump(cfg: Mapping[str, Any]) -> str:
+    """A recipe as YAML text (saved in each run folder as ``config.yaml``)."""
+    return yaml.safe_dump(dict(cfg), sort_keys=False)

@@ -63,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "by stage/sub-module and by block), printed and written as profile_<model>_<px>.json; "
                              "with eager among --backends also torch.profiler of PyTorch eager "
                              "(profile_eager_<model>_<px>.json)")
+    parser.add_argument("--task", choices=("classify", "sam"), default="classify",
+                        help="classify: backbones (default); sam: SAM image encoders at 1024 px (--resolutions to "
+                             "change it) and the mask decoder, ONNX Runtime only, 1 thread unless --threads")
+    parser.add_argument("--sam-encoders", nargs="+", default=None, metavar="NAME[:MODE]",
+                        help="--task sam: encoders to time, e.g. regla_m_sam:fuse repvit_sam mobile_sam sam_vit_b "
+                             "(default: ReGLA-T/M-SAM in both modes, RepViT-SAM, MobileSAM, SAM ViT-B)")
+    parser.add_argument("--sam-eager", action="store_true",
+                        help="--task sam: also time the fused encoders in eager PyTorch (same interleaved rounds)")
     parser.add_argument("--output", "-o", default="bench_out",
                         help="output folder (default bench_out/); results replace earlier results of the same name "
                              "in it, other files are left alone")
@@ -123,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     from .runner import run_bench
 
     out = output_folder(args.output)
+    if args.task == "sam":
+        return run_sam(args, out)
     if args.calib is not None and any(b.endswith("-int8") for b in args.backends):
         from ..deploy.calib import check_folder
 
@@ -158,6 +168,26 @@ def run(args: argparse.Namespace) -> int:
     for err in errors(doc):
         print(f"regla bench: warning: {err}", file=sys.stderr)
     return 1 if all(not r["latency_ms"] for r in doc["results"]) else 0
+
+
+def run_sam(args: argparse.Namespace, out: Path) -> int:
+    """``--task sam``: SAM encoders and decoder in ONNX Runtime (:mod:`regla.bench.sam`)."""
+    from .sam import DEFAULT_SAM_ENCODERS, markdown_table, parse_spec, run_sam_bench, write_sam_outputs
+
+    specs = args.sam_encoders or list(DEFAULT_SAM_ENCODERS)
+    for spec in specs:
+        parse_spec(spec)  # every name checked before the first export
+    sizes = [1024] if list(args.resolutions) == list(DEFAULT_RESOLUTIONS) else sorted(set(args.resolutions))
+    if len(sizes) != 1:
+        raise UsageError(f"--task sam times one resolution, got {sizes}")
+    threads = args.threads or 1
+    _warn_if_busy(threads)
+    doc = run_sam_bench(specs, sizes[0], threads, args.rounds, eager=args.sam_eager, command=_command_line())
+    paths = write_sam_outputs(doc, out)
+    print(markdown_table(doc))
+    print(f"\n{doc['machine']['cpu']}, threads: {threads}; {doc['duration_s']:.0f} s; wrote "
+          + ", ".join(map(str, paths)))
+    return 0
 
 
 def run_profile(names: list[str], cfg, output: Path) -> int:

@@ -133,7 +133,7 @@ def _evaluate(args: argparse.Namespace, d: Any, folder: Path, classes: list[str]
 
     from regla.checkpoints import create_model_from_weights
     from regla.train.data import DataError
-    from regla.train.engine import evaluate
+    from regla.train.evaluate import evaluate
 
     from .samples import CountingBatches, build_loader, gather_skipped
     from .settings import class_names_of, map_classes, resolve_settings
@@ -182,8 +182,8 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     Raises :class:`~regla.errors.UsageError` subclasses for bad input (flags, paths, weights, data) before any
     model is built where it can, and :class:`~regla.eval.samples.TransformError` for a transform failure.
     """
+    from regla.runs.dist import setup_distributed
     from regla.train.data import check_class_folders
-    from regla.train.trainer import setup_distributed
 
     check_args(args)
     check_dataset(args.dataset)

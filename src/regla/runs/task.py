@@ -34,10 +34,16 @@ class Built:
     train_loader: Any
     param_groups: Any = None
     extra: dict[str, Any] = field(default_factory=dict)  # saved in every checkpoint (class map, teacher names ...)
+    arch: dict[str, Any] = field(default_factory=dict)  # what was trained; a resume must match it (default: model)
 
 
 class Task(Protocol):
-    """A trainer, as the harness sees it."""
+    """A trainer, as the harness sees it.
+
+    Optional methods the harness calls when present: ``check_resume(ckpt, cfg, path)`` (instead of comparing
+    ``Built.arch``), ``annotate(row)`` (add columns to an epoch's metrics row) and ``report(row)`` (the epoch's log
+    line). Before :meth:`build` the harness sets ``task.run_dir``, the run folder.
+    """
 
     #: The command that resumes a run, for messages: ``regla train``, ``regla distill`` ...
     command: str

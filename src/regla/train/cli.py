@@ -14,11 +14,9 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..outputs import check_writable
 from ..preflight import check_device, existing_dir, existing_file, require_model
 
 # shortcut flag -> recipe key
@@ -69,9 +67,9 @@ def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe this invocation runs, following the documented precedence."""
-    from .checkpoint import load_checkpoint
-    from .config import DEFAULTS, build_config
-    from .trainer import resume_dir, resume_path
+    from regla.runs.config import resolve_recipe
+
+    from .config import SCHEMA
 
     base: dict[str, Any] = {}
     if args.demo:
@@ -83,26 +81,14 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("the demo reads scikit-learn's digits: pip install 'regla[train]'") from e
 
         base = {**DEMO_RECIPE, "data_dir": str(write_digits())} if not args.print_config else dict(DEMO_RECIPE)
-    if args.resume:
-        check_resume(args.resume)
-    if args.resume and not args.config:
-        saved = load_checkpoint(resume_path(args.resume))["cfg"]
-        base = {k: v for k, v in saved.items() if k in DEFAULTS and k != "output"}  # the folder may have moved
-    cfg = build_config(args.config, args.overrides, base=base, flags=shortcut_overrides(args))
-    if args.resume:  # not a recipe's output either: --output, or the resumed folder
-        cfg["output"] = args.output or str(resume_dir(args.resume))
-    return cfg
-
-
-def check_resume(resume: str) -> None:
-    """``--resume`` names something that exists: a run folder or a checkpoint file (read by the trainer)."""
-    path = Path(resume).expanduser()
-    if not path.exists():
-        raise UsageError(f"--resume {path}: no such file or folder")
+    return resolve_recipe(SCHEMA, args.config, args.overrides, flags=shortcut_overrides(args), base=base,
+                          resume=args.resume, output=args.output)
 
 
 def preflight(cfg: dict[str, Any], resume: str | None) -> None:
     """Everything that can be checked before training starts: model, device, the paths the recipe names."""
+    from regla.runs.config import check_output
+
     require_model(cfg["model"])
     check_device(cfg["device"])
     if cfg["data_dir"] and not cfg["dataset"]:
@@ -111,11 +97,7 @@ def preflight(cfg: dict[str, Any], resume: str | None) -> None:
         existing_file(cfg["initial_checkpoint"], "initial_checkpoint")
     if cfg["distillation_type"] != "none":
         existing_file(cfg["teacher_path"], "--teacher-path")
-    if cfg["output"] or not resume:
-        run_dir = Path(cfg["output"] or Path("runs") / cfg["model"]).expanduser()
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UsageError(f"--output {run_dir}: is a file; a run folder is expected")
-        check_writable(run_dir / "config.yaml")
+    check_output(cfg, resume)
 
 
 def setup_logging() -> None:
@@ -143,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     last = result.last
     if last.get("top1") is not None:
-        print(f"done: {result.epochs} epochs, val top-1 {last['top1']:.2f}% (best {result.best_top1:.2f}%), "
+        print(f"done: {result.epochs} epochs, val top-1 {last['top1']:.2f}% (best {result.best['score']:.2f}%), "
               f"run folder {result.run_dir}")
-    if result.skipped_images:
-        print(f"{len(result.skipped_images)} unreadable image(s) were skipped: see "
+    if last.get("skipped_images"):
+        print(f"{last['skipped_images']} unreadable image(s) were skipped: see "
               f"{result.run_dir / 'skipped_images.txt'}", file=sys.stderr)
     return 0

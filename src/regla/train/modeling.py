@@ -1,16 +1,10 @@
-"""Model creation and wrapping for training: timm ``create_model``, SyncBN, channels-last, checkpointing, DDP.
-
-PyTorch's ``nn.SyncBatchNorm`` only runs on GPUs. On CPU (gloo) ``--set sync_bn=true`` swaps each BatchNorm for
-:class:`GlooSyncBatchNorm`, which computes the batch statistics over all ranks with differentiable all-reduces, so a
-CPU DDP run normalises exactly as one process on the global batch would (used by the tests and CPU clusters).
-"""
+"""The classifier ``regla train`` trains: timm ``create_model`` with the recipe's options (SyncBN and DDP are the
+harness's, :mod:`regla.runs.ddp`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch import nn
 
 
@@ -44,94 +38,3 @@ def create_student(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     if cfg["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
     return model
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose gradient is the sum of the ranks' gradients (each rank's loss uses the global sum)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class GlooSyncBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are over every rank (differentiable all-reduce; works on gloo/CPU).
-
-    Two passes (mean, then centred second moment) give the same numbers as ``BatchNorm2d`` on the global batch.
-    Keeps ``act``/``drop`` of timm's ``BatchNormAct2d`` when converted from one.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            y = nn.BatchNorm2d.forward(self, x)
-        else:
-            y = self._synced(x)
-        if hasattr(self, "act"):
-            y = self.act(self.drop(y))
-        return y
-
-    def _synced(self, x: torch.Tensor) -> torch.Tensor:
-        all_reduce = _AllReduceSum.apply
-        dims = (0, 2, 3)
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        n = all_reduce(count.detach().clone())
-        mean = all_reduce(x.sum(dims)) / n
-        var = all_reduce(((x - mean[None, :, None, None]) ** 2).sum(dims)) / n
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp(min=1), alpha=m)
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
-
-
-_SYNC_CLASSES: dict[type, type] = {nn.BatchNorm2d: GlooSyncBatchNorm}
-
-
-def convert_gloo_sync_bn(module: nn.Module) -> nn.Module:
-    """Swap every ``BatchNorm2d`` (incl. timm's ``BatchNormAct2d``) for :class:`GlooSyncBatchNorm` in place."""
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d) and not isinstance(m, GlooSyncBatchNorm):
-            base = type(m)
-            if base not in _SYNC_CLASSES:
-                _SYNC_CLASSES[base] = type(f"GlooSync{base.__name__}", (GlooSyncBatchNorm, base), {})
-            m.__class__ = _SYNC_CLASSES[base]
-    return module
-
-
-def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
-    """SyncBN for DDP: timm's ``convert_sync_batchnorm`` on GPUs, :class:`GlooSyncBatchNorm` on CPU."""
-    if device.type == "cpu":
-        return convert_gloo_sync_bn(model)
-    from timm.layers import convert_sync_batchnorm
-
-    return convert_sync_batchnorm(model)
-
-
-def count_sync_bn(model: nn.Module) -> int:
-    """Number of synchronised BatchNorm layers in ``model``."""
-    return sum(isinstance(m, (nn.SyncBatchNorm, GlooSyncBatchNorm)) for m in model.modules())
-
-
-def wrap_ddp(model: nn.Module, device: torch.device, sync_bn: bool, distributed: bool) -> nn.Module:
-    """Optionally convert to SyncBN, then wrap in ``DistributedDataParallel`` when running distributed."""
-    if distributed and sync_bn:
-        model = convert_sync_bn(model, device)
-    if not distributed:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)

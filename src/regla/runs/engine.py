@@ -1,8 +1,9 @@
-"""One training epoch and one evaluation pass (timm's train.py loop, reduced to what the recipes use).
+"""One training epoch of any task (timm's train.py loop, reduced to what the recipes use).
 
-Gradient accumulation (``grad_accum`` micro-batches per update, DDP gradient sync only on the last), AMP autocast
-(bf16, or fp16 with timm's ``NativeScaler``), channels-last inputs, per-update LR schedule, EMA update after each
-optimizer step, and a tqdm bar with loss, images/s and learning rate.
+The task's ``step(model, batch, device)`` returns the loss of one micro-batch and named parts to log; this loop adds
+gradient accumulation (``grad_accum`` micro-batches per update, DDP gradient sync only on the last), AMP autocast
+(bf16, or fp16 with timm's ``NativeScaler``), clipping, the per-update LR schedule, the EMA update after each
+optimizer step, a tqdm bar with loss, images/s and learning rate, and a clean early stop at an update boundary.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import unwrap
+from .state import unwrap
+
+#: ``step(model, batch, device) -> (loss, parts)``: a task's loss of one micro-batch.
+StepFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, Any]]"]
 
 
 @dataclass
@@ -25,12 +30,11 @@ class StepContext:
     """What a training step needs besides the batch."""
 
     model: nn.Module
-    criterion: nn.Module
+    step: StepFn
     optimizer: torch.optim.Optimizer
     device: torch.device
     scaler: Any = None  # timm NativeScaler for fp16, else None
     amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
     clip_grad: float | None = None
     clip_mode: str = "norm"
     grad_accum: int = 1
@@ -43,15 +47,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def forward_loss(ctx: StepContext, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Loss of one micro-batch (DeiT distillation loss when the criterion carries a teacher)."""
-    images = images.to(ctx.device, non_blocking=True)
-    targets = targets.to(ctx.device, non_blocking=True)
-    if ctx.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+def forward_loss(ctx: StepContext, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The task's loss of one micro-batch, under autocast."""
     with autocast(ctx.device, ctx.amp_dtype):
-        outputs = ctx.model(images)
-        return ctx.criterion(images, outputs, targets)
+        return ctx.step(ctx.model, batch, ctx.device)
 
 
 def backward(ctx: StepContext, loss: torch.Tensor, need_update: bool) -> None:
@@ -84,37 +83,70 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
+def batch_size_of(batch: Any, parts: dict[str, Any]) -> int:
+    """Images in a batch: ``parts['batch_size']`` if the task gave it, else the length of the batch's first item."""
+    if "batch_size" in parts:
+        return int(parts["batch_size"])
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0]) if hasattr(first, "shape") else len(first)
+
+
 @dataclass
 class EpochPosition:
     """Where an epoch is resumed from (a run stopped inside it) and how it may stop early."""
 
     start_batch: int = 0  # batches already done in this epoch
-    loss_sum: float = 0.0  # the loss meter of those batches
-    loss_count: int = 0
+    meters: dict[str, list] = field(default_factory=dict)  # name -> [sum, count] of those batches
     seen: int = 0
     after_skip: Any = None  # called once the loader has been advanced past start_batch (restores the RNG)
     should_stop: Any = None  # called after each optimizer update; True stops the epoch there
 
 
-def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, scheduler=None, ema=None,
-                    updates_per_epoch: int, sched_on_updates: bool = True, show_bar: bool = True,
-                    max_batches: int | None = None, log_every: int = 50,
-                    position: EpochPosition | None = None) -> dict[str, Any]:
-    """Train for one epoch; returns mean loss, learning rate at the end, images/s and the epoch's time.
+class Meters:
+    """Running means of the loss and the task's named parts; sums stay on the device (no sync per step)."""
+
+    def __init__(self, saved: dict[str, list] | None = None):
+        from timm.utils import AverageMeter
+
+        self._new = AverageMeter
+        self.meters: dict[str, Any] = {}
+        for name, (total, count) in (saved or {}).items():  # exactly as they were (their float32 sums)
+            m = self.meters[name] = AverageMeter()
+            m.sum, m.count = torch.tensor(total, dtype=torch.float32), count
+
+    def update(self, values: dict[str, Any], n: int) -> None:
+        for name, v in values.items():
+            if name == "batch_size" or v is None:
+                continue
+            v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+            self.meters.setdefault(name, self._new()).update(v, n)
+
+    def avg(self, name: str) -> float:
+        return float(self.meters[name].avg)
+
+    def state(self) -> dict[str, list]:
+        return {k: [float(m.sum), int(m.count)] for k, m in self.meters.items()}
+
+    def means(self) -> dict[str, float]:
+        return {k: float(m.avg) for k, m in self.meters.items()}
+
+
+def train_one_epoch(ctx: StepContext, loader, epoch: int, *, scheduler=None, ema=None, updates_per_epoch: int,
+                    sched_on_updates: bool = True, show_bar: bool = True, max_batches: int | None = None,
+                    log_every: int = 50, position: EpochPosition | None = None) -> dict[str, Any]:
+    """Train for one epoch; returns the mean loss and parts (``train_<name>``), the learning rate at the end,
+    images/s and the epoch's time.
 
     On GPUs the loss is read back (a host sync) only every ``log_every`` steps, as timm's train.py does; the bar
     and the non-finite-loss check follow that rhythm. On CPU they run every step. With ``position``, the first
     ``start_batch`` batches are drawn but not trained on (same order and augmentation as the interrupted run), and
     ``should_stop()`` may end the epoch after any update: then ``stopped_at`` is the number of batches done.
     """
-    from timm.utils import AverageMeter
     from tqdm import tqdm
 
     pos = position or EpochPosition()
     ctx.model.train()
-    losses = AverageMeter()  # accumulates device tensors: no sync per step
-    if pos.loss_count:  # the meter exactly as it was (its float32 sum), so the epoch's mean loss is the same
-        losses.sum, losses.count = torch.tensor(pos.loss_sum, dtype=torch.float32), pos.loss_count
+    meters = Meters(pos.meters)
     num_updates = epoch * updates_per_epoch + pos.start_batch // ctx.grad_accum
     n_batches = len(loader) if max_batches is None else min(max_batches, len(loader))
     n_batches -= n_batches % ctx.grad_accum  # leftover micro-batches that cannot fill an update are dropped
@@ -124,21 +156,20 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, sche
     bar = tqdm(total=n_batches, initial=pos.start_batch, desc=f"epoch {epoch + 1}", disable=not show_bar,
                leave=False, dynamic_ncols=True)
     seen, start, stopped_at = pos.seen, time.perf_counter(), None
-    for i, (images, targets) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if i >= n_batches:
             break
         if i < pos.start_batch:  # done before the interruption
             if i + 1 == pos.start_batch and pos.after_skip is not None:
                 pos.after_skip()
             continue
-        if mixup_fn is not None:
-            images, targets = mixup_fn(images, targets)
         need_update = (i + 1) % ctx.grad_accum == 0
         with no_sync(ctx.model, need_update):
-            loss = forward_loss(ctx, images, targets)
+            loss, parts = forward_loss(ctx, batch)
             backward(ctx, loss, need_update)
-        losses.update(loss.detach().float(), images.shape[0])
-        seen += images.shape[0]
+        n = batch_size_of(batch, parts)
+        meters.update({"loss": loss, **parts}, n)
+        seen += n
         if need_update:
             num_updates += 1
             if ema is not None:
@@ -148,7 +179,8 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, sche
         if (i + 1) % every == 0 or i + 1 == n_batches:
             _check_finite(loss, epoch, i)
             rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{float(losses.avg):.4f}", img_s=f"{rate:.0f}", lr=f"{current_lr(ctx.optimizer):.2e}")
+            bar.set_postfix(loss=f"{meters.avg('loss'):.4f}", img_s=f"{rate:.0f}",
+                            lr=f"{current_lr(ctx.optimizer):.2e}")
         bar.update(1)
         if need_update and i + 1 < n_batches and pos.should_stop is not None and pos.should_stop():
             stopped_at = i + 1
@@ -156,10 +188,10 @@ def train_one_epoch(ctx: StepContext, loader, epoch: int, *, mixup_fn=None, sche
     bar.close()
     elapsed = time.perf_counter() - start
     if stopped_at is not None:
-        return {"stopped_at": stopped_at, "loss_sum": float(losses.sum), "loss_count": int(losses.count),
-                "seen": seen}
-    return {"train_loss": reduce_mean(float(losses.avg), ctx.device), "lr": current_lr(ctx.optimizer),
-            "train_img_s": seen / max(elapsed, 1e-9) * world_size(), "epoch_time_s": elapsed}
+        return {"stopped_at": stopped_at, "meters": meters.state(), "seen": seen}
+    means = {f"train_{k}": reduce_mean(v, ctx.device) for k, v in meters.means().items()}
+    return {**means, "lr": current_lr(ctx.optimizer), "train_img_s": seen / max(elapsed, 1e-9) * world_size(),
+            "epoch_time_s": elapsed}
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
@@ -180,39 +212,3 @@ def reduce_mean(value: float, device: torch.device) -> float:
     t = torch.tensor([float(value)], device=device, dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / world_size()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, *, amp_dtype: torch.dtype | None = None,
-             channels_last: bool = False, show_bar: bool = False, desc: str = "eval") -> dict[str, float]:
-    """Top-1/top-5 (timm's ``accuracy``) and loss over ``loader``, summed over ranks (disjoint shards)."""
-    from timm.utils import accuracy
-    from tqdm import tqdm
-
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1 count, top5 count, n
-    seen, start = 0, time.perf_counter()
-    for images, targets in tqdm(loader, desc=desc, disable=not show_bar, leave=False, dynamic_ncols=True):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            logits = model(images)
-        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        logits = logits.float()
-        acc1, acc5 = accuracy(logits, targets, topk=(1, 5))
-        bs = targets.numel()
-        totals[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
-        totals[1] += torch.round(acc1.double() * bs / 100.0)  # percentages back to counts
-        totals[2] += torch.round(acc5.double() * bs / 100.0)
-        totals[3] += bs
-        seen += images.shape[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    if world_size() > 1:
-        dist.all_reduce(totals)
-    n = max(totals[3].item(), 1.0)
-    return {"val_loss": totals[0].item() / n, "top1": 100.0 * totals[1].item() / n,
-            "top5": 100.0 * totals[2].item() / n, "n": int(totals[3].item()),
-            "img_s": reduce_mean(seen / max(elapsed, 1e-9), device) * world_size()}

@@ -1,13 +1,14 @@
-"""Training checkpoints: atomic writes, full-state resume, clear errors for corrupt or foreign files.
+"""Run checkpoints of every trainer: atomic checkpoint sets, full-state resume, clear errors for foreign files.
 
-Each epoch writes ``last.pth`` (and ``best.pth`` when validation top-1 improves) through
+Each epoch writes ``last.pth`` (and ``best.pth`` when the task's score improves) through
 :func:`regla.outputs.atomic_write_bytes` (write a temporary file, fsync, rename), so a run killed at any moment
 leaves the previous checkpoint intact. A checkpoint holds the model, EMA, optimizer, scheduler, loss scaler, the
 number of finished epochs and every rank's RNG state (python, numpy, torch, CUDA); the training sampler's order is a
 function of that state and the epoch, so a resumed run continues on the same curve.
 
-``last.safetensors`` / ``best.safetensors`` hold the plain (EMA if enabled) weights, loadable with
-``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=N))``.
+``last.safetensors`` / ``best.safetensors`` hold the weights the task exports (EMA if enabled): for ``regla train``
+the plain classifier, loadable with ``timm.create_model(name, pretrained=True,
+pretrained_cfg_overlay=dict(file=path, num_classes=N))``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from regla.checkpoints import (
 )
 from regla.outputs import atomic_write_bytes
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"]
+from .config import SCHEDULE_KEYS
+
+__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "recover", "restore", "save_checkpoint"]
 
 FORMAT = TRAIN_FORMAT
 
@@ -96,19 +99,19 @@ def to_bytes(obj: Any) -> bytes:
 
 
 def make_checkpoint(*, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
-                    cfg: dict[str, Any], class_map: dict[str, int] | None, num_classes: int,
-                    best: dict[str, Any], rng_states: list[dict[str, Any]],
-                    position: dict[str, Any] | None = None) -> dict[str, Any]:
+                    cfg: dict[str, Any], arch: dict[str, Any], best: dict[str, Any], rng_states: list[dict[str, Any]],
+                    extra: dict[str, Any] | None = None, position: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything a resume needs; ``epoch`` is the number of finished epochs.
 
+    ``arch`` names what was trained (checked on resume by the task); ``extra`` is the task's own state (the class
+    map of ``regla train``, teacher names of ``regla distill`` ...), stored as top-level keys.
     ``position`` is set for a run stopped inside an epoch (SIGINT/SIGTERM): the batches done in the current epoch,
     every rank's RNG state at the epoch's start (to rebuild the same batch order and augmentation) and the loss
-    meter, so that a resume continues at the next batch exactly.
+    meters, so that a resume continues at the next batch exactly.
     """
     return {
         "format": FORMAT,
-        "arch": {"model": cfg["model"], "num_classes": num_classes,
-                 "distillation": cfg["distillation_type"] != "none", "in_chans": cfg["in_chans"]},
+        "arch": dict(arch),
         "epoch": epoch,
         "model": unwrap(model).state_dict(),
         "model_ema": unwrap(ema.module).state_dict() if ema is not None else None,
@@ -118,8 +121,8 @@ def make_checkpoint(*, model: nn.Module, ema: Any, optimizer: Any, scheduler: An
         "best": dict(best),
         "rng": rng_states,
         "cfg": dict(cfg),
-        "class_map": class_map,
         "position": position,
+        **(extra or {}),
     }
 
 
@@ -139,7 +142,8 @@ def _step(hook: Any, what: str) -> None:
         hook(what)
 
 
-def save_checkpoint(ckpt: dict[str, Any], run_dir: Path, is_best: bool, info: WeightsInfo | None = None,
+def save_checkpoint(ckpt: dict[str, Any], run_dir: Path, is_best: bool,
+                    weights: dict[str, torch.Tensor] | None = None, info: WeightsInfo | None = None,
                     hook: Any = None) -> None:
     """Write ``last`` (and ``best``) ``.pth`` + ``.safetensors`` as ONE consistent set, by a redo log.
 
@@ -148,14 +152,15 @@ def save_checkpoint(ckpt: dict[str, Any], run_dir: Path, is_best: bool, info: We
     3. each pending file is renamed over its target; 4. the log is removed.
 
     A kill before 2 leaves the previous set untouched (the pending files are deleted by :func:`recover`); a kill
-    after 2 is completed by :func:`recover`, which every resume runs first. ``hook`` is for fault-injection tests.
+    after 2 is completed by :func:`recover`, which every resume runs first. ``weights`` (None: none) go to the
+    ``.safetensors`` files with ``info`` as metadata. ``hook`` is for fault-injection tests.
     """
     data = to_bytes(ckpt)
-    weights = ckpt["model_ema"] if ckpt["model_ema"] is not None else ckpt["model"]
-    st = safetensors_bytes(weights, info)
-    names = {"last.pth": data, "last.safetensors": st}
+    names = {"last.pth": data}
+    if weights is not None:
+        names["last.safetensors"] = safetensors_bytes(weights, info)
     if is_best:
-        names.update({"best.pth": data, "best.safetensors": st})
+        names.update({n.replace("last", "best"): v for n, v in names.items()})
     for name, payload in names.items():
         _step(hook, f"write {name}")
         atomic_write_bytes(_pending(run_dir, name), payload)
@@ -208,31 +213,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return read_train_checkpoint(path)
 
 
-def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path: str | Path,
-               class_map: dict[str, int] | None = None, allow_class_change: bool = False) -> None:
-    """Refuse a checkpoint from another architecture, class count or class list, naming both sides.
-
-    ``allow_class_change`` accepts other class names (same count) deliberately, e.g. a renamed folder.
-    """
-    arch = ckpt["arch"]
-    if arch["model"] != cfg["model"]:
-        raise CheckpointError(f"{path} was trained as {arch['model']!r}; this run builds {cfg['model']!r} "
-                              f"(use --model {arch['model']} or another checkpoint)")
-    if arch["num_classes"] != num_classes:
-        raise CheckpointError(f"{path} has {arch['num_classes']} classes; this dataset has {num_classes}")
-    if arch["distillation"] != (cfg["distillation_type"] != "none"):
-        raise CheckpointError(f"{path} was trained with distillation={arch['distillation']}; this run differs")
-    saved = ckpt.get("class_map")
-    if saved and class_map and saved != class_map and not allow_class_change:
-        diff = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(_names(saved), _names(class_map), strict=True))
-                if a != b]
-        raise CheckpointError(f"{path} was trained on other classes ({len(diff)} differ, e.g. "
-                              f"{'; '.join(diff[:3])}): the classifier would be remapped silently; use the same "
-                              "data, or --set allow_class_change=true to continue deliberately")
-
-
-def _names(class_map: dict[str, int]) -> list[str]:
-    return [n for n, _ in sorted(class_map.items(), key=lambda kv: kv[1])]
+def schedule_changed(ckpt: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """Recipe keys that shape the LR schedule and differ between the checkpoint and this run."""
+    return [k for k in SCHEDULE_KEYS if ckpt["cfg"].get(k) != cfg.get(k)]
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -241,15 +224,6 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: st
         load_into(unwrap(model), state_dict, allow_fused=False, source=str(path))
     except CheckpointError as e:
         raise CheckpointError(f"{e} - a checkpoint from another architecture?") from None
-
-
-SCHEDULE_KEYS = ("epochs", "sched", "warmup_epochs", "warmup_lr", "min_lr", "cooldown_epochs", "sched_on_updates",
-                 "lr", "lr_base", "lr_base_batch", "batch_size", "grad_accum")
-
-
-def schedule_changed(ckpt: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
-    """Recipe keys that shape the LR schedule and differ between the checkpoint and this run."""
-    return [k for k in SCHEDULE_KEYS if ckpt["cfg"].get(k) != cfg.get(k)]
 
 
 def restore(ckpt: dict[str, Any], *, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any,

@@ -22,8 +22,9 @@ _NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 class StopSignals:
     """Context manager that turns SIGINT/SIGTERM into a stop request for the duration of a run."""
 
-    def __init__(self, dist_info: Any = None):
+    def __init__(self, dist_info: Any = None, command: str = "regla train"):
         self.dist_info = dist_info
+        self.command = command
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
@@ -69,7 +70,7 @@ class StopSignals:
         where = f"epoch {epoch + 1}, after batch {step}" if step else f"the start of epoch {epoch + 1}"
         code = EXIT_SIGTERM if self.signum == signal.SIGTERM else EXIT_SIGINT
         return Stopped(f"stopped by {name} at {where}; checkpoint saved. Resume with: "
-                       f"regla train --resume {run_dir}", exit_code=code)
+                       f"{self.command} --resume {run_dir}", exit_code=code)
 
 
 def _is_primary(dist_info: Any) -> bool:

@@ -1,4 +1,8 @@
-"""``regla plot RUN_DIR``: training curves (loss, top-1, learning rate) from ``metrics.jsonl`` to a PNG.
+"""``regla plot RUN_DIR``: the curves of any run (losses and their parts, the task's score, learning rate) to a PNG.
+
+Works for every trainer on the harness (``regla train``, ``distill``, ``det``, ``seg``): the loss panel draws every
+``train_*`` loss part and ``val_loss``; the score panel draws the metric the run keeps ``best_<metric>`` of (top-1,
+KNN top-1, box AP, mIoU ...) and its EMA twin.
 
 The inputs are checked before drawing (each RUN_DIR holds a ``metrics.jsonl``; the output place is writable); the
 PNG is written atomically, and ``-o DIR`` writes ``DIR/curves.png`` (the folder rule of :mod:`regla.outputs`).
@@ -20,7 +24,7 @@ DEFAULT_NAME = "curves.png"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``regla plot`` options on ``parser``."""
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) of `regla train`")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) of any regla trainer")
     parser.add_argument("-o", "--out", help=f"PNG path (default RUN_DIR/{DEFAULT_NAME} of the first run); "
                                             f"a folder receives {DEFAULT_NAME}")
 
@@ -31,32 +35,52 @@ def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def loss_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """``train_loss``, the task's loss parts (``train_<part>``) and ``val_loss``, as logged."""
+    keys = [k for k in rows[0] if k.startswith("train_") and k not in ("train_img_s",)]
+    return keys + [k for k in ("val_loss",) if any(r.get(k) is not None for r in rows)]
+
+
+def score_key(rows: list[dict[str, Any]]) -> str:
+    """The metric the run kept ``best_<metric>`` of (``top1`` for runs written before the harness had others)."""
+    for r in rows:
+        for k in r:
+            if k.startswith("best_"):
+                return k[len("best_"):]
+    return "top1"
+
+
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
-    """Three panels (train/val loss, val top-1 and EMA top-1, learning rate), one line per run."""
+    """Three panels (losses, the task's score and its EMA twin, learning rate), one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from regla.runs.logs import read_jsonl
+
     from ..outputs import atomic_write_bytes
-    from .logs import read_jsonl
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    score_names = set()
     try:
         for run in run_dirs:
             rows = read_jsonl(run / "metrics.jsonl")
             if not rows:
-                raise UsageError(f"{run}: no metrics.jsonl rows (is it a `regla train` run folder?)")
+                raise UsageError(f"{run}: no metrics.jsonl rows (is it a regla run folder?)")
             name = run.name
-            for key, style in (("train_loss", "-"), ("val_loss", "--")):
+            for key in loss_keys(rows):
                 x, y = series(rows, key)
-                axes[0].plot(x, y, style, label=f"{name} {key.split('_')[0]}")
-            for key, style in (("top1", "-"), ("top1_ema", ":")):
+                axes[0].plot(x, y, "--" if key == "val_loss" else "-", label=f"{name} {key}")
+            score = score_key(rows)
+            score_names.add(score)
+            for key, style in ((score, "-"), (f"{score}_ema", ":")):
                 x, y = series(rows, key)
                 if x:
-                    axes[1].plot(x, y, style, label=f"{name} {'EMA ' if 'ema' in key else ''}top-1")
+                    axes[1].plot(x, y, style, label=f"{name} {key}")
             axes[2].plot(*series(rows, "lr"), label=name)
-        for ax, title in zip(axes, ("loss", "validation top-1 (%)", "learning rate (end of epoch)"), strict=True):
+        titles = ("loss", " / ".join(sorted(score_names)), "learning rate (end of epoch)")
+        for ax, title in zip(axes, titles, strict=True):
             ax.set_title(title)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -74,7 +98,7 @@ def check_run_dirs(paths: list[str]) -> list[Path]:
     runs = [existing_dir(p, "RUN_DIR") for p in paths]
     for run in runs:
         if not (run / "metrics.jsonl").is_file():
-            raise UsageError(f"RUN_DIR {run}: no metrics.jsonl (is it a `regla train` run folder?)")
+            raise UsageError(f"RUN_DIR {run}: no metrics.jsonl (is it a regla run folder?)")
     return runs
 
 

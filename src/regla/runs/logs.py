@@ -11,10 +11,10 @@ from typing import Any
 
 from regla.outputs import atomic_write_text
 
-_logger = logging.getLogger("regla.train")
+_logger = logging.getLogger("regla.runs")
 
-COLUMNS = ("epoch", "train_loss", "lr", "val_loss", "top1", "top5", "top1_ema", "top5_ema", "best_top1",
-           "train_img_s", "epoch_time_s", "skipped_images")
+#: The first columns of ``metrics.csv``; a task's own metrics follow in the order they first appear.
+LEADING = ("epoch", "train_loss", "lr")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -46,7 +46,7 @@ class MetricsLogger:
         """Forget rows of epochs after the checkpoint we resume from (they will be trained again)."""
         rows = [r for r in read_jsonl(self.jsonl) if r.get("epoch", 0) <= epoch]
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
-        atomic_write_text(self.csv, self._csv_text(rows, header=True))
+        atomic_write_text(self.csv, self._csv_text(rows, columns(rows), header=True))
 
     def _tensorboard(self, resume_epoch: int | None):
         try:
@@ -57,9 +57,9 @@ class MetricsLogger:
         return SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=resume_epoch)
 
     @staticmethod
-    def _csv_text(rows: list[dict[str, Any]], header: bool) -> str:
+    def _csv_text(rows: list[dict[str, Any]], fields: list[str], header: bool) -> str:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         if header:
             w.writeheader()
         for r in rows:
@@ -70,15 +70,34 @@ class MetricsLogger:
         """Append one epoch's row everywhere."""
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
-        header = not self.csv.is_file() or self.csv.stat().st_size == 0
-        with open(self.csv, "a", newline="") as f:
-            f.write(self._csv_text([row], header=header))
+        fields = self._csv_fields()
+        if fields is None or any(k not in fields for k in row):  # new columns: rewrite the CSV from the JSONL
+            rows = read_jsonl(self.jsonl)
+            atomic_write_text(self.csv, self._csv_text(rows, columns(rows), header=True))
+        else:
+            with open(self.csv, "a", newline="") as f:
+                f.write(self._csv_text([row], fields, header=False))
         if self.writer is not None:
             for k, v in row.items():
                 if k != "epoch" and isinstance(v, (int, float)) and v is not None:
                     self.writer.add_scalar(k, v, row["epoch"])
             self.writer.flush()
 
+    def _csv_fields(self) -> list[str] | None:
+        """The CSV's header, or None for a missing or empty file."""
+        if not self.csv.is_file() or self.csv.stat().st_size == 0:
+            return None
+        with open(self.csv, newline="") as f:
+            return next(csv.reader(f), None)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """:data:`LEADING` first, then every other key in the order the rows first show it."""
+    out = [c for c in LEADING if any(c in r for r in rows)]
+    for r in rows:
+        out += [k for k in r if k not in out]
+    return out

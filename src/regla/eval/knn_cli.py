@@ -1,0 +1,207 @@
+"""``regla knn``: weighted k-NN top-1/top-5 of frozen features (DINO's protocol; ReGLA Fig. 3/4, Table 8).
+
+The bank (labelled images the neighbours come from) and the queries (images to classify) are two folders of class
+folders; the queries' classes must be among the bank's. The model is a weights file read through
+:mod:`regla.checkpoints` (``--checkpoint``, the model name from the file or ``--model``), or ``--model`` alone for a
+randomly initialised network (``--seed``), the baseline a distilled student is judged against. The transform
+comes from the flags, then the file, then the model's timm ``pretrained_cfg`` (as ``regla eval``).
+Runs as one process or under torchrun (:mod:`regla.eval.knn`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from regla.errors import UsageError
+from regla.preflight import float_range, int_range
+
+__all__ = ["add_arguments", "folder_batches", "few_shot_indices", "knn_cli", "run"]
+
+POOLS = ("auto", "avg", "prelogits")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bank", required=True, help="labelled images the neighbours come from (class folders)")
+    parser.add_argument("--queries", required=True, help="images to classify (class folders, a subset of the bank's)")
+    parser.add_argument("--checkpoint", help="weights file (.safetensors, a regla run's .pth, a state dict ...)")
+    parser.add_argument("--model", help="timm model name (needed without --checkpoint, or when the file does not "
+                                        "record it)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    parser.add_argument("--k", type=int_range(1), nargs="+", default=[20], help="neighbours (several allowed)")
+    parser.add_argument("--temperature", type=float_range(0.0, lo_open=True), default=0.07,
+                        help="vote weight exp(sim / T)")
+    parser.add_argument("--pool", choices=POOLS, default="auto",
+                        help="feature: avg of the last map/patch tokens, the classifier's pre-logits, or auto")
+    parser.add_argument("--img-size", type=int_range(1), default=None)
+    parser.add_argument("--crop-pct", type=float_range(0.0, 1.0, lo_open=True), default=None)
+    parser.add_argument("--interpolation", default=None, choices=INTERPOLATIONS)
+    parser.add_argument("--batch-size", type=int_range(1), default=256)
+    parser.add_argument("--workers", type=int_range(0), default=4)
+    parser.add_argument("--query-chunk", type=int_range(1), default=1024, help="queries per similarity block")
+    parser.add_argument("--bank-chunk", type=int_range(1), default=65536, help="bank rows per similarity block")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    parser.add_argument("--bank-per-class", type=int_range(1), default=None,
+                        help="a few-shot bank: this many images per class, drawn with --seed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and, without --checkpoint, "
+                                                           "of the initialisation")
+    parser.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
+
+
+def _folder(path: str, flag: str) -> Path:
+    from regla.preflight import existing_dir
+
+    return existing_dir(path, flag)
+
+
+def _check(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
+    """Paths, classes and flags, before any model is built."""
+    from regla.preflight import check_device, existing_file, require_model
+    from regla.train.data import DataError, check_class_folders
+
+    if not args.checkpoint and not args.model:
+        raise UsageError("give --checkpoint FILE (and --model if the file does not record it), or --model NAME "
+                         "for a randomly initialised network")
+    if args.model:
+        require_model(args.model)
+    if args.checkpoint:
+        existing_file(args.checkpoint, "--checkpoint")
+    if args.json_out:
+        from regla.outputs import check_writable
+
+        if Path(args.json_out).is_dir():
+            raise UsageError(f"--json {args.json_out} is a folder; give a file path")
+        check_writable(Path(args.json_out))
+    check_device(args.device)
+    bank, queries = _folder(args.bank, "--bank"), _folder(args.queries, "--queries")
+    classes = check_class_folders(bank)
+    unknown = sorted(set(check_class_folders(queries)) - set(classes))
+    if unknown:
+        raise DataError(f"--queries {queries}: class(es) not in the bank {bank}: {', '.join(unknown[:10])}")
+    return bank, queries, classes
+
+
+def _build_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    import timm
+    import torch
+
+    from regla.checkpoints import WeightsInfo, create_model_from_weights
+
+    if args.checkpoint:
+        model, weights, _ = create_model_from_weights(args.checkpoint, args.model, prefer_ema=not args.no_ema)
+        return model, weights.info
+    torch.manual_seed(args.seed)
+    return timm.create_model(args.model, pretrained=False).eval(), WeightsInfo()
+
+
+def few_shot_indices(targets: list[int], per_class: int, seed: int = 0) -> list[int]:
+    """``per_class`` indices of each class drawn with a fixed seed (a few-shot bank), in index order."""
+    import random
+
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    return sorted(i for c in sorted(by_class) for i in rng.sample(by_class[c], min(per_class, len(by_class[c]))))
+
+
+class _Subset:
+    """Some samples of a dataset whose ``transform`` is the wrapped one's (timm's loader sets it)."""
+
+    def __init__(self, dataset: Any, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
+
+    @property
+    def transform(self) -> Any:
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value: Any) -> None:
+        self.dataset.transform = value
+
+
+def folder_batches(folder: Path, class_map: dict[str, int], config: dict[str, Any], *, batch_size: int,
+                   workers: int, device: Any, rank: int = 0, world: int = 1, per_class: int | None = None,
+                   seed: int = 0) -> Any:
+    """``(images, labels)`` batches of a folder of class folders (this rank's shard) with the evaluation transform
+    of ``config`` (a timm data config); ``per_class``: only that many images per class (seeded)."""
+    from timm.data import create_dataset
+
+    from .samples import CountingBatches, build_loader, wrap_dataset
+
+    ds = create_dataset("", root=str(folder), search_split=False, class_map=class_map)
+    view = wrap_dataset(ds)
+    if per_class:
+        view = _Subset(view, few_shot_indices([t for _, t in ds.reader.samples], per_class, seed))
+    return CountingBatches(build_loader(view, config, batch_size=batch_size, workers=workers, device=device,
+                                        rank=rank, world=world))
+
+
+def _loader(args: argparse.Namespace, folder: Path, class_map: dict[str, int], config: dict[str, Any], d: Any,
+            per_class: int | None = None):
+    return folder_batches(folder, class_map, config, batch_size=args.batch_size, workers=args.workers,
+                          device=d.device, rank=d.rank, world=d.world_size, per_class=per_class, seed=args.seed)
+
+
+def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluation (also used by tests): ``top1_k20`` ... in percent, ``n``, ``bank`` and the settings."""
+    import torch
+
+    from regla.runs.dist import setup_distributed
+    from regla.train.data import class_map_for
+
+    from .cli import settings_fields
+    from .knn import extract_features, knn_scores
+    from .settings import resolve_settings
+
+    bank_dir, query_dir, classes = _check(args)
+    d = setup_distributed({"device": args.device})
+    try:
+        model, info = _build_model(args)
+        flags = {"img_size": args.img_size, "crop_pct": args.crop_pct, "interpolation": args.interpolation}
+        config, sources = resolve_settings(flags, info, dict(getattr(model, "pretrained_cfg", None) or {}))
+        class_map = class_map_for(classes)
+        model = model.to(d.device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp or "")
+        bank, bank_labels = extract_features(model, _loader(args, bank_dir, class_map, config, d,
+                                                            args.bank_per_class), d.device, args.pool, dtype)
+        queries, query_labels = extract_features(model, _loader(args, query_dir, class_map, config, d), d.device,
+                                                 args.pool, dtype)
+        scores = knn_scores(bank, bank_labels, queries, query_labels, args.k, args.temperature, len(classes),
+                            args.query_chunk, args.bank_chunk)
+    finally:
+        if d.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return {**scores, "model": args.model or info.model, "checkpoint": args.checkpoint, "k": sorted(set(args.k)),
+            "temperature": args.temperature, "pool": args.pool, "bank_per_class": args.bank_per_class,
+            "classes": len(classes), "bank_dir": str(bank_dir),
+            "queries_dir": str(query_dir), "processes": d.world_size, "device": str(d.device),
+            **settings_fields(config, sources)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from regla.outputs import atomic_write_text
+
+    m = knn_cli(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        scores = "  ".join(f"k={k}: top-1 {m[f'top1_k{k}']:.2f}% top-5 {m[f'top5_k{k}']:.2f}%" for k in m["k"])
+        print(f"{m['model']} KNN (T={m['temperature']}) on {m['n']} queries, bank of {m['bank']}: {scores}",
+              file=sys.stdout)
+        print(json.dumps(m))
+        if args.json_out:
+            atomic_write_text(args.json_out, json.dumps(m, indent=2) + "\n")
+    return 0

