@@ -71,12 +71,14 @@ def test_bench_smoke(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "SHViT-S1" in printed and "MNV4-Conv-S" in printed
-    for f in ("results.json", "results.csv", "results.md", "latency_vs_resolution.png", "accuracy_vs_latency.png"):
+    for f in ("results.json", "results.csv", "results.md", "latency_vs_resolution.png", "accuracy_vs_latency.png",
+              "latency_by_backend.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "latency_vs_resolution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "notes.txt").read_text() == "the user's own file"
     assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", "results.json", "results.csv", "results.md",
-                                                            "latency_vs_resolution.png", "accuracy_vs_latency.png"])
+                                                            "latency_vs_resolution.png", "accuracy_vs_latency.png",
+                                                            "latency_by_backend.png"])
 
     doc = json.loads((out / "results.json").read_text())
     assert doc["machine"]["threads"] == 1 and doc["config"]["resolutions"] == [64]
@@ -89,7 +91,8 @@ def test_bench_smoke(tmp_path, capsys):
             assert 0 < st["p10_ms"] <= st["median_ms"] <= st["p90_ms"] and st["n"] >= 2
         assert r["eager_layout"]["64"] in ("contiguous", "channels_last")
         assert r["memory"]["64"]["peak_rss_mb"] > 0 and r["memory"]["64"]["peak_delta_mb"] >= 0
-        assert r["onnx_max_abs_diff"] is not None
+        assert r["onnx_max_abs_diff"] is not None and r["backend_errors"] == {}
+        assert len(r["latency_ms"]["ort"]["64"]["round_medians_ms"]) == 1  # one per round
 
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 4 and {r["backend"] for r in rows} == {"ort", "eager"}

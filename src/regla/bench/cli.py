@@ -1,4 +1,7 @@
-"""``regla bench``: params, MACs, CPU latency (ONNX Runtime and eager PyTorch) and memory of ours vs the peers.
+"""``regla bench``: params, MACs, CPU latency and memory of ours vs the peers, in every runtime a user deploys to.
+
+Backends (``--backends``, :mod:`regla.bench.backends`): ONNX Runtime fp32 and int8, PyTorch eager and
+``torch.compile``, ExecuTorch XNNPACK fp32 and int8, all timed in one interleaved run.
 
 ``--output`` is a folder (default ``bench_out/``): the results are written into it (``results.json``, ``.csv``,
 ``.md``, PNGs), each atomically, replacing only earlier results of the same name; other files in it are left alone.
@@ -18,6 +21,8 @@ from ..preflight import float_range, int_range
 
 DEFAULT_RESOLUTIONS = (224, 512)
 DEFAULT_REFERENCE = "regla_m"
+#: regla.bench.backends.BACKENDS, repeated here so that `regla bench --help` imports no torch (a test keeps them equal)
+BACKEND_CHOICES = ("ort", "ort-int8", "eager", "compile", "executorch", "executorch-int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of timed runs to aim for per measurement, within the run limits (default 1)")
     parser.add_argument("--rounds", type=int_range(1),
                         default=5, help="interleaved rounds the timed runs are split into")
-    parser.add_argument("--backends", nargs="+", choices=("ort", "eager"), default=["ort", "eager"],
-                        help="what to time (default both)")
+    parser.add_argument("--backends", nargs="+", choices=BACKEND_CHOICES, default=["ort", "eager"],
+                        help="what to time (default: ort eager): ort / ort-int8 (ONNX Runtime fp32 / static int8 "
+                             "QDQ), eager / compile (PyTorch eager / torch.compile inductor, compile time reported "
+                             "apart), executorch / executorch-int8 (ExecuTorch XNNPACK fp32 / int8)")
+    parser.add_argument("--calib", default=None, metavar="DIR",
+                        help="images to calibrate the int8 backends on (searched recursively; default: the digits "
+                             "demo set of `regla train --demo`)")
+    parser.add_argument("--calib-images", type=int_range(1, 10000), default=16, metavar="N",
+                        help="calibration images per model (default 16)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak memory probe")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--reference", default=None,
@@ -48,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {DEFAULT_REFERENCE}, when it is benchmarked)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: ONNX Runtime per-node profile of each model (time by operator type, "
-                             "by stage/sub-module and by block), printed and written as profile_<model>_<px>.json")
+                             "by stage/sub-module and by block), printed and written as profile_<model>_<px>.json; "
+                             "with eager among --backends also torch.profiler of PyTorch eager "
+                             "(profile_eager_<model>_<px>.json)")
     parser.add_argument("--task", choices=("classify", "sam"), default="classify",
                         help="classify: backbones (default); sam: SAM image encoders at 1024 px (--resolutions to "
                              "change it) and the mask decoder, ONNX Runtime only, 1 thread unless --threads")
@@ -104,7 +118,7 @@ def config_of(args: argparse.Namespace):
     cfg = BenchConfig(models=names, resolutions=sorted(set(args.resolutions)), threads=args.threads,
                       warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
                       target_s=args.target_time, rounds=args.rounds, memory=not args.no_memory,
-                      backends=tuple(dict.fromkeys(args.backends)))
+                      backends=tuple(dict.fromkeys(args.backends)), calib=args.calib, calib_images=args.calib_images)
     cfg.validate()
     if args.reference is not None and args.reference not in names:
         raise UsageError(f"--reference {args.reference!r} is not among the benchmarked models ({', '.join(names)})")
@@ -113,12 +127,16 @@ def config_of(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write JSON/CSV/Markdown/PNGs. Returns 1 if every model failed."""
-    from .report import errors, latency_ratios, text_table, write_outputs
+    from .report import compile_vs_ort, errors, int8_speedups, latency_ratios, text_table, write_outputs
     from .runner import run_bench
 
     out = output_folder(args.output)
     if args.task == "sam":
         return run_sam(args, out)
+    if args.calib is not None and any(b.endswith("-int8") for b in args.backends):
+        from ..deploy.calib import check_folder
+
+        check_folder(args.calib, "--calib")
     cfg = config_of(args)
     names = cfg.models
     reference = args.reference or DEFAULT_REFERENCE
@@ -136,17 +154,20 @@ def run(args: argparse.Namespace) -> int:
     doc = run_bench(cfg, command=_command_line())
     paths = write_outputs(doc, out, reference=reference, plots=not args.no_plots)
     print(text_table(doc))
-    for res in cfg.resolutions:
-        ratios = latency_ratios(doc, reference, res)
-        if ratios:
-            print(f"\nORT latency of {reference} at {res} px / each model's: "
-                  + ", ".join(f"{label} {x:.2f}" for label, x in ratios))
+    for backend in cfg.backends:
+        for res in cfg.resolutions:
+            ratios = latency_ratios(doc, reference, res, backend)
+            if ratios:
+                print(f"\n{backend} latency of {reference} at {res} px / each model's (median of per-round ratios): "
+                      + ", ".join(f"{label} {x:.2f}" for label, x in ratios))
+    for line in int8_speedups(doc) + compile_vs_ort(doc):
+        print(line)
     m = doc["machine"]
     print(f"\n{m['cpu']}, threads: {m['threads']}; {doc['duration_s']:.0f} s; wrote "
           + ", ".join(str(p) for p in paths.values()))
     for err in errors(doc):
         print(f"regla bench: warning: {err}", file=sys.stderr)
-    return 1 if all(r["error"] and not r["latency_ms"] for r in doc["results"]) else 0
+    return 1 if all(not r["latency_ms"] for r in doc["results"]) else 0
 
 
 def run_sam(args: argparse.Namespace, out: Path) -> int:
@@ -179,15 +200,22 @@ def run_profile(names: list[str], cfg, output: Path) -> int:
     from ..outputs import atomic_write_text
     from .measure import physical_cores
     from .models import bench_model
-    from .profile import format_profile, profile_onnx
+    from .profile import format_profile, profile_eager, profile_onnx
 
     threads = cfg.threads or physical_cores()
     with tempfile.TemporaryDirectory(prefix="regla-profile-") as tmp:
         for name in names:
-            path = export_onnx(create_fused_model(name), Path(tmp) / f"{name}.onnx", min(cfg.resolutions))
+            model = create_fused_model(name)
+            path = export_onnx(model, Path(tmp) / f"{name}.onnx", min(cfg.resolutions))
             for res in cfg.resolutions:
                 prof = profile_onnx(path, res, threads, runs=max(cfg.min_runs, 1))
                 prof.update(model=name, resolution=res, threads=threads)
                 out = atomic_write_text(output / f"profile_{name}_{res}.json", json.dumps(prof, indent=2))
                 print(format_profile(bench_model(name).label, res, prof) + f"\n  -> {out}\n")
+                if "eager" in cfg.backends:
+                    prof = profile_eager(model, res, threads, runs=max(cfg.min_runs, 1))
+                    prof.update(model=name, resolution=res, threads=threads)
+                    out = atomic_write_text(output / f"profile_eager_{name}_{res}.json", json.dumps(prof, indent=2))
+                    print(format_profile(bench_model(name).label + " (PyTorch eager, torch.profiler)", res, prof)
+                          + f"\n  -> {out}\n")
     return 0

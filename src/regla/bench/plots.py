@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
+
+from .backends import BACKENDS, LABELS, NAMES
 
 FAMILY_COLORS = {
     "ReGLA": "#d62728", "iFormer": "#1f77b4", "RepViT": "#2ca02c", "RepNeXt": "#9467bd", "MobileNetV4": "#ff7f0e",
@@ -51,7 +54,7 @@ def _families(doc: dict) -> dict[str, list[dict]]:
 
 def _subtitle(doc: dict) -> str:
     m = doc["machine"]
-    return f"{m['cpu']}, threads: {m['threads']}, batch 1, fp32, {doc['date_utc']}"
+    return f"{m['cpu']}, threads: {m['threads']}, batch 1, {doc['date_utc']}"
 
 
 def latency_vs_resolution_png(doc: dict) -> bytes:
@@ -59,10 +62,14 @@ def latency_vs_resolution_png(doc: dict) -> bytes:
     plt = _plt()
     from matplotlib.ticker import NullFormatter
 
-    backends = [b for b in ("ort", "eager") if b in doc["config"]["backends"]]
-    fig, axes = plt.subplots(1, len(backends), figsize=(7.5 * len(backends), 8.5), squeeze=False)
+    backends = [b for b in BACKENDS if b in doc["config"]["backends"]]
+    cols = min(3, len(backends))
+    rows = math.ceil(len(backends) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 8.5 * rows), squeeze=False)
+    for ax in axes.flat[len(backends):]:
+        ax.set_visible(False)
     resolutions = sorted(int(r) for r in doc["config"]["resolutions"])
-    for ax, backend in zip(axes[0], backends, strict=True):
+    for ax, backend in zip(axes.flat, backends, strict=False):
         for fi, (family, members) in enumerate(_families(doc).items()):
             for mi, r in enumerate(members):
                 per = r["latency_ms"].get(backend, {})
@@ -88,7 +95,7 @@ def latency_vs_resolution_png(doc: dict) -> bytes:
             ax.set_ylim(lo, hi)
         ax.set_xlabel("input side (px), square input; log scale")
         ax.set_ylabel("median latency (ms), log scale")
-        name = "ONNX Runtime (CPU)" if backend == "ort" else "PyTorch eager (CPU)"
+        name = NAMES[backend] + " (CPU)"
         ax.set_title(f"{name}: latency vs resolution\nk = fitted exponent of latency vs pixel count (1 = linear)",
                      fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
@@ -101,7 +108,7 @@ def accuracy_vs_latency_png(doc: dict) -> bytes:
     """Published Top-1 vs latency measured here (ONNX Runtime), one panel per resolution, as in the paper's Fig. 1."""
     plt = _plt()
     resolutions = sorted(int(r) for r in doc["config"]["resolutions"])
-    backend = "ort" if "ort" in doc["config"]["backends"] else "eager"
+    backend = next(b for b in BACKENDS if b in doc["config"]["backends"])
     fig, axes = plt.subplots(1, len(resolutions), figsize=(6.5 * len(resolutions), 5.8), squeeze=False)
     for ax, res in zip(axes[0], resolutions, strict=True):
         for fi, (family, members) in enumerate(_families(doc).items()):
@@ -119,7 +126,7 @@ def accuracy_vs_latency_png(doc: dict) -> bytes:
         ax.set_xscale("log")
         _plain_log_axis(ax.xaxis)
         ax.set_xlabel(f"latency at {res}x{res} px (ms), measured here, "
-                      f"{'ONNX Runtime' if backend == 'ort' else 'PyTorch eager'} CPU; log scale")
+                      f"{NAMES[backend]} CPU; log scale")
         ax.set_ylabel("ImageNet-1K Top-1 (%), PUBLISHED figure")
         ax.set_title(f"Published Top-1 vs measured latency, {res} px", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
@@ -128,4 +135,34 @@ def accuracy_vs_latency_png(doc: dict) -> bytes:
     fig.text(0.01, -0.02, "Top-1 accuracies are published ImageNet-1K figures (no distillation), copied from: "
              "ReGLA Table 2 (ReGLA, MobileNetV4, EfficientViT, SHViT), iFormer Table 3, RepViT Table 2, "
              "RepNeXt Table 3 (RepNeXt, FastViT); see results.json for each model's source.", fontsize=7, ha="left")
+    return _png(fig)
+
+
+def backends_png(doc: dict) -> bytes:
+    """Median latency of every model in every backend, one panel per resolution (grouped bars, log scale)."""
+    plt = _plt()
+    backends = [b for b in BACKENDS if b in doc["config"]["backends"]]
+    resolutions = sorted(int(r) for r in doc["config"]["resolutions"])
+    models = [r for r in doc["results"] if r["latency_ms"]]
+    fig, axes = plt.subplots(len(resolutions), 1, figsize=(max(7.0, 1.4 * len(models) * max(1, len(backends)) / 3),
+                                                            4.5 * len(resolutions)), squeeze=False)
+    width = 0.8 / max(1, len(backends))
+    for ax, res in zip(axes[:, 0], resolutions, strict=True):
+        for bi, backend in enumerate(backends):
+            xs, ys = [], []
+            for mi, r in enumerate(models):
+                st = r["latency_ms"].get(backend, {}).get(str(res))
+                if st:
+                    xs.append(mi + (bi - (len(backends) - 1) / 2) * width)
+                    ys.append(st["median_ms"])
+            ax.bar(xs, ys, width=width, label=LABELS[backend], color=f"C{bi}")
+        ax.set_xticks(range(len(models)), [r["label"] for r in models], fontsize=8, rotation=20)
+        ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
+        ax.set_ylabel("median latency (ms), log scale")
+        ax.set_title(f"Latency per backend at {res}x{res} px (missing bar: the backend could not run the model, "
+                     "see results.md)", fontsize=9)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8, ncol=len(backends))
+    fig.suptitle(_subtitle(doc), fontsize=9, y=0.995)
     return _png(fig)

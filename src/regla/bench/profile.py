@@ -99,3 +99,47 @@ def format_profile(label: str, res: int, prof: dict, top: int = 12) -> str:
         for e in prof[key][:top]:
             lines.append(f"  {e['name']:<34}{e['ms']:>9.2f}{100 * e['share']:>7.1f}%")
     return "\n".join(lines)
+
+
+def profile_eager(model, res: int, threads: int, runs: int = 5, channels_last: bool = False) -> dict:
+    """``torch.profiler`` of ``runs`` eager batch-1 forwards: self CPU time per aten operator, and the wall time of
+    each stage/sub-module (forward hooks, named as in :func:`profile_onnx`'s ``by_component``), in ms per run."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).eval()
+    x = torch.randn(1, 3, res, res).contiguous(memory_format=fmt)
+    by_component: dict[str, float] = defaultdict(float)
+    hooks = []
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if len(parts) == 5 and parts[0] == "stages" and parts[2] == "blocks":  # stages.i.blocks.j.<sub>
+            key = f"stages.{parts[1]}/{parts[4]}"
+
+            def stop(m, a, o, key=key) -> None:
+                by_component[key] += time.perf_counter() - m._t0
+
+            hooks.append(module.register_forward_pre_hook(lambda m, a: setattr(m, "_t0", time.perf_counter())))
+            hooks.append(module.register_forward_hook(stop))
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x)
+        by_component.clear()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model(x)
+    for h in hooks:
+        h.remove()
+    events = [(e.key, e.self_cpu_time_total / 1e3 / runs, e.count // runs) for e in prof.key_averages()]
+    total = sum(ms for _, ms, _ in events)
+    ops = sorted(({"name": k, "ms": round(ms, 3), "share": round(ms / total, 4) if total else 0.0, "nodes": n}
+                  for k, ms, n in events if ms > 0), key=lambda e: -e["ms"])
+    comp_total = sum(by_component.values())
+    comps = sorted(({"name": k, "ms": round(1e3 * v / runs, 3), "share": round(v / comp_total, 4) if comp_total else 0}
+                    for k, v in by_component.items()), key=lambda e: -e["ms"])
+    return {"total_kernel_ms": round(total, 3), "by_op_type": ops, "by_component": comps, "by_block": [],
+            "channels_last": channels_last}

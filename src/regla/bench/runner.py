@@ -1,4 +1,5 @@
-"""``regla bench`` end to end: build fused models, export ONNX, count, time, probe memory, collect results."""
+"""``regla bench`` end to end: build fused models, export ONNX (and int8), count, time every backend of
+:mod:`regla.bench.backends` interleaved, probe memory, collect results."""
 
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from .backends import BACKENDS, DEFAULT_BACKENDS, Calibration, build, quantize_ort
 from .measure import (
     interleaved,
-    ort_runner,
     physical_cores,
-    pick_eager_layout,
     runs_for,
     set_torch_threads,
     summarize,
@@ -29,8 +29,8 @@ from .measure import (
 )
 from .models import BenchModel, bench_model
 
-BACKENDS = ("ort", "eager")
 MAX_RESOLUTION = 1024
+DEFAULT_CALIB_IMAGES = 16
 
 
 @dataclass
@@ -46,7 +46,9 @@ class BenchConfig:
     target_s: float = 1.0
     rounds: int = 5
     memory: bool = True
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    calib: str | None = None  # calibration image folder for the int8 backends (None: the digits demo set)
+    calib_images: int = DEFAULT_CALIB_IMAGES
 
     def validate(self) -> None:
         """Raise :class:`~regla.errors.UsageError` (a ``ValueError``) on settings that cannot give a measurement."""
@@ -76,6 +78,8 @@ class ModelResult:
     eager_channels_last: dict[int, bool] = field(default_factory=dict)
     memory: dict[int, dict] = field(default_factory=dict)
     onnx_max_abs_diff: float | None = None
+    prepare_s: dict[str, dict[int, float]] = field(default_factory=dict)  # backend -> res -> compile/lower seconds
+    backend_errors: dict[str, str] = field(default_factory=dict)  # backend -> why it could not run this model
     growth_exponent: dict[str, float] = field(default_factory=dict)  # backend -> slope of log t vs log pixels
     growth_512_1024: dict[str, float] = field(default_factory=dict)  # backend -> t(1024) / t(512)
     error: str | None = None
@@ -106,9 +110,20 @@ def machine_info(threads: int) -> dict:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "timm": timm.__version__,
+        "executorch": _version("executorch"),
         "numpy": np.__version__,
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ},
     }
+
+
+def _version(dist: str) -> str | None:
+    """Installed version of ``dist``, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def fit_growth_exponent(resolutions: Sequence[int], latencies_ms: Sequence[float]) -> float | None:
@@ -126,10 +141,13 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr, leave=False)
 
 
-def prepare_models(names: Sequence[str], workdir: Path, threads: int, check_res: int) -> tuple[dict, list]:
-    """Create, fuse and ONNX-export each model; check ONNX against PyTorch once. Failures are recorded, not raised.
+def prepare_models(names: Sequence[str], workdir: Path, threads: int, check_res: int,
+                   backends: Sequence[str] = ("ort",), calib: Calibration | None = None) -> tuple[dict, list]:
+    """Create, fuse and ONNX-export each model; check ONNX against PyTorch once; quantize it for ``ort-int8``.
 
-    Returns ``{name: (module, onnx_path)}`` and the list of :class:`ModelResult` (with errors filled in).
+    Failures are recorded, not raised: a model that cannot be built or exported gets ``error``; a model whose int8
+    quantization fails gets ``backend_errors["ort-int8"]`` and is timed in the other backends.
+    Returns ``{name: (module, {backend: onnx_path})}`` and the list of :class:`ModelResult`.
     """
     from ..deploy.checkpoint import create_fused_model
     from ..deploy.export import export_onnx, verify_onnx
@@ -149,39 +167,71 @@ def prepare_models(names: Sequence[str], workdir: Path, threads: int, check_res:
             # recorded, not enforced here (``regla export`` enforces it): inf tolerance never raises
             res.onnx_max_abs_diff = verify_onnx(model, path, [(1, 3, check_res, check_res)], atol=float("inf"),
                                                 threads=threads)
-            prepared[name] = (model, path)
+            prepared[name] = (model, {"ort": path})
         except Exception as e:  # noqa: BLE001 - one broken model must not stop the comparison
             res.error = f"{type(e).__name__}: {e}"
+            bar.update(1)
+            continue
+        if "ort-int8" in backends:
+            try:
+                out = workdir / f"{name}_int8.onnx"
+                seconds = quantize_ort(model, path, out, calib, check_res)
+                prepared[name][1]["ort-int8"] = out
+                res.prepare_s.setdefault("ort-int8", {})[check_res] = seconds
+            except Exception as e:  # noqa: BLE001
+                res.backend_errors["ort-int8"] = _why(e)
         bar.update(1)
     bar.close()
     return prepared, results
 
 
-def measure_resolution(res: int, prepared: dict, results: dict[str, ModelResult], cfg: BenchConfig) -> None:
-    """MACs, warm-up, layout choice and interleaved timing of every prepared model at one resolution."""
-    from ..deploy.export import ort_session
+def _why(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
+def measure_resolution(res: int, prepared: dict, results: dict[str, ModelResult], cfg: BenchConfig,
+                       calib: Calibration | None = None) -> None:
+    """MACs, runners of every backend (compile, lowering), warm-up and interleaved timing at one resolution.
+
+    A backend that cannot build or run a model records why in ``backend_errors`` and the others go on.
+    """
     from ..utils import count_macs
 
     shape = (1, 3, res, res)
     runners, estimates = {}, {}
-    bar = _progress(len(prepared), f"{res}px warm-up")
-    for name, (model, path) in prepared.items():
-        bar.set_postfix_str(name)
+    calib = calib or Calibration(cfg.calib, cfg.calib_images)
+    bar = _progress(len(prepared) * len(cfg.backends), f"{res}px build + warm-up")
+    for name, (model, paths) in prepared.items():
         r = results[name]
         try:
             r.macs[res] = count_macs(model, res)
-            if "ort" in cfg.backends:
-                run = ort_runner(ort_session(path, cfg.threads), shape)
-                run()
-                runners[f"{name}|ort"], estimates[f"{name}|ort"] = run, _median(time_runs(run, cfg.warmup))
-            if "eager" in cfg.backends:
-                run, cl, warm = pick_eager_layout(model, shape, cfg.warmup)
-                r.eager_channels_last[res] = cl
-                runners[f"{name}|eager"], estimates[f"{name}|eager"] = run, _median(warm)
         except Exception as e:  # noqa: BLE001
-            r.error = f"at {res}px: {type(e).__name__}: {e}"
-            runners = {k: v for k, v in runners.items() if not k.startswith(name + "|")}
-        bar.update(1)
+            r.error = f"at {res}px: {_why(e)}"
+            bar.update(len(cfg.backends))
+            continue
+        for backend in sorted(cfg.backends, key=BACKENDS.index):  # eager first: compile reuses its layout
+            bar.set_postfix_str(f"{name} {backend}")
+            if backend in r.backend_errors:
+                bar.update(1)
+                continue
+            try:
+                built = build(backend, model, paths, shape, cfg.threads, cfg.warmup, calib,
+                              channels_last=r.eager_channels_last.get(res, False))
+                warm = built.warm
+                if warm is None:
+                    built.run()
+                    warm = time_runs(built.run, cfg.warmup)
+                key = f"{name}|{backend}"
+                runners[key], estimates[key] = built.run, _median(warm)
+                if backend == "eager":
+                    r.eager_channels_last[res] = bool(built.channels_last)
+                if built.prepare_s:
+                    r.prepare_s.setdefault(backend, {})[res] = built.prepare_s
+            except Exception as e:  # noqa: BLE001 - reported per model and backend; the run goes on
+                r.backend_errors[backend] = f"at {res}px: {_why(e)}"
+            bar.update(1)
     bar.close()
     runs = {k: runs_for(estimates[k], cfg.target_s, cfg.min_runs, cfg.max_runs, cfg.rounds) for k in runners}
     bar = _progress(len(runners) * cfg.rounds, f"{res}px timing ({cfg.rounds} rounds)")
@@ -189,8 +239,11 @@ def measure_resolution(res: int, prepared: dict, results: dict[str, ModelResult]
     bar.close()
     for key, ts in times.items():
         name, backend = key.split("|")
-        results[name].latency.setdefault(backend, {})[res] = summarize(ts).as_dict()
-    del runners  # frees the ONNX Runtime sessions (and their arenas) of this resolution
+        st = summarize(ts).as_dict()
+        share = runs[key] // cfg.rounds
+        st["round_medians_ms"] = [round(1e3 * _median(ts[i:i + share]), 4) for i in range(0, len(ts), share)]
+        results[name].latency.setdefault(backend, {})[res] = st
+    del runners  # frees the sessions, compiled graphs and programs of this resolution
 
 
 def _median(ts: Sequence[float]) -> float:
@@ -202,9 +255,9 @@ def probe_memory(prepared: dict, results: dict[str, ModelResult], cfg: BenchConf
     script = Path(__file__).with_name("memprobe.py")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     bar = _progress(len(prepared), "memory")
-    for name, (_, path) in prepared.items():
+    for name, (_, paths) in prepared.items():
         bar.set_postfix_str(name)
-        cmd = [sys.executable, str(script), str(path), str(cfg.threads), *map(str, cfg.resolutions)]
+        cmd = [sys.executable, str(script), str(paths["ort"]), str(cfg.threads), *map(str, cfg.resolutions)]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=True)
             data = json.loads(out.stdout.strip().splitlines()[-1])
@@ -240,11 +293,13 @@ def run_bench(cfg: BenchConfig, workdir: str | os.PathLike | None = None, comman
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="regla-bench-", dir=workdir) as tmp:
+        calib = Calibration(cfg.calib, cfg.calib_images)
         with torch.inference_mode(False):
-            prepared, results = prepare_models(cfg.models, Path(tmp), threads, min(cfg.resolutions))
+            prepared, results = prepare_models(cfg.models, Path(tmp), threads, min(cfg.resolutions), cfg.backends,
+                                               calib)
         by_name = {r.name: r for r in results}
         for res in sorted(cfg.resolutions):
-            measure_resolution(res, prepared, by_name, cfg)
+            measure_resolution(res, prepared, by_name, cfg, calib)
         if cfg.memory:
             probe_memory(prepared, by_name, cfg)
     add_growth(results, cfg.resolutions)
@@ -275,6 +330,8 @@ def result_to_json(r: ModelResult) -> dict:
         "eager_layout": {str(k): ("channels_last" if v else "contiguous") for k, v in r.eager_channels_last.items()},
         "memory": {str(k): v for k, v in r.memory.items()},
         "onnx_max_abs_diff": r.onnx_max_abs_diff,
+        "prepare_s": {b: {str(k): round(v, 2) for k, v in d.items()} for b, d in r.prepare_s.items()},
+        "backend_errors": dict(r.backend_errors),
         "growth_exponent": r.growth_exponent,
         "growth_512_1024": r.growth_512_1024,
         "published_top1": None if pub is None else {"top1": pub.top1, "source": pub.source, "note": pub.note},

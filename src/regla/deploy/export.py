@@ -1,4 +1,5 @@
-"""Export fused models to ONNX, TorchScript and Core ML, and check the exported graph against PyTorch.
+"""Export fused models to ONNX (fp32 or int8), ExecuTorch (fp32 or int8), TorchScript and Core ML, each checked
+against PyTorch.
 
 ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) by default: with torch 2.15 it
 keeps batch, height and width dynamic for every model we ship and takes about a second, while the dynamo exporter
@@ -8,6 +9,10 @@ takes 5-10x longer and, for some models (iFormer), specialises a reshape to the 
 Every file is written through :mod:`regla.outputs`: into a temporary sibling, checked there, and renamed onto its
 name only when complete and checked. A failed export leaves nothing at the requested name (a file that exported
 but failed the check is kept as ``<name>.failed``), and a previous output of that name is left as it was.
+
+int8 files and ExecuTorch programs are also compared with the fp32 PyTorch model on real images
+(:mod:`regla.deploy.calib`: a folder, or the digits demo set): top-1 agreement and the cosine similarity of the
+logits are returned and written to ``<file>.agreement.json`` beside the file.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from torch import nn
 from ..errors import ReglaError, RunFailure, UsageError
 from ..outputs import atomic_output
 
-FORMATS = ("onnx", "coreml", "torchscript")
-SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "torchscript": ".pt"}
+FORMATS = ("onnx", "coreml", "torchscript", "executorch")
+SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "torchscript": ".pt", "executorch": ".pte"}
+FIXED_SIZE = ("coreml", "executorch")  # formats whose input size is fixed at export: the size goes in the name
+INT8_FORMATS = ("onnx", "executorch")
 ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
 DEFAULT_ATOL = 1e-4
 
@@ -44,6 +51,9 @@ class ExportResult:
     img_size: tuple[int, int]
     max_abs_diff: float | None = None  # worst |exported - PyTorch| over the checked inputs (None: not checked)
     checked_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    int8: bool = False
+    agreement: dict | None = None  # on real images: top-1 agreement, logit cosine (see calib.agreement)
+    agreement_path: Path | None = None
 
 
 def to_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
@@ -277,39 +287,54 @@ def import_coremltools():
     return ct
 
 
-def default_output(name: str, fmt: str, img_size: tuple[int, int]) -> Path:
-    """``<name>.onnx`` / ``<name>_<H>x<W>.mlpackage`` / ``<name>.pt`` in the current folder."""
-    stem = name if fmt != "coreml" else f"{name}_{img_size[0]}x{img_size[1]}"
-    return Path(stem + SUFFIX[fmt])
+def default_output(name: str, fmt: str, img_size: tuple[int, int], int8: bool = False) -> Path:
+    """``<name>[_int8].onnx`` / ``<name>_<H>x<W>[_int8].pte`` / ``<name>_<H>x<W>.mlpackage`` / ``<name>.pt``."""
+    stem = name if fmt not in FIXED_SIZE else f"{name}_{img_size[0]}x{img_size[1]}"
+    return Path(stem + ("_int8" if int8 else "") + SUFFIX[fmt])
 
 
 def export_model(model: str | nn.Module, format: str = "onnx", output: str | os.PathLike | None = None, *,
                  checkpoint: str | os.PathLike | None = None, img_size: int | Sequence[int] = 224,
                  verify: bool = True, atol: float = DEFAULT_ATOL, opset: int = 18, exporter: str = "legacy",
-                 coreml_precision: str = "fp16", threads: int = 1, num_classes: int | None = None) -> ExportResult:
+                 coreml_precision: str = "fp16", threads: int = 1, num_classes: int | None = None,
+                 int8: bool = False, calib: str | os.PathLike | None = None, calib_images: int = 32,
+                 check_images: int = 360, min_agreement: float = 0.0, min_cosine: float = -1.0) -> ExportResult:
     """Export a model for deployment, fused first, and (by default) check the result against PyTorch.
 
     Args:
         model: a registered model name (``"regla_m"``, ``"repvit_m1_1"``, ...) or an ``nn.Module`` (fused here).
-        format: ``"onnx"`` (dynamic batch/height/width), ``"torchscript"`` (traced) or ``"coreml"`` (ML Program
-            ``.mlpackage`` with a fixed input size).
+        format: ``"onnx"`` (dynamic batch/height/width), ``"torchscript"`` (traced), ``"coreml"`` (ML Program
+            ``.mlpackage`` with a fixed input size) or ``"executorch"`` (XNNPACK ``.pte``, fixed input size).
         output: destination path; default ``<name><suffix>`` in the current folder; an existing folder receives
             the file under its default name (:func:`regla.outputs.resolve_output`).
         checkpoint: safetensors or ``.pth`` state dict to load (training-time or fused form); name only.
-        img_size: example input size, ``224`` or ``(H, W)``; the fixed input size for Core ML.
-        verify: ONNX and TorchScript only: run the exported model against PyTorch on the same inputs (batch 1 at
-            ``img_size`` and batch 2 at a larger non-square size) and raise :class:`ExportError` if the max abs
-            difference exceeds ``atol`` (scaled by the logits' magnitude when that exceeds 1). The check runs on
-            the temporary file: a file that fails it never takes the output's name (it is kept as ``.failed``).
+        img_size: example input size, ``224`` or ``(H, W)``; the fixed input size for Core ML and ExecuTorch.
+        verify: run the exported model against PyTorch on the same random inputs (ONNX, TorchScript: batch 1 at
+            ``img_size`` and batch 2 at a larger non-square size; ExecuTorch: batch 1 at ``img_size``) and raise
+            :class:`ExportError` if the max abs difference exceeds ``atol`` (scaled by the logits' magnitude when
+            that exceeds 1); int8 files and ExecuTorch programs are also compared on real images
+            (``agreement``). The checks run on the temporary file: a file that fails them never takes the
+            output's name (it is kept as ``.failed``).
         num_classes: classifier size for a model name (a weights file without metadata, e.g. 10 for a model of
             ``regla train --demo``); default: the model's own (1000).
+        int8: ONNX and ExecuTorch: static int8 quantization calibrated on real images (:mod:`regla.deploy.quantize`).
+        calib: a folder of images to calibrate and check on (default: the digits demo set, train split to calibrate
+            and val split to check); ``calib_images`` calibrate, up to ``check_images`` others check.
+        min_agreement, min_cosine: fail (exit 1) when the top-1 agreement or the mean logit cosine on the real
+            images is below these (default: report only).
     """
     from ..outputs import resolve_output
     from .checkpoint import create_fused_model, fuse
 
     if format not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if int8 and format not in INT8_FORMATS:
+        raise UsageError(f"int8 export is available for {' and '.join(INT8_FORMATS)}, not {format}")
     hw = to_hw(img_size)
+    if calib is not None:
+        from .calib import check_folder
+
+        check_folder(calib)
     if isinstance(model, str):
         kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
         name, module = model, create_fused_model(model, checkpoint, **kwargs)
@@ -317,13 +342,22 @@ def export_model(model: str | nn.Module, format: str = "onnx", output: str | os.
         if checkpoint is not None or num_classes is not None:
             raise UsageError("checkpoint= and num_classes= go with a model name; build the module yourself")
         name, module = type(model).__name__.lower(), fuse(model)
-    default = default_output(name, format, hw)
+    default = default_output(name, format, hw, int8)
     path = resolve_output(output, default.name, directory=format == "coreml")
-    result = ExportResult(path=path, format=format, img_size=hw)
-    shapes = check_shapes(hw)
+    result = ExportResult(path=path, format=format, img_size=hw, int8=int8)
     if format == "coreml":
         export_coreml(module, path, hw, precision=coreml_precision)
         return result
+    if format == "executorch" or int8:
+        real = RealImageCheck(module, hw, calib, calib_images, check_images, min_agreement, min_cosine)
+        if format == "executorch":
+            export_executorch(module, path, hw, int8=int8, calib=real.calibration if int8 else None,
+                              check=lambda tmp: _check_executorch(module, tmp, hw, verify, atol, int8, real, result))
+        else:
+            export_onnx_int8(module, path, hw, real.calibration, opset=opset, exporter=exporter,
+                             check=lambda tmp: _check_int8_onnx(tmp, verify, threads, real, result))
+        return result
+    shapes = check_shapes(hw)
 
     def check(tmp: Path) -> None:
         if verify:
@@ -336,3 +370,102 @@ def export_model(model: str | nn.Module, format: str = "onnx", output: str | os.
     else:
         export_torchscript(module, path, hw, check=check)
     return result
+
+
+class RealImageCheck:
+    """Calibration and check images for one export, and the comparison of an exported runner with fp32 PyTorch."""
+
+    def __init__(self, module: nn.Module, hw: tuple[int, int], folder: str | os.PathLike | None, calib_images: int,
+                 check_images: int, min_agreement: float, min_cosine: float):
+        from .calib import calibration_set, check_set, model_norm
+
+        norm = model_norm(module)
+        self.module, self.min_agreement, self.min_cosine = module, min_agreement, min_cosine
+        self.calibration = calibration_set(folder, hw, norm, calib_images)
+        self.images = check_set(folder, hw, norm, check_images, exclude=self.calibration.files)
+
+    def reference(self) -> np.ndarray:
+        """fp32 PyTorch logits of the check images."""
+        with torch.inference_mode():
+            return np.concatenate([self.module(torch.from_numpy(b)).float().numpy()
+                                   for b in self.images.batches(16)])
+
+    def compare(self, run_exported: Callable[[np.ndarray], np.ndarray], what: str) -> dict:
+        """Top-1 agreement and logit cosine of ``run_exported`` against fp32 PyTorch; raise below the minimums."""
+        from .calib import agreement
+
+        ref = self.reference()
+        out = np.concatenate([np.asarray(run_exported(b)) for b in self.images.batches(16)])
+        stats = {**agreement(ref, out), "images_source": self.images.source,
+                 "calibration_images": len(self.calibration), "calibration_source": self.calibration.source}
+        if stats["top1_agreement"] < self.min_agreement or stats["cosine_mean"] < self.min_cosine:
+            raise ExportError(f"{what} agrees with fp32 PyTorch on {stats['top1_agreement']:.1%} of "
+                              f"{stats['images']} real images (cosine {stats['cosine_mean']:.4f}); required: "
+                              f"{self.min_agreement:.1%}, cosine {self.min_cosine:g}")
+        return stats
+
+
+def _write_agreement(result: ExportResult, stats: dict) -> None:
+    """Record ``stats`` in ``result`` and as ``<file>.agreement.json`` beside the output (atomically)."""
+    import json
+
+    from ..outputs import atomic_write_text
+
+    result.agreement = stats
+    doc = {"file": result.path.name, "format": result.format, "int8": result.int8,
+           "img_size": list(result.img_size), "reference": "fp32 PyTorch (fused model)", **stats}
+    result.agreement_path = atomic_write_text(result.path.with_name(result.path.name + ".agreement.json"),
+                                              json.dumps(doc, indent=2) + "\n")
+
+
+def export_onnx_int8(model: nn.Module, path: str | os.PathLike, img_size: int | Sequence[int], calib,
+                     *, opset: int = 18, exporter: str = "legacy",
+                     check: Callable[[Path], None] | None = None) -> Path:
+    """fp32 ONNX export (dynamic axes) then ONNX Runtime static int8 QDQ quantization into ``path``; atomic."""
+    import tempfile
+
+    from .quantize import quantize_onnx
+
+    with tempfile.TemporaryDirectory(prefix="regla-int8-") as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", img_size, opset=opset, exporter=exporter)
+        with atomic_output(path) as out:
+            try:
+                quantize_onnx(fp32, out, calib, ONNX_INPUT)
+            except (OSError, ReglaError):
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise _failed("ONNX Runtime int8 quantization", e) from e
+            _run_check(check, out, path)
+    return Path(path)
+
+
+def _check_int8_onnx(tmp: Path, verify: bool, threads: int, real: RealImageCheck, result: ExportResult) -> None:
+    if verify:
+        sess = ort_session(tmp, threads)
+        _write_agreement(result, real.compare(lambda x: sess.run(None, {ONNX_INPUT: x})[0], "the int8 ONNX model"))
+
+
+def export_executorch(model: nn.Module, path: str | os.PathLike, img_size: int | Sequence[int] = 224, *,
+                      int8: bool = False, calib=None, check: Callable[[Path], None] | None = None) -> Path:
+    """Lower ``model`` to an XNNPACK ExecuTorch program at ``img_size`` (fixed) and write it atomically."""
+    from .executorch import lower
+
+    lowered = lower(model, torch.randn(1, 3, *to_hw(img_size)), int8=int8, calib=calib)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_bytes(lowered.buffer)
+        _run_check(check, tmp, path)
+    return Path(path)
+
+
+def _check_executorch(module: nn.Module, tmp: Path, hw: tuple[int, int], verify: bool, atol: float, int8: bool,
+                      real: RealImageCheck, result: ExportResult) -> None:
+    from .executorch import runner
+
+    if not verify:
+        return
+    run = runner(tmp)
+    if not int8:
+        shapes = [(1, 3, *hw)]
+        result.max_abs_diff = verify_against_torch(module, run, shapes, atol, "ExecuTorch")
+        result.checked_shapes = shapes
+    _write_agreement(result, real.compare(run, f"the {'int8 ' if int8 else ''}ExecuTorch program"))

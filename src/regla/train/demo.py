@@ -1,19 +1,20 @@
 """The ``regla train --demo`` dataset and recipe: scikit-learn's handwritten digits as an image folder.
 
 ``sklearn.datasets.load_digits`` ships 1,797 real 8x8 scans of handwritten digits (10 classes) inside the package,
-so the demo needs no download. They are written once as 32x32 PNGs to ``<cache>/regla/digits/{train,val}/<digit>/``
-(a stratified 80/20 split) and then read by the same folder pipeline as ImageNet.
+so the demo needs no download. :func:`regla.data.digits.write_digits` writes them once as 32x32 PNGs to
+``<cache>/regla/digits/{train,val}/<digit>/`` (a stratified 80/20 split); they are read by the same folder pipeline
+as ImageNet.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-DEMO_SIZE = 32
+from ..data.digits import DEMO_SIZE, cache_dir, write_digits
+
+__all__ = ["DEMO_RECIPE", "DEMO_SIZE", "cache_dir", "demo_base", "write_digits"]
 
 # A short CPU recipe: same optimizer/schedule family as Table 2, with the heavy ImageNet augmentations off
 # (RandAugment, mixup and large random crops destroy 8x8 digits) and 32 px inputs.
@@ -42,52 +43,6 @@ DEMO_RECIPE: dict[str, Any] = {
     "device": "auto",
     "output": "runs/demo",
 }
-
-
-def cache_dir() -> Path:
-    """``$REGLA_CACHE`` or ``$XDG_CACHE_HOME/regla`` or ``~/.cache/regla``."""
-    if os.environ.get("REGLA_CACHE"):
-        return Path(os.environ["REGLA_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "regla"
-
-
-def write_digits(root: str | Path | None = None, size: int = DEMO_SIZE, val_fraction: float = 0.2,
-                 seed: int = 0, limit: int | None = None) -> Path:
-    """Write the digits as ``root/{train,val}/<digit>/<n>.png`` (once; reused if complete) and return ``root``.
-
-    ``limit`` keeps only the first ``limit`` images (for quick tests). The folder is built in a temporary sibling
-    and renamed into place, so an interrupted write never leaves a half-filled dataset.
-    """
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    root = Path(root) if root else cache_dir() / ("digits" if limit is None else f"digits_{limit}")
-    if (root / ".complete").is_file():
-        return root
-    digits = load_digits()
-    images, labels = digits.images, digits.target
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    idx_train, idx_val = train_test_split(range(len(labels)), test_size=val_fraction, random_state=seed,
-                                          stratify=labels)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        for split, ids in (("train", idx_train), ("val", idx_val)):
-            for i in ids:
-                folder = tmp / split / str(labels[i])
-                folder.mkdir(parents=True, exist_ok=True)
-                pixels = (images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
-                Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).save(folder / f"{i:04d}.png")
-        (tmp / ".complete").write_text("sklearn.datasets.load_digits\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
 
 
 def demo_base(data_dir: Path) -> dict[str, Any]:
