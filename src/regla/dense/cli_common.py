@@ -11,12 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, Schema, parse_override, yaml_load
+from ..config import ConfigError, Schema, yaml_load
 from ..errors import RunFailure, UsageError
 from ..outputs import atomic_write_text, check_writable
 from ..preflight import check_device, existing_file
 
-CONFIG_ROOT = Path(__file__).resolve().parents[3] / "configs"
 SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "output": "output", "device": "device",
              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "workers": "workers"}
 
@@ -49,18 +48,6 @@ def add_weights_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--weights", required=True, help="weights of a trained model (best.safetensors, last.pth)")
 
 
-def find_config(name: str, kind: str) -> Path:
-    """A YAML path, or ``configs/<kind>/<name>.yaml`` of this source tree."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    candidate = CONFIG_ROOT / kind / f"{name.removesuffix('.yaml')}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml")) if (CONFIG_ROOT / kind).is_dir() else []
-    raise UsageError(f"--config {name}: no such file" + (f"; known recipes: {', '.join(known)}" if known else ""))
-
-
 def load_recipe(path: Path) -> dict[str, Any]:
     try:
         data = yaml_load(path.read_text()) or {}
@@ -73,19 +60,15 @@ def load_recipe(path: Path) -> dict[str, Any]:
 
 def resolve_config(schema: Schema, args: argparse.Namespace, kind: str,
                    base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The recipe: schema defaults < ``base`` (demo, or a checkpoint's) < ``--config`` < flags < ``--set``."""
-    cfg = schema.defaults()
-    if base:
-        cfg = schema.merge(cfg, base, "demo recipe")
-    if getattr(args, "config", None):
-        path = find_config(args.config, kind)
-        cfg = schema.merge(cfg, load_recipe(path), str(path))
+    """The recipe (:func:`regla.runs.config.resolve_recipe`): schema defaults < ``base`` (demo, or a checkpoint's) <
+    the resumed run's recipe < ``--config`` (a YAML, or a name under ``configs/<kind>/``) < flags < ``--set``."""
+    from ..runs.config import resolve_recipe
+
     flags = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
-    cfg = schema.merge(cfg, flags, "command line")
-    overrides = dict(parse_override(text) for text in getattr(args, "overrides", []))
-    cfg = schema.merge(cfg, overrides, "--set")
-    schema.validate(cfg, "recipe")
-    return cfg
+    resume = getattr(args, "resume", None)
+    return resolve_recipe(schema, getattr(args, "config", None), list(getattr(args, "overrides", [])), flags=flags,
+                          base=dict(base or {}), resume=resume, output=getattr(args, "output", None),
+                          configs_dir=kind)
 
 
 def preflight(cfg: dict[str, Any], train: bool = True) -> None:
@@ -172,4 +155,25 @@ def demo_report(run_dir: Path, scores: Mapping[str, float], targets: Mapping[str
     if not summary["passed"]:
         raise RunFailure(f"the demo missed its targets ({', '.join(k for k, r in rows.items() if not r['ok'])}); "
                          f"see {path}")
+    return 0
+
+
+def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind: str,
+                  demo_base: Any, demo_targets: Mapping[str, float]) -> int:
+    """``regla det|seg train``: the recipe, every input check (the data is read and checked by ``task.prepare``,
+    the backbone must have ``features_only``), then the task on the one run harness; ``--demo`` reports its targets."""
+    cfg = resolve_config(schema, args, kind, demo_base() if args.demo else None)
+    if args.print_config:
+        return print_config(cfg)
+    preflight(cfg)
+    from .backbone import create_features
+
+    task = make_task(show_bar=not args.no_progress)
+    task.prepare(cfg)  # bad data stops here, before the run starts
+    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
+    from ..runs.harness import run as run_harness
+
+    result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
+    if args.demo:
+        return demo_report(Path(result.run_dir), result.last, demo_targets, f"regla {kind} train --demo")
     return 0

@@ -65,22 +65,9 @@ def demo_base() -> dict[str, Any]:
 
 
 def train(args: argparse.Namespace) -> int:
-    cfg = common.resolve_config(schema(), args, KIND, demo_base() if args.demo else None)
-    if args.print_config:
-        return common.print_config(cfg)
-    common.preflight(cfg)
-    from .backbone import create_features
     from .tasks import DetTask
 
-    task = DetTask(show_bar=not args.no_progress)
-    task.prepare(cfg)  # bad data stops here, before the run starts
-    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
-    from ..runs.harness import run as run_harness
-
-    result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
-    if args.demo:
-        return common.demo_report(Path(result.run_dir), result.last, DEMO_TARGETS, "regla det train --demo")
-    return 0
+    return common.train_command(args, schema(), DetTask, KIND, demo_base, DEMO_TARGETS)
 
 
 def _trained_model(cfg: dict[str, Any], weights: str) -> tuple[Any, list[str]]:
