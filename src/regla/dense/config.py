@@ -72,7 +72,8 @@ SEG_FIELDS: dict[str, Field] = {
 
 DET_DEFAULTS: dict[str, Any] = dict(
     epochs=12, batch_size=2, opt="adamw", lr=2e-4, weight_decay=0.05, sched="multistep", decay_milestones=[8, 11],
-    decay_rate=0.1, warmup_epochs=0, warmup_updates=500, warmup_lr=2e-7, min_lr=0.0, model_ema=False, clip_grad=None, workers=2,
+    decay_rate=0.1, warmup_epochs=0, warmup_updates=500, warmup_lr=2e-7, min_lr=0.0, model_ema=False, clip_grad=None,
+    workers=2,
     output="runs/det", eval_every=1)
 SEG_DEFAULTS: dict[str, Any] = dict(
     epochs=80, iters_per_epoch=1000, batch_size=2, opt="adamw", lr=1e-4, weight_decay=0.05, sched="poly",
