@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, Schema, yaml_load
+from ..config import Schema
 from ..errors import RunFailure, UsageError
 from ..outputs import atomic_write_text, check_writable
 from ..preflight import check_device, existing_file
@@ -46,16 +46,6 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str, demo_help: str) -
 def add_weights_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     add_recipe_arguments(p, kind)
     p.add_argument("--weights", required=True, help="weights of a trained model (best.safetensors, last.pth)")
-
-
-def load_recipe(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml_load(path.read_text()) or {}
-    except Exception as e:  # noqa: BLE001 - any YAML error is one bad-recipe message
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of recipe keys, got {type(data).__name__}")
-    return dict(data)
 
 
 def resolve_config(schema: Schema, args: argparse.Namespace, kind: str,
@@ -98,7 +88,9 @@ def recipe_of_weights(path: Path) -> dict[str, Any] | None:
     """The recipe saved with a run: ``config.yaml`` beside the weights, or the ``cfg`` of a ``.pth`` checkpoint."""
     beside = path.parent / "config.yaml"
     if beside.is_file():
-        return load_recipe(beside)
+        from ..config import load_yaml
+
+        return load_yaml(beside)
     if path.suffix != ".safetensors":
         from ..checkpoints import read_raw
 
