@@ -60,6 +60,7 @@ class ClassificationTask:
         self.mixup_fn: Any = None
         self.val_loader: Any = None
         self.skipped: list[str] = []
+        self.arch: dict[str, Any] = {}
 
     def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
         """Datasets (unreadable images skipped and listed), loaders, model (initial weights), loss."""
@@ -79,9 +80,9 @@ class ClassificationTask:
         if cfg["initial_checkpoint"]:
             load_initial(model, cfg["initial_checkpoint"])
         self.criterion = build_criterion(cfg, data.num_classes, device)
-        arch = {"model": cfg["model"], "num_classes": data.num_classes,
-                "distillation": cfg["distillation_type"] != "none", "in_chans": cfg["in_chans"]}
-        return Built(model=model, train_loader=train_loader, extra={"class_map": data.class_map}, arch=arch)
+        self.arch = {"model": cfg["model"], "num_classes": data.num_classes,
+                     "distillation": cfg["distillation_type"] != "none", "in_chans": cfg["in_chans"]}
+        return Built(model=model, train_loader=train_loader, extra={"class_map": data.class_map}, arch=self.arch)
 
     def step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
         """Mixup/CutMix, forward, loss (DeiT's distillation loss when a teacher is set)."""
@@ -106,9 +107,7 @@ class ClassificationTask:
         return model.state_dict()
 
     def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo:
-        arch = {"model": cfg["model"], "num_classes": self.data.num_classes,
-                "distillation": cfg["distillation_type"] != "none", "in_chans": cfg["in_chans"]}
-        return info_from_train_checkpoint({"cfg": cfg, "arch": arch, "class_map": self.data.class_map})
+        return info_from_train_checkpoint({"cfg": cfg, "arch": self.arch, "class_map": self.data.class_map})
 
     def check_resume(self, ckpt: dict[str, Any], cfg: dict[str, Any], path: Any) -> None:
         check_arch(ckpt, cfg, self.data.num_classes, path, self.data.class_map,
