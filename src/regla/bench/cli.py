@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: ReGLA-T/M-SAM in both modes, RepViT-SAM, MobileSAM, SAM ViT-B)")
     parser.add_argument("--sam-eager", action="store_true",
                         help="--task sam: also time the fused encoders in eager PyTorch (same interleaved rounds)")
+    parser.add_argument("--tables", nargs="+", default=None, metavar="RUN_DIR",
+                        help="time nothing: lay out earlier runs' results.json (their --output folders) as one "
+                             "Markdown table per backend over all their resolutions, with the 512->1024 growth, "
+                             "int8 speed-ups and compile/ORT ratios; writes tables.md and latency_vs_resolution.png")
     parser.add_argument("--output", "-o", default="bench_out",
                         help="output folder (default bench_out/); results replace earlier results of the same name "
                              "in it, other files are left alone")
@@ -131,6 +135,14 @@ def run(args: argparse.Namespace) -> int:
     from .runner import run_bench
 
     out = output_folder(args.output)
+    if args.tables is not None:
+        from .tables import write_tables
+
+        paths = write_tables(args.tables, out, reference=args.reference or DEFAULT_REFERENCE,
+                             plots=not args.no_plots)
+        print((out / "tables.md").read_text())
+        print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
+        return 0
     if args.task == "sam":
         return run_sam(args, out)
     if args.calib is not None and any(b.endswith("-int8") for b in args.backends):
