@@ -261,9 +261,11 @@ def evaluate_zero_shot(source: MaskSource, data: EvalData, prompts: Sequence[str
         boxes, cats, det_scores, n_dropped = _box_prompts(data, image_id, anns, hw) if "box" in prompts \
             else (np.zeros((0, 4)), [], None, 0)
         dropped += n_dropped
-        gts = [data.coco.annToMask(a).astype(bool) for a in anns] if "point" in prompts else []
-        with_mask = [(a, m) for a, m in zip(anns, gts, strict=True) if m.any()]
-        no_mask += len(gts) - len(with_mask)
+        with_mask = []
+        if "point" in prompts:
+            gts = [data.coco.annToMask(a).astype(bool) for a in anns]
+            with_mask = [(a, m) for a, m in zip(anns, gts, strict=True) if m.any()]
+            no_mask += len(gts) - len(with_mask)
         if not len(boxes) and not with_mask:
             continue  # nothing to prompt: the image is not encoded
         source.set_image(_read_rgb(data, image_id))
