@@ -374,6 +374,10 @@ def summary_table(scores: dict) -> str:
                                                                               "APl")))
     if "point_mIoU" in scores:
         rows.append(f"one point per instance: {scores['point_instances']} instances")
-        rows.append(f"  mIoU {scores['point_mIoU']:5.1f} (top-ranked mask)   {scores['point_oracle_mIoU']:5.1f} "
-                    "(oracle: best of 3)")
+        top, oracle = (_figure(scores[k]) for k in ("point_mIoU", "point_oracle_mIoU"))
+        rows.append(f"  mIoU {top} (top-ranked mask)   {oracle} (oracle: best of 3)")
     return "\n".join(rows)
+
+
+def _figure(value: float | None) -> str:
+    return "    -" if value is None else f"{value:5.1f}"

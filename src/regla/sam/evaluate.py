@@ -171,8 +171,9 @@ def _check_image_sizes(coco: Any, image_dir: Path, ids: Sequence[int]) -> None:
                 w, h = im.size
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"cannot read image {image_dir / info['file_name']}: {e}") from None
-        if (info.get("width", w), info.get("height", h)) != (w, h):
-            wrong.append(f"{info['file_name']} is {w}x{h}, not {info['width']}x{info['height']}")
+        stated = (info.get("width", w), info.get("height", h))
+        if stated != (w, h):
+            wrong.append(f"{info['file_name']} is {w}x{h}, not {stated[0]}x{stated[1]}")
     if wrong:
         raise DataError(f"{len(wrong)} image(s) in {image_dir} differ in size from the annotations: {listed(wrong)}")
 
@@ -285,5 +286,6 @@ def evaluate_zero_shot(source: MaskSource, data: EvalData, prompts: Sequence[str
     return ZeroShotResult(scores, results, points)
 
 
-def _mean_percent(values: list[float]) -> float:
-    return 100 * float(np.mean(values)) if values else 0.0
+def _mean_percent(values: list[float]) -> float | None:
+    """The mean in percent; None (no figure) for no instance."""
+    return 100 * float(np.mean(values)) if values else None
