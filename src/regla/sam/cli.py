@@ -340,6 +340,7 @@ def _resolve_device(name: str) -> str:
 def run_eval(args: argparse.Namespace) -> int:
     """``regla sam eval``: check every input, then box-prompted mask AP and single-point mIoU (docs/sam.md)."""
     import json
+    import time
 
     from ..outputs import atomic_write_text
     from .evaluate import SamMasks, evaluate_zero_shot, load_eval_data
@@ -349,11 +350,13 @@ def run_eval(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     data = load_eval_data(args.val_images, args.val_ann, args.boxes, args.score_thr or 0.0, args.max_images)
     sam = _build(args).to(device)
+    started = time.perf_counter()
     result = evaluate_zero_shot(SamMasks(sam), data, prompts, show_bar=not args.no_progress)
+    seconds = time.perf_counter() - started
     scores = {"encoder": args.encoder, "last_stage": args.last_stage, "checkpoint": args.checkpoint,
               "img_size": args.img_size, "val_images": str(args.val_images), "val_ann": str(args.val_ann),
               "boxes": args.boxes, "score_thr": args.score_thr if args.boxes else None, "prompts": prompts,
-              **result.scores}
+              "device": device, **result.scores, "seconds": round(seconds, 2)}
     atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     atomic_write_text(out / "results.json", json.dumps(result.results))
     atomic_write_text(out / "points.json", json.dumps(result.points))
@@ -364,7 +367,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def summary_table(scores: dict) -> str:
     """The figures of ``scores.json`` as a small text table."""
-    rows = [f"zero-shot SAM: {scores['encoder']} on {scores['images']} image(s)"
+    rows = [f"zero-shot SAM: {scores['encoder']} on {scores['images']} image(s) in {scores['seconds']:.1f} s"
             + ("" if scores.get("checkpoint") else " (random weights: the figures mean nothing)")]
     if "segm_AP" in scores:
         source = scores["box_source"] + (f" >= {scores['score_thr'] or 0:g}" if scores.get("boxes") else "")
