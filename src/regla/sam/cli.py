@@ -1,4 +1,4 @@
-"""``regla sam predict|export|eval|distill|encoders`` and ``regla sam --demo``: SAM on fast image encoders (docs/sam.md).
+"""``regla sam predict|export|eval|distill|encoders`` and ``regla sam --demo``: SAM on fast encoders (docs/sam.md).
 
 * ``regla sam predict IMAGE --box x1,y1,x2,y2 | --point x,y``: the mask SAM predicts, drawn on the image (PNG);
 * ``regla sam export``: the image encoder and the prompt decoder as two ONNX files, each checked in ONNX Runtime
