@@ -355,7 +355,7 @@ def run_eval(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     scores = {"encoder": args.encoder, "last_stage": args.last_stage, "checkpoint": args.checkpoint,
               "img_size": args.img_size, "val_images": str(args.val_images), "val_ann": str(args.val_ann),
-              "boxes": args.boxes, "score_thr": args.score_thr if args.boxes else None, "prompts": prompts,
+              "boxes": args.boxes, "score_thr": (args.score_thr or 0.0) if args.boxes else None, "prompts": prompts,
               "device": device, **result.scores, "seconds": round(seconds, 2)}
     atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     atomic_write_text(out / "results.json", json.dumps(result.results))

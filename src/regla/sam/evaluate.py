@@ -259,9 +259,10 @@ def evaluate_zero_shot(source: MaskSource, data: EvalData, prompts: Sequence[str
         info = data.coco.imgs[image_id]
         anns = [a for a in data.coco.imgToAnns.get(image_id, []) if usable(a)]
         hw = (int(info["height"]), int(info["width"]))
-        boxes, cats, det_scores, n_dropped = _box_prompts(data, image_id, anns, hw) if "box" in prompts \
-            else (np.zeros((0, 4)), [], None, 0)
-        dropped += n_dropped
+        boxes, cats, det_scores = np.zeros((0, 4)), [], None
+        if "box" in prompts:
+            boxes, cats, det_scores, n_dropped = _box_prompts(data, image_id, anns, hw)
+            dropped += n_dropped
         with_mask = []
         if "point" in prompts:
             gts = [data.coco.annToMask(a).astype(bool) for a in anns]
