@@ -155,6 +155,7 @@ CASES: dict[str, Case] = {
     "sam eval --val-ann missing": case(*SAM_EVAL, "--val-ann", "{missing}", says="file does not exist"),
     "sam eval --val-ann not JSON": case(*SAM_EVAL, "--val-ann", "{file}", says="is not valid JSON"),
     "sam eval --val-ann other images": case(*SAM_EVAL, "--val-images", "{folder}", says="are not in {folder}"),
+    "sam eval --val-ann other sizes": case(*SAM_EVAL, "--val-ann", "{coco_wrong_size}", says="is 32x32, not 40x32"),
     "sam eval --boxes missing": case(*SAM_EVAL, "--boxes", "{missing}", says="--boxes"),
     "sam eval --boxes not JSON": case(*SAM_EVAL, "--boxes", "{file}", says="not valid JSON"),
     "sam eval --boxes not a list": case(*SAM_EVAL, "--boxes", "{coco}", says="expected a COCO results list"),
@@ -290,11 +291,15 @@ def paths(tmp_path_factory) -> dict[str, str]:
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": box, "area": 100.0, "iscrowd": 0,
                          "segmentation": [[4, 4, 14, 4, 14, 14, 4, 14]]}],
         "categories": [{"id": 1, "name": "thing"}]}))
+    wrong = json.loads((root / "coco.json").read_text())
+    wrong["images"][0]["width"] = 40
+    (root / "coco_wrong_size.json").write_text(json.dumps(wrong))
     (root / "dets_other.json").write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": box, "score": 1}]))
     (root / "dets_bad.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": box[:3]}]))
     return {"data": str(root / "data"), "weights": str(root / "w.safetensors"), "run": str(root / "run"),
             "file": str(root / "notes.txt"), "folder": str(root / "folder"), "missing": str(root / "nowhere"),
-            "coco": str(root / "coco.json"), "dets_other": str(root / "dets_other.json"),
+            "coco": str(root / "coco.json"), "coco_wrong_size": str(root / "coco_wrong_size.json"),
+            "dets_other": str(root / "dets_other.json"),
             "dets_bad": str(root / "dets_bad.json")}
 
 
