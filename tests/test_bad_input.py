@@ -8,6 +8,8 @@ files outside the CLI layer are marked ``xfail(strict=True)`` with the owner and
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -15,15 +17,16 @@ import torch
 
 from regla.cli import main
 
-# what each command's long work is; a case whose check must happen before it replaces it with a tripwire
-WORK = {
+# what each command's long work is (one or more functions); a case whose check must happen before it replaces
+# them with a tripwire
+WORK: dict[str, str | tuple[str, ...]] = {
     "train": "regla.train.trainer.train",
     "export": "regla.deploy.export.export_model",
     "bench": "regla.bench.runner.run_bench",
     "plot": "regla.runs.plot_cli.plot_runs",
     "models": "regla.models.cli.model_rows",
     "eval": "regla.train.evaluate.evaluate",
-    "sam": "regla.runs.harness.run",
+    "sam": ("regla.runs.harness.run", "regla.sam.build.build_sam"),
     "knn": "regla.eval.knn.extract_features",
     "distill": "regla.runs.harness.run",
 }
@@ -48,6 +51,8 @@ EVAL = ("eval", "--data", "{data}", "--checkpoint", "{weights}", "--model", "reg
         "--device", "cpu", "--workers", "0")
 KNN = ("knn", "--bank", "{data}/train", "--queries", "{data}/val", "--model", "regla_t", "--device", "cpu",
        "--workers", "0")
+SAM_EVAL = ("sam", "eval", "--val-images", "{data}", "--val-ann", "{coco}", "-o", "{out}", "-e", "regla_t_sam",
+            "--img-size", "64", "--device", "cpu")
 DISTILL = ("distill", "--data", "{data}", "--output", "{out}", "--model", "regla_t", "--device", "cpu")
 NO_GPU = "--device cuda needs a machine without a GPU"
 
@@ -143,6 +148,33 @@ CASES: dict[str, Case] = {
     "sam --demo --set unknown": case("sam", "--demo", "--set", "bogus=1", says="unknown option 'bogus'"),
     "bench --sam-encoders bad mode": case(*BENCH, "--task", "sam", "--sam-encoders", "repvit_sam:fuse",
                                           says="applies to regla_*_sam only"),
+    # regla sam eval
+    "sam eval no --val-ann": case(*SAM_EVAL[:4], says="--val-ann FILE are required"),
+    "sam eval --val-images missing": case(*SAM_EVAL, "--val-images", "{missing}", says="folder does not exist"),
+    "sam eval --val-images file": case(*SAM_EVAL, "--val-images", "{file}", says="is a file, expected a folder"),
+    "sam eval --val-ann missing": case(*SAM_EVAL, "--val-ann", "{missing}", says="file does not exist"),
+    "sam eval --val-ann not JSON": case(*SAM_EVAL, "--val-ann", "{file}", says="is not valid JSON"),
+    "sam eval --val-ann other images": case(*SAM_EVAL, "--val-images", "{folder}", says="are not in {folder}"),
+    "sam eval --val-ann other sizes": case(*SAM_EVAL, "--val-ann", "{coco_wrong_size}", says="is 32x32, not 40x32"),
+    "sam eval --boxes missing": case(*SAM_EVAL, "--boxes", "{missing}", says="--boxes"),
+    "sam eval --boxes not JSON": case(*SAM_EVAL, "--boxes", "{file}", says="not valid JSON"),
+    "sam eval --boxes not a list": case(*SAM_EVAL, "--boxes", "{coco}", says="expected a COCO results list"),
+    "sam eval --boxes bad entry": case(*SAM_EVAL, "--boxes", "{dets_bad}", says="entry 0"),
+    "sam eval --boxes other images": case(*SAM_EVAL, "--boxes", "{dets_other}",
+                                          says="image ids not in the annotations: 7"),
+    "sam eval --score-thr 2": case(*SAM_EVAL, "--score-thr", "2", says="out of range"),
+    "sam eval --score-thr alone": case(*SAM_EVAL, "--score-thr", "0.5", says="give --boxes FILE too"),
+    "sam eval --prompts none": case(*SAM_EVAL, "--prompts", says="no prompt selected"),
+    "sam eval --prompts bad": case(*SAM_EVAL, "--prompts", "mask", says="invalid choice"),
+    "sam eval --boxes without box": case(*SAM_EVAL, "--boxes", "{dets_other}", "--prompts", "point",
+                                         says="leaves out box"),
+    "sam eval --max-images 0": case(*SAM_EVAL, "--max-images", "0", says="out of range"),
+    "sam eval --output file": case(*SAM_EVAL, "-o", "{file}", says="is a file; expected a folder"),
+    "sam eval --encoder unknown": case(*SAM_EVAL, "--encoder", "regla_q_sam", says="expected one of"),
+    "sam eval --img-size 100": case(*SAM_EVAL, "--img-size", "100", says="multiple of 16"),
+    "sam eval --last-stage bad": case(*SAM_EVAL, "--last-stage", "stride2", says="invalid choice"),
+    "sam eval --checkpoint missing": case(*SAM_EVAL, "--checkpoint", "{missing}", says="file does not exist"),
+    "sam eval --device tpu": case(*SAM_EVAL, "--device", "tpu", says="tpu"),
     # regla plot
     "plot RUN_DIR missing": case("plot", "{missing}", says="folder does not exist"),
     "plot RUN_DIR file": case("plot", "{file}", says="is a file"),
@@ -252,8 +284,23 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (root / "run" / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0, "lr": 0.1}\n')
     (root / "notes.txt").write_text("not a recipe, not a checkpoint\n")
     (root / "folder").mkdir()
+    # a one-image COCO set over data/ (the 32 x 32 train/a/0.png), and detector results that do not fit it
+    box = [4.0, 4.0, 10.0, 10.0]
+    (root / "coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "train/a/0.png", "width": 32, "height": 32}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": box, "area": 100.0, "iscrowd": 0,
+                         "segmentation": [[4, 4, 14, 4, 14, 14, 4, 14]]}],
+        "categories": [{"id": 1, "name": "thing"}]}))
+    wrong = json.loads((root / "coco.json").read_text())
+    wrong["images"][0]["width"] = 40
+    (root / "coco_wrong_size.json").write_text(json.dumps(wrong))
+    (root / "dets_other.json").write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": box, "score": 1}]))
+    (root / "dets_bad.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": box[:3]}]))
     return {"data": str(root / "data"), "weights": str(root / "w.safetensors"), "run": str(root / "run"),
-            "file": str(root / "notes.txt"), "folder": str(root / "folder"), "missing": str(root / "nowhere")}
+            "file": str(root / "notes.txt"), "folder": str(root / "folder"), "missing": str(root / "nowhere"),
+            "coco": str(root / "coco.json"), "coco_wrong_size": str(root / "coco_wrong_size.json"),
+            "dets_other": str(root / "dets_other.json"),
+            "dets_bad": str(root / "dets_bad.json")}
 
 
 @pytest.mark.parametrize("c", _params())
@@ -264,13 +311,16 @@ def test_bad_input_exits_2_with_one_line(c: Case, paths, tmp_path, capsys, monke
         def tripwire(*args, **kwargs):
             raise AssertionError("the long work started before the input was checked")
 
-        monkeypatch.setattr(WORK[argv[0]], tripwire)
+        work = WORK[argv[0]]
+        for target in (work,) if isinstance(work, str) else work:
+            monkeypatch.setattr(target, tripwire)
     code = main(argv)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"regla {argv[0]}: error: ") and c.says.format(**fill) in lines[0], err
+    # "regla CMD: error: ...", or "regla CMD SUB: error: ..." from argparse inside a subcommand's subcommand
+    assert re.match(rf"regla {argv[0]}( [a-z]+)?: error: ", lines[0]) and c.says.format(**fill) in lines[0], err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing was written
 
 

@@ -1,8 +1,10 @@
-"""``regla sam predict|export|distill|encoders`` and ``regla sam --demo``: SAM on a fast image encoder (docs/sam.md).
+"""``regla sam predict|export|eval|distill|encoders`` and ``regla sam --demo``: SAM on fast encoders (docs/sam.md).
 
 * ``regla sam predict IMAGE --box x1,y1,x2,y2 | --point x,y``: the mask SAM predicts, drawn on the image (PNG);
 * ``regla sam export``: the image encoder and the prompt decoder as two ONNX files, each checked in ONNX Runtime
   against PyTorch inside the command;
+* ``regla sam eval``: zero-shot COCO evaluation as in the SAM paper (box prompts -> mask AP, one point -> mIoU),
+  :mod:`regla.sam.evaluate`;
 * ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.distill`), on the run harness;
 * ``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo (:mod:`regla.sam.demo`);
 * ``regla sam encoders``: the encoder names.
@@ -24,6 +26,8 @@ from ..preflight import existing_file, float_range, int_range
 LAST_STAGE_CHOICES = ("stride1", "fuse")
 DEFAULT_ENCODER = "regla_m_sam"
 DEMO_OUTPUT = "runs/sam_demo"
+PROMPT_CHOICES = ("box", "point")  # regla.sam.evaluate.PROMPTS (not imported here: it imports torch)
+EVAL_FILES = ("scores.json", "results.json", "points.json")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,6 +101,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("eval", help="zero-shot COCO evaluation: box prompts -> mask AP, one point -> mIoU",
+                       description="Zero-shot evaluation as in the SAM paper on a COCO-format set: each box (the "
+                                   "ground truth's, or a detector's COCO results with --boxes) gives one mask, "
+                                   "scored with pycocotools (mask AP, AP50, AP75, APs/m/l); one point per instance "
+                                   "(farthest from its boundary) gives SAM's three masks, scored by the mIoU of the "
+                                   "top-ranked one and of the best one (oracle). Writes scores.json, results.json "
+                                   "(COCO segm results) and points.json.")
+    p.add_argument("--val-images", default=None, metavar="DIR", help="image folder of the COCO-format set")
+    p.add_argument("--val-ann", default=None, metavar="FILE", help="COCO instances JSON of those images")
+    p.add_argument("--boxes", default=None, metavar="FILE",
+                   help="a detector's COCO results JSON (SAM uses ViTDet-H's) as box prompts; results keep its "
+                        "categories and scores (default: the ground truth's boxes, scored by SAM's predicted IoU)")
+    p.add_argument("--score-thr", type=float_range(0.0, 1.0), default=None,
+                   help="--boxes: keep detections scoring at least this (default 0.0: all)")
+    p.add_argument("--prompts", nargs="*", choices=PROMPT_CHOICES, default=list(PROMPT_CHOICES),
+                   help="which evaluations to run (default: box point)")
+    p.add_argument("--max-images", type=int_range(1), default=None, metavar="N",
+                   help="evaluate the first N images (by id) only")
+    p.add_argument("--output", "-o", default="sam_eval", metavar="DIR",
+                   help="folder for scores.json, results.json, points.json (default sam_eval/)")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one), cpu, cuda, cuda:N, mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_arguments(p)
+
     sub.add_parser("encoders", help="list the image encoder names")
 
 
@@ -108,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--demo runs on its own; it does not combine with `regla sam {command}`")
         return run_demo(args)
     if command is None:
-        raise UsageError("regla sam needs a subcommand: predict, export or encoders (see `regla sam --help`)")
-    return {"predict": run_predict, "export": run_export, "distill": run_distill,
+        raise UsageError("regla sam needs a subcommand: predict, export, eval, distill or encoders "
+                         "(see `regla sam --help`)")
+    return {"predict": run_predict, "export": run_export, "eval": run_eval, "distill": run_distill,
             "encoders": run_encoders}[command](args)
 
 
@@ -273,3 +302,85 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"{package}: Core ML ML Program (fp16), image (1,3,{size},{size}) -> image_embeddings; not run here "
               "(Core ML runs on macOS/iOS)")
     return 0
+
+
+def _check_eval_args(args: argparse.Namespace) -> tuple[list[str], Path]:
+    """The prompts to run and the output folder, checked (paths and data are checked by ``load_eval_data``)."""
+    prompts = list(dict.fromkeys(args.prompts))
+    if not prompts:
+        raise UsageError(f"--prompts: no prompt selected; expected one or more of {', '.join(PROMPT_CHOICES)}")
+    if args.val_images is None or args.val_ann is None:
+        raise UsageError("--val-images DIR and --val-ann FILE are required (a COCO-format image folder and its "
+                         "instances JSON)")
+    if args.score_thr is not None and args.boxes is None:
+        raise UsageError("--score-thr applies to a detector's boxes: give --boxes FILE too")
+    if args.boxes is not None and "box" not in prompts:
+        raise UsageError("--boxes gives box prompts, but --prompts leaves out box")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out}: is a file; expected a folder for {', '.join(EVAL_FILES)}")
+    for name in EVAL_FILES:
+        if (out / name).is_dir():
+            raise UsageError(f"--output {out}: {out / name} is a folder; expected a file or nothing there")
+    check_writable(out / EVAL_FILES[0])
+    return prompts, out
+
+
+def _resolve_device(name: str) -> str:
+    from ..preflight import check_device
+
+    check_device(name)
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``regla sam eval``: check every input, then box-prompted mask AP and single-point mIoU (docs/sam.md)."""
+    import json
+    import time
+
+    from ..outputs import atomic_write_text
+    from .evaluate import SamMasks, evaluate_zero_shot, load_eval_data
+
+    prompts, out = _check_eval_args(args)
+    _check_model_args(args)
+    device = _resolve_device(args.device)
+    data = load_eval_data(args.val_images, args.val_ann, args.boxes, args.score_thr or 0.0, args.max_images)
+    sam = _build(args).to(device)
+    started = time.perf_counter()
+    result = evaluate_zero_shot(SamMasks(sam), data, prompts, show_bar=not args.no_progress)
+    seconds = time.perf_counter() - started
+    scores = {"encoder": args.encoder, "last_stage": args.last_stage, "checkpoint": args.checkpoint,
+              "img_size": args.img_size, "val_images": str(args.val_images), "val_ann": str(args.val_ann),
+              "boxes": args.boxes, "score_thr": (args.score_thr or 0.0) if args.boxes else None, "prompts": prompts,
+              "device": device, **result.scores, "seconds": round(seconds, 2)}
+    atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(result.results))
+    atomic_write_text(out / "points.json", json.dumps(result.points))
+    print(summary_table(scores))
+    print(f"written {', '.join(str(out / n) for n in EVAL_FILES)}")
+    return 0
+
+
+def summary_table(scores: dict) -> str:
+    """The figures of ``scores.json`` as a small text table."""
+    rows = [f"zero-shot SAM: {scores['encoder']} on {scores['images']} image(s) in {scores['seconds']:.1f} s"
+            + ("" if scores.get("checkpoint") else " (random weights: the figures mean nothing)")]
+    if "segm_AP" in scores:
+        source = scores["box_source"] + (f" >= {scores['score_thr'] or 0:g}" if scores.get("boxes") else "")
+        rows.append(f"box prompts ({source}): {scores['box_masks']} masks")
+        rows.append("  " + "  ".join(f"{k:>5}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+        rows.append("  " + "  ".join(f"{scores['segm_' + k]:5.1f}" for k in ("AP", "AP50", "AP75", "APs", "APm",
+                                                                              "APl")))
+    if "point_mIoU" in scores:
+        rows.append(f"one point per instance: {scores['point_instances']} instances")
+        top, oracle = (_figure(scores[k]) for k in ("point_mIoU", "point_oracle_mIoU"))
+        rows.append(f"  mIoU {top} (top-ranked mask)   {oracle} (oracle: best of 3)")
+    return "\n".join(rows)
+
+
+def _figure(value: float | None) -> str:
+    return "    -" if value is None else f"{value:5.1f}"
