@@ -140,6 +140,7 @@ def test_bench_task_sam_times_encoders_and_decoder(tmp_path, capsys):
                       ("regla_t_sam:stride1", "ort"), ("regla_t_sam:stride1 [eager]", "eager"), ("mask_decoder", "ort")]
     assert all(r["latency"]["median_ms"] > 0 and r["params"] > 0 for r in doc["results"])
     assert "| regla_t_sam:fuse | ort |" in capsys.readouterr().out
+    assert (tmp_path / "sam_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("spec, message", [("repvit_sam:fuse", "applies to regla_"), ("regla_q_sam", "unknown"),

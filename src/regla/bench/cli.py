@@ -195,7 +195,7 @@ def run_sam(args: argparse.Namespace, out: Path) -> int:
     threads = args.threads or 1
     _warn_if_busy(threads)
     doc = run_sam_bench(specs, sizes[0], threads, args.rounds, eager=args.sam_eager, command=_command_line())
-    paths = write_sam_outputs(doc, out)
+    paths = write_sam_outputs(doc, out, plots=not args.no_plots)
     print(markdown_table(doc))
     print(f"\n{doc['machine']['cpu']}, threads: {threads}; {doc['duration_s']:.0f} s; wrote "
           + ", ".join(map(str, paths)))

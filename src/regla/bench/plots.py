@@ -166,3 +166,28 @@ def backends_png(doc: dict) -> bytes:
         ax.legend(fontsize=8, ncol=len(backends))
     fig.suptitle(_subtitle(doc), fontsize=9, y=0.995)
     return _png(fig)
+
+
+def sam_latency_png(doc: dict) -> bytes:
+    """``regla bench --task sam``: median latency (bar) and p10-p90 (whisker) of every SAM encoder and the decoder."""
+    plt = _plt()
+    rows = doc["results"]
+    fig, ax = plt.subplots(figsize=(8.0, 0.45 * len(rows) + 1.6))
+    ys = list(range(len(rows)))[::-1]
+    for y, r in zip(ys, rows, strict=True):
+        lat = r["latency"]
+        color = "#d62728" if r["label"].startswith("regla_") else ("#7f7f7f" if r["backend"] == "eager" else "C0")
+        ax.barh(y, lat["median_ms"], color=color, alpha=0.55 if r.get("backend") == "eager" else 0.9)
+        ax.plot([lat["p10_ms"], lat["p90_ms"]], [y, y], color="k", linewidth=1.2)
+        ax.annotate(f"{lat['median_ms']:.0f} ms", (lat["median_ms"], y), textcoords="offset points", xytext=(4, -3),
+                    fontsize=7)
+    ax.set_yticks(ys, [f"{r['label']} ({r.get('backend', 'ort')})" for r in rows], fontsize=8)
+    ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis)
+    ax.set_xlabel("median latency (ms), batch 1, log scale; whisker: p10-p90")
+    ax.set_title(f"SAM image encoders and mask decoder at {doc['img_size']}x{doc['img_size']}, "
+                 f"{doc['threads']} thread(s)", fontsize=10)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    m = doc["machine"]
+    fig.suptitle(f"{m['cpu']}, {doc['date']}", fontsize=8, y=0.995)
+    return _png(fig)

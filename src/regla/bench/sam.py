@@ -4,7 +4,8 @@ Each encoder of :mod:`regla.sam` is built with random weights, fused, exported t
 (1024 by default, SAM's) and timed at batch 1 with a fixed intra-op thread count (1 by default, the issue's probe);
 the prompt encoder + mask decoder (``SamOnnxModel``, one box) is timed beside them. The runs are split into rounds
 with a rotating order (:func:`regla.bench.measure.interleaved`), so drift of a shared machine hits every model alike.
-Results: a printed Markdown table, ``sam_results.json`` and ``sam_results.md`` in the output folder.
+Results: a printed Markdown table, ``sam_results.json``, ``sam_results.md`` and ``sam_latency.png`` in the output
+folder.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..outputs import atomic_write_text
+from ..outputs import atomic_write_bytes, atomic_write_text
 from .measure import interleaved, summarize, time_runs
 from .runner import machine_info
 
@@ -152,10 +153,15 @@ def markdown_table(doc: dict, reference: str = "repvit_sam") -> str:
     return "\n".join(lines)
 
 
-def write_sam_outputs(doc: dict, folder: Path) -> list[Path]:
-    """``sam_results.json`` and ``sam_results.md`` in ``folder`` (atomically)."""
+def write_sam_outputs(doc: dict, folder: Path, plots: bool = True) -> list[Path]:
+    """``sam_results.json``, ``sam_results.md`` and ``sam_latency.png`` in ``folder`` (each atomically)."""
     m = doc["machine"]
     note = (f"\n\n{doc['img_size']}x{doc['img_size']}, batch 1, ONNX Runtime {m['onnxruntime']} CPU, "
             f"{doc['threads']} thread(s), {m['cpu']}; {doc['date']}; `{doc['command']}`\n")
-    return [atomic_write_text(folder / "sam_results.json", json.dumps(doc, indent=2)),
-            atomic_write_text(folder / "sam_results.md", markdown_table(doc) + note)]
+    paths = [atomic_write_text(folder / "sam_results.json", json.dumps(doc, indent=2)),
+             atomic_write_text(folder / "sam_results.md", markdown_table(doc) + note)]
+    if plots:
+        from .plots import sam_latency_png
+
+        paths.append(atomic_write_bytes(folder / "sam_latency.png", sam_latency_png(doc)))
+    return paths
