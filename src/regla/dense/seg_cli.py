@@ -53,12 +53,12 @@ def schema() -> Any:
 
 
 def demo_base() -> dict[str, Any]:
-    from ..data.voc_demo import write_voc_demo
+    from ..data.voc_demo import voc_class_names, write_voc_demo
 
     root = write_voc_demo()
     paths = dict(train_images=root / "images", train_labels=root / "labels", val_images=root / "images",
                  val_labels=root / "labels")
-    return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}}
+    return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}, "class_names": voc_class_names()}
 
 
 def train(args: argparse.Namespace) -> int:
@@ -87,7 +87,7 @@ def evaluate(args: argparse.Namespace) -> int:
     model = _trained_model(cfg, args.weights)
     meter = evaluate_segmenter(model, val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
                                cfg["test_stride"], cfg.get("eval_images"), show_bar=not args.no_progress)
-    scores = seg_scores(meter)
+    scores = seg_scores(meter, cfg.get("class_names"))
     out = Path(args.output) if args.output else Path(args.weights).parent
     atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     for key in ("mIoU", "mAcc", "aAcc"):
