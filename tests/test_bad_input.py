@@ -19,7 +19,7 @@ from regla.cli import main
 WORK = {
     "train": "regla.train.trainer.train",
     "export": "regla.deploy.export.export_model",
-    "bench": "regla.bench.runner.run_bench",
+    "bench": ("regla.bench.runner.run_bench", "regla.bench.dense.run_dense_bench"),
     "plot": "regla.runs.plot_cli.plot_runs",
     "models": "regla.models.cli.model_rows",
     "eval": "regla.train.evaluate.evaluate",
@@ -136,6 +136,11 @@ CASES: dict[str, Case] = {
     "bench --task bad": case(*BENCH, "--task", "detect", says="invalid choice"),
     "bench --sam-encoders unknown": case(*BENCH, "--task", "sam", "--sam-encoders", "regla_q_sam", says="unknown"),
     "bench --reference other": case(*BENCH, "--reference", "regla_m", says="not among the benchmarked models"),
+    "bench --dense-backbones unknown": case("bench", "--task", "det", "--dense-backbones", "regla_q", "-o", "{out}",
+                                            says="unknown model 'regla_q'"),
+    "bench --sizes malformed": case("bench", "--task", "seg", "--sizes", "512", "-o", "{out}", says="WIDTHxHEIGHT"),
+    "bench --sizes out of range": case("bench", "--task", "det", "--sizes", "512x8", "-o", "{out}", says="32..4096"),
+    "bench --sizes with classify": case(*BENCH, "--sizes", "64x64", says="apply to --task det|seg only"),
     "bench --output file": case(*BENCH, "-o", "{file}", says="is a file"),
     "bench --output under a file": case(*BENCH, "-o", "{file}/b", says="is a file, not a folder"),
     "sam --demo -o file": case("sam", "--demo", "-o", "{file}", says="is a file"),
@@ -264,7 +269,9 @@ def test_bad_input_exits_2_with_one_line(c: Case, paths, tmp_path, capsys, monke
         def tripwire(*args, **kwargs):
             raise AssertionError("the long work started before the input was checked")
 
-        monkeypatch.setattr(WORK[argv[0]], tripwire)
+        work = WORK[argv[0]]
+        for target in (work,) if isinstance(work, str) else work:
+            monkeypatch.setattr(target, tripwire)
     code = main(argv)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
