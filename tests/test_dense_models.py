@@ -97,6 +97,22 @@ def test_mask_rcnn_takes_mmdet_settings() -> None:
     assert (model.transform.min_size, model.transform.max_size) == ((800,), 1333)
 
 
+def test_mask_roi_size_sets_the_mask_resolution(voc: Path) -> None:
+    # 28x28 RoIs -> 56x56 masks: the mask head and its loss follow (the COCO recipes keep mmdet's 14 -> 28)
+    cfg = det_cfg(voc, mask_head_channels=16, box_head_dim=64, roi_batch_size=64, mask_roi_size=28,
+                  roi_positive_fraction=0.5)
+    task = DetTask()
+    built, losses = fit(task, cfg, 1)
+    model = built.model
+    assert model.roi_heads.mask_roi_pool.output_size == (28, 28)
+    assert model.roi_heads.fg_bg_sampler.positive_fraction == 0.5
+    feats = {k: torch.randn(1, 32, 64 >> i, 64 >> i) for i, k in enumerate(["0", "1", "2", "3"])}
+    boxes = [torch.tensor([[4.0, 4.0, 60.0, 60.0]])]
+    pooled = model.roi_heads.mask_roi_pool(feats, boxes, [(256, 256)])
+    logits = model.roi_heads.mask_predictor(model.roi_heads.mask_head(pooled))
+    assert logits.shape[-2:] == (56, 56) and math.isfinite(losses[0])
+
+
 def test_aligned_roi_align_pools_each_box_from_its_level() -> None:
     from torchvision.ops import roi_align
 
@@ -198,8 +214,10 @@ def test_table4_recipes_are_valid(kind: str, capsys: pytest.CaptureFixture) -> N
         if kind == "det":
             recipe = (cfg["epochs"], cfg["lr"], cfg["decay_milestones"], cfg["warmup_updates"])
             assert recipe == (12, 2e-4, [8, 11], 500)
+            assert (cfg["mask_roi_size"], cfg["roi_positive_fraction"], cfg["flip"]) == (14, 0.25, 0.5)  # mmdet's
         else:
             assert cfg["epochs"] * cfg["iters_per_epoch"] in (40_000, 80_000) and cfg["sched"] == "poly"
+            assert (cfg["ratio_range"], cfg["flip"], cfg["photometric"]) == ([0.5, 2.0], 0.5, True)  # mmseg's
 
 
 def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

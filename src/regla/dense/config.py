@@ -50,6 +50,10 @@ DET_FIELDS: dict[str, Field] = {
     "rpn_l1": Field(bool, True),
     "detections_per_img": Field(int, 100, ge=1),
     "roi_batch_size": Field(int, 512, ge=1, help="RoIs sampled per image for the box/mask heads (mmdet 512)"),
+    "roi_positive_fraction": Field(float, 0.25, gt=0.0, le=1.0,
+                                   help="largest share of positives among the sampled RoIs (mmdet 0.25)"),
+    "mask_roi_size": Field(int, 14, ge=1, help="RoIAlign output side of the mask head; masks are twice as large "
+                                               "(mmdet 14 -> 28x28)"),
     "box_head_dim": Field(int, 1024, ge=1, help="width of the two FC layers of the box head (mmdet 1024)"),
     "mask_head_channels": Field(int, 256, ge=1, help="channels of the four mask-head convs (mmdet 256)"),
 }
