@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from regla.dense.metrics import IoUMeter, coco_results, coco_scores
+from regla.dense.metrics import IoUMeter, coco_evaluate, coco_results, coco_scores
 
 
 def synthetic_coco(n: int = 4, size: int = 60):
-    """Images of 400x400 with ``n`` separated squares of side ``size`` (category 1 and 2 alternating)."""
+    """Images of 400x400 with ``n`` separated squares of side ``size`` (category 1 and 2 alternating); category 3
+    ("c") has no instance."""
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
@@ -30,21 +31,23 @@ def synthetic_coco(n: int = 4, size: int = 60):
                          "segmentation": {"size": [400, 400], "counts": rle["counts"].decode()}})
     coco = COCO()
     coco.dataset = {"images": [{"id": i, "height": 400, "width": 400, "file_name": f"{i}.png"} for i in (1, 2)],
-                    "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+                    "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"},
+                                                      {"id": 3, "name": "c"}]}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
 
 
-def outputs_from(coco, shift: float = 0.0, label_swap: bool = False):
-    """torchvision-style outputs equal to the ground truth, each box and mask shifted right by ``shift`` x side."""
+def outputs_from(coco, shift: float = 0.0, label_swap: bool = False, shift_cats: tuple[int, ...] = (1, 2)):
+    """torchvision-style outputs equal to the ground truth, each box and mask of a category in ``shift_cats``
+    shifted right by ``shift`` x side."""
     outs = []
     for image_id in (1, 2):
         anns = coco.imgToAnns[image_id]
         boxes, masks = [], []
         for a in anns:
             x, y, w, h = a["bbox"]
-            dx = round(shift * w)
+            dx = round(shift * w) if a["category_id"] in shift_cats else 0
             boxes.append([x + dx, y, x + w + dx, y + h])
             m = torch.from_numpy(coco.annToMask(a)).float()
             masks.append(torch.roll(m, dx, 1))
@@ -78,6 +81,35 @@ def test_wrong_classes_score_zero_and_no_detections_too() -> None:
     coco = synthetic_coco()
     assert coco_scores(coco, coco_results(outputs_from(coco, label_swap=True), [1, 2]))["bbox_AP"] == 0.0
     assert coco_scores(coco, [])["segm_AP50"] == 0.0
+
+
+def test_per_class_ap50_from_the_precision_array() -> None:
+    # category "b" shifted by 60% of the side: IoU 0.4 / 1.6 = 0.25 < 0.5, so its AP50 is 0 while "a" stays at 100;
+    # "c" has no ground truth (precision -1 throughout): None, and left out of the mean that AP50 is
+    coco = synthetic_coco()
+    scores, per_class = coco_evaluate(coco, coco_results(outputs_from(coco, shift=0.6, shift_cats=(2,)), [1, 2, 3]))
+    for kind in ("bbox", "segm"):
+        assert per_class[kind]["a"] == pytest.approx(100.0) and per_class[kind]["b"] == pytest.approx(0.0)
+        assert per_class[kind]["c"] is None
+        assert scores[f"{kind}_AP50"] == pytest.approx(50.0)
+
+
+def test_per_class_ap50_counts_recall_thresholds() -> None:
+    # "a" has 4 instances; the two of image 1 are found (best scores), those of image 2 are shifted off (IoU 0.25):
+    # precision 1 up to recall 0.5, then nothing: 51 of pycocotools' 101 recall thresholds -> 100 * 51 / 101
+    coco = synthetic_coco()
+    outs = outputs_from(coco)
+    outs[1] = outputs_from(coco, shift=0.6)[1]
+    outs[1][1]["scores"] = outs[1][1]["scores"] - 0.5  # below every score of image 1
+    _, per_class = coco_evaluate(coco, coco_results(outs, [1, 2, 3]), iou_types=("bbox",))
+    assert per_class["bbox"]["a"] == pytest.approx(100 * 51 / 101)
+    assert per_class["bbox"]["b"] == pytest.approx(100 * 51 / 101)
+
+
+def test_per_class_ap50_without_detections() -> None:
+    coco = synthetic_coco()
+    assert coco_evaluate(coco, [])[1]["segm"] == {"a": 0.0, "b": 0.0, "c": None}
+    assert coco_evaluate(coco, [], image_ids=[1])[1]["bbox"] == {"a": 0.0, "b": 0.0, "c": None}
 
 
 def test_results_are_coco_format() -> None:
@@ -130,3 +162,16 @@ def test_miou_known_values() -> None:
     half.update(torch.zeros(4, 4, dtype=torch.long), label)  # all predicted 0: IoU 0.5 and 0
     assert half.scores()["mIoU"] == pytest.approx(25.0) and half.scores()["aAcc"] == pytest.approx(50.0)
     assert torch.isnan(half.per_class_iou()[2])
+
+
+def test_seg_scores_name_the_per_class_iou() -> None:
+    from regla.dense.evaluate import seg_scores
+
+    label = torch.zeros(4, 4, dtype=torch.long)
+    label[:, 2:] = 1
+    meter = IoUMeter(3)
+    pred = label.clone()
+    pred[0, 2] = 0  # one "cat" pixel predicted "background": IoU 8/9 and 7/8 (rounded to 0.01)
+    meter.update(pred, label)
+    per_class = seg_scores(meter, ["background", "cat", "dog"])["per_class_IoU"]
+    assert per_class == {"background": pytest.approx(88.89), "cat": pytest.approx(87.5), "dog": None}

@@ -97,6 +97,22 @@ def test_mask_rcnn_takes_mmdet_settings() -> None:
     assert (model.transform.min_size, model.transform.max_size) == ((800,), 1333)
 
 
+def test_mask_roi_size_sets_the_mask_resolution(voc: Path) -> None:
+    # 28x28 RoIs -> 56x56 masks: the mask head and its loss follow (the COCO recipes keep mmdet's 14 -> 28)
+    cfg = det_cfg(voc, mask_head_channels=16, box_head_dim=64, roi_batch_size=64, mask_roi_size=28,
+                  roi_positive_fraction=0.5)
+    task = DetTask()
+    built, losses = fit(task, cfg, 1)
+    model = built.model
+    assert model.roi_heads.mask_roi_pool.output_size == (28, 28)
+    assert model.roi_heads.fg_bg_sampler.positive_fraction == 0.5
+    feats = {k: torch.randn(1, 32, 64 >> i, 64 >> i) for i, k in enumerate(["0", "1", "2", "3"])}
+    boxes = [torch.tensor([[4.0, 4.0, 60.0, 60.0]])]
+    pooled = model.roi_heads.mask_roi_pool(feats, boxes, [(256, 256)])
+    logits = model.roi_heads.mask_predictor(model.roi_heads.mask_head(pooled))
+    assert logits.shape[-2:] == (56, 56) and math.isfinite(losses[0])
+
+
 def test_aligned_roi_align_pools_each_box_from_its_level() -> None:
     from torchvision.ops import roi_align
 
@@ -161,6 +177,8 @@ def test_cli_bad_input_is_one_line_exit_2(voc: Path, capsys: pytest.CaptureFixtu
     assert "annotation file nope.json does not exist" in capsys.readouterr().err
     assert main(["seg", "train", "--set", "test_mode=tiles"]) == 2
     assert "test_mode = 'tiles'" in capsys.readouterr().err
+    assert main(["seg", "train", "--set", "num_classes=3", "--set", "class_names=[a,b]"]) == 2
+    assert "class_names lists 2 names but num_classes is 3" in capsys.readouterr().err
     assert main(["det", "train", "--backbone", "dense_test_plain", "--set", f"train_images={voc / 'images'}",
                  "--set", f"train_ann={voc / 'instances.json'}", "--device", "cpu"]) == 2
     assert "has no features_only support" in capsys.readouterr().err
@@ -196,8 +214,10 @@ def test_table4_recipes_are_valid(kind: str, capsys: pytest.CaptureFixture) -> N
         if kind == "det":
             recipe = (cfg["epochs"], cfg["lr"], cfg["decay_milestones"], cfg["warmup_updates"])
             assert recipe == (12, 2e-4, [8, 11], 500)
+            assert (cfg["mask_roi_size"], cfg["roi_positive_fraction"], cfg["flip"]) == (14, 0.25, 0.5)  # mmdet's
         else:
             assert cfg["epochs"] * cfg["iters_per_epoch"] in (40_000, 80_000) and cfg["sched"] == "poly"
+            assert (cfg["ratio_range"], cfg["flip"], cfg["photometric"]) == ([0.5, 2.0], 0.5, True)  # mmseg's
 
 
 def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -213,6 +233,19 @@ def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, cap
     assert not json.loads((tmp_path / "demo.json").read_text())["passed"]
 
 
+def test_demo_report_gives_the_per_class_breakdown(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from regla.dense.cli_common import demo_report
+
+    per_class = {"bbox_AP50": {"person": 100.0, "chair": 87.456, "dog": None},
+                 "segm_AP50": {"person": 99.0, "chair": 0.0, "dog": None}}
+    demo_report(tmp_path, {"bbox_AP50": 95.0}, {"bbox_AP50": 90.0}, "x", per_class)
+    saved = json.loads((tmp_path / "demo.json").read_text())["per_class"]
+    assert saved == {"bbox_AP50": {"person": 100.0, "chair": 87.46}, "segm_AP50": {"person": 99.0, "chair": 0.0}}
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["chair", "87.46", "0.00"] for line in lines)
+    assert not any("dog" in line for line in lines)  # absent from the photo: not listed
+
+
 @pytest.mark.parametrize("kind", ["det", "seg"])
 def test_eval_writes_scores(voc: Path, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture) -> None:
     from regla.dense.detector import build_detector
@@ -226,6 +259,8 @@ def test_eval_writes_scores(voc: Path, tmp_path: Path, kind: str, capsys: pytest
     scores = json.loads((tmp_path / "scores.json").read_text())
     if kind == "det":
         assert "bbox_AP" in scores and isinstance(json.loads((tmp_path / "results.json").read_text()), list)
+        assert isinstance(scores["per_class"]["segm_AP50"]["chair"], float)
+        assert scores["per_class"]["bbox_AP50"]["dog"] is None  # no dog in the photo
     else:
         assert "per_class_IoU" in scores
     assert ("segm_AP50" if kind == "det" else "mIoU") in capsys.readouterr().out
@@ -242,4 +277,12 @@ def test_demo_runs_on_the_harness(tmp_path: Path, kind: str, monkeypatch: pytest
     assert main([kind, "train", "--demo", "--output", str(tmp_path / "run"), "--no-progress", *small]) == 1
     report = json.loads((tmp_path / "run" / "demo.json").read_text())
     assert report["passed"] is False and report["targets"]
+    # the photo's classes, by name: person, chair, bottle, dining table (and the background for seg)
+    names = {"person", "chair", "bottle", "diningtable"} | ({"background"} if kind == "seg" else set())
+    metrics = ["bbox_AP50", "segm_AP50"] if kind == "det" else ["IoU"]
+    assert list(report["per_class"]) == metrics
+    if kind == "det":  # a class without any detection scores AP 0; every class of the photo is listed
+        assert all(set(report["per_class"][m]) == names for m in metrics)
+    else:  # a class is listed once it is predicted or labelled: the photo's classes at least
+        assert set(report["per_class"]["IoU"]) >= names
     assert (tmp_path / "run" / "last.pth").is_file() and (tmp_path / "run" / "metrics.csv").is_file()

@@ -63,9 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "by stage/sub-module and by block), printed and written as profile_<model>_<px>.json; "
                              "with eager among --backends also torch.profiler of PyTorch eager "
                              "(profile_eager_<model>_<px>.json)")
-    parser.add_argument("--task", choices=("classify", "sam"), default="classify",
+    parser.add_argument("--task", choices=("classify", "sam", "det", "seg"), default="classify",
                         help="classify: backbones (default); sam: SAM image encoders at 1024 px (--resolutions to "
-                             "change it) and the mask decoder, ONNX Runtime only, 1 thread unless --threads")
+                             "change it) and the mask decoder, ONNX Runtime only, 1 thread unless --threads; "
+                             "det: the whole Mask R-CNN (eager, 100 detections forced); seg: the whole Semantic FPN "
+                             "(eager and ONNX Runtime); det and seg at --sizes with --dense-backbones")
+    parser.add_argument("--dense-backbones", nargs="+", default=None, metavar="NAME",
+                        help="--task det|seg: backbones of the detector / segmenter (default: regla_m iformer_m "
+                             "repvit_m1_1 repnext_m3)")
+    parser.add_argument("--sizes", nargs="+", default=None, metavar="WxH",
+                        help="--task det|seg: input sizes, width x height in px (default: 512x512 1333x800)")
     parser.add_argument("--sam-encoders", nargs="+", default=None, metavar="NAME[:MODE]",
                         help="--task sam: encoders to time, e.g. regla_m_sam:fuse repvit_sam mobile_sam sam_vit_b "
                              "(default: ReGLA-T/M-SAM in both modes, RepViT-SAM, MobileSAM, SAM ViT-B)")
@@ -145,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.task == "sam":
         return run_sam(args, out)
+    if args.task in ("det", "seg"):
+        return run_dense(args, out)
+    if args.dense_backbones is not None or args.sizes is not None:
+        raise UsageError("--dense-backbones and --sizes apply to --task det|seg only")
     if args.calib is not None and any(b.endswith("-int8") for b in args.backends):
         from ..deploy.calib import check_folder
 
@@ -200,6 +211,31 @@ def run_sam(args: argparse.Namespace, out: Path) -> int:
     print(f"\n{doc['machine']['cpu']}, threads: {threads}; {doc['duration_s']:.0f} s; wrote "
           + ", ".join(map(str, paths)))
     return 0
+
+
+def run_dense(args: argparse.Namespace, out: Path) -> int:
+    """``--task det|seg``: the whole detector / segmenter per backbone and size (:mod:`regla.bench.dense`).
+    Every input is checked before any model is built."""
+    from .dense import check_inputs, markdown_table, run_dense_bench, write_dense_outputs
+
+    if args.models is not None:
+        raise UsageError(f"--models applies to --task classify; with --task {args.task} give --dense-backbones")
+    if list(args.resolutions) != list(DEFAULT_RESOLUTIONS):
+        raise UsageError(f"--resolutions applies to --task classify|sam; with --task {args.task} give --sizes WxH")
+    if args.min_runs > args.max_runs:
+        raise UsageError(f"--min-runs {args.min_runs} exceeds --max-runs {args.max_runs}")
+    names, sizes, backends = check_inputs(args.task, args.dense_backbones, args.sizes, args.backends)
+    _warn_if_busy(args.threads)
+    print(f"regla bench: {args.task}: {len(names)} backbone(s) at {', '.join(f'{w}x{h}' for w, h in sizes)}, "
+          f"{' and '.join(backends)} -> {out}/", file=sys.stderr)
+    doc = run_dense_bench(args.task, names, sizes, backends, threads=args.threads, warmup=args.warmup,
+                          min_runs=args.min_runs, max_runs=args.max_runs, target_s=args.target_time,
+                          rounds=args.rounds, command=_command_line())
+    paths = write_dense_outputs(doc, out, plots=not args.no_plots)
+    print(markdown_table(doc))
+    print(f"\n{doc['machine']['cpu']}, threads: {doc['threads']}; {doc['duration_s']:.0f} s; wrote "
+          + ", ".join(map(str, paths)))
+    return 1 if all(not r["latency"] for r in doc["results"]) else 0
 
 
 def run_profile(names: list[str], cfg, output: Path) -> int:

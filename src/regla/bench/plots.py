@@ -191,3 +191,39 @@ def sam_latency_png(doc: dict) -> bytes:
     m = doc["machine"]
     fig.suptitle(f"{m['cpu']}, {doc['date']}", fontsize=8, y=0.995)
     return _png(fig)
+
+
+def dense_latency_png(doc: dict) -> bytes:
+    """``regla bench --task det|seg``: median latency of the whole model per backbone, one bar per size and backend
+    (grouped, log scale, p10-p90 as error bars); a missing bar is a model that could not run (see the .md)."""
+    plt = _plt()
+    rows = [r for r in doc["results"]]
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    labels = {r["backbone"]: r["label"] for r in rows}
+    series = list(dict.fromkeys((r["size"], r["backend"]) for r in rows))
+    by_key = {(r["backbone"], r["size"], r["backend"]): r for r in rows}
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * len(backbones) * max(1, len(series)) / 1.5), 4.8))
+    for si, (size, backend) in enumerate(series):
+        xs, ys, lo, hi = [], [], [], []
+        for bi, name in enumerate(backbones):
+            lat = by_key.get((name, size, backend), {}).get("latency")
+            if lat:
+                xs.append(bi + (si - (len(series) - 1) / 2) * width)
+                ys.append(lat["median_ms"])
+                lo.append(lat["median_ms"] - lat["p10_ms"])
+                hi.append(lat["p90_ms"] - lat["median_ms"])
+        ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=2, color=f"C{si}",
+               label=f"{size} {LABELS.get(backend, backend)}")
+    ax.set_xticks(range(len(backbones)), [labels[n] for n in backbones], fontsize=8)
+    ax.set_yscale("log")
+    _plain_log_axis(ax.yaxis)
+    ax.set_ylabel("median latency (ms), log scale; bars p10-p90")
+    what = (f"Mask R-CNN, {doc['detections_per_img']} detections forced" if doc["task"] == "det"
+            else "Semantic FPN")
+    ax.set_title(f"Whole {what}, batch 1, by backbone, input size and backend", fontsize=9)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    m = doc["machine"]
+    fig.suptitle(f"{m['cpu']}, threads: {doc['threads']}, {doc['date']}", fontsize=8, y=0.995)
+    return _png(fig)

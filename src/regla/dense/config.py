@@ -50,6 +50,10 @@ DET_FIELDS: dict[str, Field] = {
     "rpn_l1": Field(bool, True),
     "detections_per_img": Field(int, 100, ge=1),
     "roi_batch_size": Field(int, 512, ge=1, help="RoIs sampled per image for the box/mask heads (mmdet 512)"),
+    "roi_positive_fraction": Field(float, 0.25, gt=0.0, le=1.0,
+                                   help="largest share of positives among the sampled RoIs (mmdet 0.25)"),
+    "mask_roi_size": Field(int, 14, ge=1, help="RoIAlign output side of the mask head; masks are twice as large "
+                                               "(mmdet 14 -> 28x28)"),
     "box_head_dim": Field(int, 1024, ge=1, help="width of the two FC layers of the box head (mmdet 1024)"),
     "mask_head_channels": Field(int, 256, ge=1, help="channels of the four mask-head convs (mmdet 256)"),
 }
@@ -59,6 +63,8 @@ SEG_FIELDS: dict[str, Field] = {
     "train_images": Field(str, None, nullable=True), "train_labels": Field(str, None, nullable=True),
     "val_images": Field(str, None, nullable=True), "val_labels": Field(str, None, nullable=True),
     "num_classes": Field(int, 150, ge=2), "reduce_zero_label": Field(bool, True),
+    "class_names": Field(list, None, nullable=True, items=str,
+                         help="names of classes 0..num_classes-1 for the per-class IoU; None: their numbers"),
     "check_labels": Field(bool, True, help="read every label before training (values, channels)"),
     "head_channels": Field(int, 128, ge=1), "dropout": Field(float, 0.1, ge=0.0, lt=1.0),
     "freeze_bn": Field(bool, False),
@@ -96,12 +102,19 @@ def _ratios(cfg: Mapping[str, Any]) -> str | None:
     return f"ratio_range {cfg['ratio_range']}: the first value must not exceed the second" if lo > hi else None
 
 
+def _class_names(cfg: Mapping[str, Any]) -> str | None:
+    names = cfg["class_names"]
+    if names is not None and len(names) != cfg["num_classes"]:
+        return f"class_names lists {len(names)} names but num_classes is {cfg['num_classes']} (one name per class)"
+    return None
+
+
 def _schema(own: Mapping[str, Field], defaults: Mapping[str, Any], rules: list, command: str) -> Schema:
     return Schema(_with_defaults({**RUN_FIELDS, **own}, defaults), [*RUN_RULES, *rules], command=command)
 
 
 DET_SCHEMA = _schema(DET_FIELDS, DET_DEFAULTS, [_sizes], "regla det train")
-SEG_SCHEMA = _schema(SEG_FIELDS, SEG_DEFAULTS, [_ratios], "regla seg train")
+SEG_SCHEMA = _schema(SEG_FIELDS, SEG_DEFAULTS, [_ratios, _class_names], "regla seg train")
 
 
 def samples_per_epoch(cfg: Mapping[str, Any], world_size: int) -> int | None:

@@ -97,13 +97,14 @@ def evaluate(args: argparse.Namespace) -> int:
     if val_set is None:
         raise common.UsageError("regla det eval: the recipe sets no val_ann (give --set val_ann=... and val_images)")
     model, _ = _trained_model(cfg, args.weights)
-    scores, results = evaluate_detector(model, val_set, cfg.get("eval_images"), show_bar=not args.no_progress)
+    scores, per_class, results = evaluate_detector(model, val_set, cfg.get("eval_images"),
+                                                   show_bar=not args.no_progress)
     out = Path(args.output) if args.output else Path(args.weights).parent
     atomic_write_text(out / "results.json", json.dumps(results))
-    atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
+    atomic_write_text(out / "scores.json", json.dumps({**scores, "per_class": per_class}, indent=2) + "\n")
     for key, value in scores.items():
         print(f"{key:>10}: {value:6.2f}")
-    print(f"written {out / 'results.json'} (COCO format) and {out / 'scores.json'}")
+    print(f"written {out / 'results.json'} (COCO format) and {out / 'scores.json'} (with per-category AP50)")
     return 0
 
 

@@ -79,15 +79,18 @@ def _l1_rpn(rpn: RegionProposalNetwork) -> L1RegionProposalNetwork:
 
 def mask_rcnn(backbone: BackboneFPN, num_classes: int | None, mean: Sequence[float], std: Sequence[float],
               min_size: int = 800, max_size: int = 1333, rpn_post_nms_top_n_train: int = 1000,
-              sampling_ratio: int = 0, aligned: bool = True, rpn_l1: bool = True, **kwargs: Any) -> MaskRCNN:
+              sampling_ratio: int = 0, aligned: bool = True, rpn_l1: bool = True, mask_roi_size: int = 14,
+              **kwargs: Any) -> MaskRCNN:
     """torchvision ``MaskRCNN`` with mmdet's settings (module docstring); ``num_classes`` counts the background
-    (None when the predictors are given in ``kwargs``)."""
+    (None when the predictors are given in ``kwargs``). ``mask_roi_size``: the mask head's RoIAlign output
+    (mmdet's 14); its convs keep the size and the predictor's x2 deconvolution doubles it (28x28 masks), and the
+    mask targets follow the predicted size."""
     pool = AlignedMultiScaleRoIAlign if aligned else MultiScaleRoIAlign
     model = MaskRCNN(
         backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, image_mean=list(mean),
         image_std=list(std), rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         box_roi_pool=pool(LEVELS, output_size=7, sampling_ratio=sampling_ratio),
-        mask_roi_pool=pool(LEVELS, output_size=14, sampling_ratio=sampling_ratio), **kwargs)
+        mask_roi_pool=pool(LEVELS, output_size=mask_roi_size, sampling_ratio=sampling_ratio), **kwargs)
     if rpn_l1:
         model.rpn = _l1_rpn(model.rpn)
     return model
@@ -108,7 +111,8 @@ def build_detector(cfg: Mapping[str, Any], num_classes: int, log: bool = True) -
     model = mask_rcnn(backbone, num_classes if not heads else None, mean, std, min_size=cfg["min_size"],
                       max_size=cfg["max_size"], rpn_post_nms_top_n_train=cfg["rpn_post_nms_top_n_train"],
                       sampling_ratio=cfg["roi_sampling_ratio"], aligned=cfg["roi_aligned"], rpn_l1=cfg["rpn_l1"],
-                      box_detections_per_img=cfg["detections_per_img"],
-                      box_batch_size_per_image=cfg["roi_batch_size"], **heads)
+                      box_detections_per_img=cfg["detections_per_img"], mask_roi_size=cfg["mask_roi_size"],
+                      box_batch_size_per_image=cfg["roi_batch_size"],
+                      box_positive_fraction=cfg["roi_positive_fraction"], **heads)
     return model, report
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .metrics import IoUMeter, coco_results, coco_scores
+from .metrics import IoUMeter, coco_evaluate, coco_results
 from .segmenter import infer_logits
 
 
@@ -73,15 +73,18 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def evaluate_detector(model: nn.Module, dataset: Any, limit: int | None = None,
-                      show_bar: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """``bbox_*`` and ``segm_*`` COCO scores (every rank) and the results (rank 0; [] elsewhere)."""
+def evaluate_detector(model: nn.Module, dataset: Any, limit: int | None = None, show_bar: bool = False
+                      ) -> tuple[dict[str, float], dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """``bbox_*`` and ``segm_*`` COCO scores and the per-category AP50 ``{"bbox_AP50": {name: AP50 or None},
+    "segm_AP50": {...}}`` (every rank), and the results (rank 0; [] elsewhere)."""
     merged = gather_results(detect(model, dataset, limit, show_bar))
     scores = None
     if merged is not None:
         ids = [dataset.ids[i] for i in range(min(len(dataset), limit or len(dataset)))]
-        scores = coco_scores(dataset.coco, merged, image_ids=ids)
-    return broadcast(scores), merged or []
+        values, per_class = coco_evaluate(dataset.coco, merged, image_ids=ids)
+        scores = values, {f"{kind}_AP50": v for kind, v in per_class.items()}
+    scores = broadcast(scores)
+    return scores[0], scores[1], merged or []
 
 
 @torch.no_grad()

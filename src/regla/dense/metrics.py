@@ -2,7 +2,8 @@
 
 * :func:`coco_results` turns torchvision detector outputs into COCO-format results (``bbox`` as x, y, w, h;
   ``segmentation`` as RLE of the mask thresholded at 0.5) and :func:`coco_scores` scores them with ``COCOeval``:
-  AP, AP50, AP75, APs, APm, APl in percent, keyed ``bbox_AP`` ... ``segm_APl``.
+  AP, AP50, AP75, APs, APm, APl in percent, keyed ``bbox_AP`` ... ``segm_APl``; :func:`coco_evaluate` adds each
+  category's AP50 (from ``COCOeval``'s precision array).
 * :class:`IoUMeter` accumulates per-class intersections and unions over the whole set (mmseg's
   ``intersect_and_union`` / ``total_intersect_and_union``); IoU of a class = intersection / union, classes absent
   from both prediction and label (union 0) are excluded from the mean; pixel accuracy aAcc = correct / labelled.
@@ -46,32 +47,67 @@ def coco_results(outputs: Iterable[tuple[int, Mapping[str, torch.Tensor]]], cat_
     return results
 
 
-def coco_scores(coco_gt: Any, results: list[dict[str, Any]], iou_types: Sequence[str] = ("bbox", "segm"),
-                image_ids: Sequence[int] | None = None) -> dict[str, float]:
-    """``COCOeval`` of ``results`` against ``coco_gt`` for each IoU type: ``{type}_{AP,AP50,...}`` in percent.
-
-    With no results every score is 0 (pycocotools refuses an empty result list). ``image_ids`` restricts the
-    evaluation (default: every image of ``coco_gt``).
-    """
+def _cocoeval(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int] | None) -> Any:
+    """An evaluated, accumulated and summarized ``COCOeval`` (its printing silenced)."""
     from pycocotools.cocoeval import COCOeval
 
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
+        ev = COCOeval(coco_gt, dt, iou_type)
+        if image_ids is not None:
+            ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def per_class_ap50(ev: Any) -> dict[str, float | None]:
+    """AP50 in percent of each category of an accumulated ``COCOeval``, keyed by category name: the mean of
+    ``eval["precision"]`` at IoU 0.5, area "all", maxDets 100 over the recall thresholds, -1 entries (no ground
+    truth of the category in the evaluated images) left out; None where every entry is -1."""
+    p = ev.params
+    t = int(np.argmin(np.abs(np.asarray(p.iouThrs) - 0.5)))
+    a, m = list(p.areaRngLbl).index("all"), list(p.maxDets).index(100)
+    precision = ev.eval["precision"]
+    out: dict[str, float | None] = {}
+    for k, cat_id in enumerate(p.catIds):
+        values = precision[t, :, k, a, m]
+        values = values[values > -1]
+        out[ev.cocoGt.cats[cat_id]["name"]] = float(values.mean()) * 100 if values.size else None
+    return out
+
+
+def coco_evaluate(coco_gt: Any, results: list[dict[str, Any]], iou_types: Sequence[str] = ("bbox", "segm"),
+                  image_ids: Sequence[int] | None = None) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """``COCOeval`` of ``results`` against ``coco_gt`` for each IoU type: the scores ``{type}_{AP,AP50,...}`` in
+    percent and the per-category AP50 ``{type: {name: AP50 or None}}`` (:func:`per_class_ap50`).
+
+    With no results every score is 0 (pycocotools refuses an empty result list), and so is the AP50 of every
+    category with ground truth. ``image_ids`` restricts the evaluation (default: every image of ``coco_gt``).
+    """
     scores: dict[str, float] = {}
+    per_class: dict[str, dict[str, Any]] = {}
     for iou_type in iou_types:
         if not results:
             scores.update({f"{iou_type}_{k}": 0.0 for k in COCO_STATS})
+            ids = set(image_ids) if image_ids is not None else set(coco_gt.imgs)
+            present = {a["category_id"] for a in coco_gt.dataset["annotations"] if a["image_id"] in ids}
+            per_class[iou_type] = {c["name"]: (0.0 if c["id"] in present else None)
+                                   for c in (coco_gt.cats[i] for i in sorted(coco_gt.cats))}
             continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
-            ev = COCOeval(coco_gt, dt, iou_type)
-            if image_ids is not None:
-                ev.params.imgIds = list(image_ids)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
+        ev = _cocoeval(coco_gt, results, iou_type, image_ids)
         # a stat of -1 means "no ground truth in this area range": reported as 0
         stats = zip(COCO_STATS, ev.stats[:6], strict=True)
         scores.update({f"{iou_type}_{k}": max(float(v), 0.0) * 100 for k, v in stats})
-    return scores
+        per_class[iou_type] = per_class_ap50(ev)
+    return scores, per_class
+
+
+def coco_scores(coco_gt: Any, results: list[dict[str, Any]], iou_types: Sequence[str] = ("bbox", "segm"),
+                image_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """The scores of :func:`coco_evaluate` alone."""
+    return coco_evaluate(coco_gt, results, iou_types, image_ids)[0]
 
 
 class IoUMeter:

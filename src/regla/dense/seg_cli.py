@@ -19,10 +19,11 @@ from ..outputs import atomic_write_text, resolve_output
 from . import cli_common as common
 
 KIND = "seg"
-#: The demo: ReGLA-T from scratch, a slim FPN/head, 320 px crops of the (640, 320) resize, mild rescaling (a fit test).
+#: The demo: ReGLA-T from scratch, a slim FPN/head, 320 px crops of the (640, 320) resize, batch 1, 480 steps, no
+#: flip and no random rescale (a fit test on one photo; see docs/dense.md §5 for the figures).
 DEMO_RECIPE: dict[str, Any] = dict(
-    backbone="regla_t", fpn_channels=64, head_channels=64, num_classes=21, scale=[640, 320], ratio_range=[0.8, 1.25],
-    crop_size=320, batch_size=2, iters_per_epoch=20, epochs=12, lr=2e-3, sched="cosine", warmup_updates=10,
+    backbone="regla_t", fpn_channels=64, head_channels=64, num_classes=21, scale=[640, 320], ratio_range=[1.0, 1.0],
+    crop_size=320, flip=0.0, batch_size=1, iters_per_epoch=40, epochs=12, lr=2e-3, sched="cosine", warmup_updates=10,
     warmup_lr=1e-5, min_lr=1e-5, photometric=False, workers=0, eval_every=12, device="cpu", output="runs/seg_demo",
     torch_threads=max(1, min(4, (os.cpu_count() or 2) // 2)))  # one per physical core
 DEMO_TARGETS = {"mIoU": 80.0}
@@ -53,12 +54,12 @@ def schema() -> Any:
 
 
 def demo_base() -> dict[str, Any]:
-    from ..data.voc_demo import write_voc_demo
+    from ..data.voc_demo import voc_class_names, write_voc_demo
 
     root = write_voc_demo()
     paths = dict(train_images=root / "images", train_labels=root / "labels", val_images=root / "images",
                  val_labels=root / "labels")
-    return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}}
+    return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}, "class_names": voc_class_names()}
 
 
 def train(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def evaluate(args: argparse.Namespace) -> int:
     model = _trained_model(cfg, args.weights)
     meter = evaluate_segmenter(model, val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
                                cfg["test_stride"], cfg.get("eval_images"), show_bar=not args.no_progress)
-    scores = seg_scores(meter)
+    scores = seg_scores(meter, cfg.get("class_names"))
     out = Path(args.output) if args.output else Path(args.weights).parent
     atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     for key in ("mIoU", "mAcc", "aAcc"):

@@ -26,7 +26,7 @@ from ..runs.task import Built
 from .backbone import norm_stats
 from .config import samples_per_epoch
 from .detector import build_detector
-from .evaluate import evaluate_detector, evaluate_segmenter
+from .evaluate import evaluate_detector, evaluate_segmenter, seg_scores
 from .segmenter import build_segmenter, seg_loss
 from .transforms import SegTestTransform, SegTrainTransform, det_test_transforms, det_train_transforms
 
@@ -65,6 +65,8 @@ class DetTask:
         self.cfg: dict[str, Any] = {}
         self.load_report = None
         self.class_names: list[str] = []
+        #: the last evaluation's per-category AP50 ({"bbox_AP50": {name: AP50}, "segm_AP50": {...}})
+        self.per_class: dict[str, dict[str, Any]] = {}
 
     def prepare(self, cfg: dict[str, Any]) -> None:
         """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
@@ -117,7 +119,7 @@ class DetTask:
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         if self.val_set is None:
             return {}
-        scores, _ = evaluate_detector(model, self.val_set, self.cfg.get("eval_images"), self.show_bar)
+        scores, self.per_class, _ = evaluate_detector(model, self.val_set, self.cfg.get("eval_images"), self.show_bar)
         return scores
 
     def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
@@ -139,6 +141,8 @@ class SegTask:
         self.val_set: SegmentationFolder | None = None
         self.cfg: dict[str, Any] = {}
         self.load_report = None
+        #: the last evaluation's per-class IoU ({"IoU": {name: IoU or None}}; names from ``class_names``)
+        self.per_class: dict[str, dict[str, Any]] = {}
 
     def prepare(self, cfg: dict[str, Any]) -> None:
         """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
@@ -185,6 +189,7 @@ class SegTask:
         cfg = self.cfg
         meter = evaluate_segmenter(model, self.val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
                                    cfg["test_stride"], cfg.get("eval_images"), self.show_bar)
+        self.per_class = {"IoU": seg_scores(meter, cfg.get("class_names"))["per_class_IoU"]}
         return meter.scores()
 
     def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
