@@ -179,7 +179,8 @@ def sam_latency_png(doc: dict) -> bytes:
         color = "#d62728" if r["label"].startswith("regla_") else ("#7f7f7f" if r["backend"] == "eager" else "C0")
         ax.barh(y, lat["median_ms"], color=color, alpha=0.55 if r.get("backend") == "eager" else 0.9)
         ax.plot([lat["p10_ms"], lat["p90_ms"]], [y, y], color="k", linewidth=1.2)
-        ax.annotate(f"{lat['median_ms']:.0f} ms", (lat["median_ms"], y), textcoords="offset points", xytext=(4, -3),
+        ax.annotate(f"{lat['median_ms']:.0f} ms", (max(lat["median_ms"], lat["p90_ms"]), y), textcoords="offset points",
+                    xytext=(4, -3),
                     fontsize=7)
     ax.set_yticks(ys, [f"{r['label']} ({r.get('backend', 'ort')})" for r in rows], fontsize=8)
     ax.set_xscale("log")
