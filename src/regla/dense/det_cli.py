@@ -19,12 +19,13 @@ from ..outputs import atomic_write_text, resolve_output
 from . import cli_common as common
 
 KIND = "det"
-#: The demo: ReGLA-T from scratch, a slim FPN/heads at 384 px, on the one VOC photo (a fit test).
+#: The demo: ReGLA-T from scratch, a slim FPN/heads at 512 px, no flip, half of the sampled RoIs positive, 28x28
+#: mask RoIs (56x56 masks: the photo's thin chairs), 140 steps, on the one VOC photo (a fit test; docs/dense.md §5).
 DEMO_RECIPE: dict[str, Any] = dict(
     backbone="regla_t", fpn_channels=64, mask_head_channels=64, box_head_dim=256, roi_batch_size=128,
-    min_size=384, max_size=512, freeze_bn=False, batch_size=1, iters_per_epoch=10, epochs=12, lr=2e-3,
-    sched="cosine", warmup_updates=10, warmup_lr=1e-5, min_lr=1e-5, workers=0, eval_every=12, device="cpu",
-    output="runs/det_demo",
+    roi_positive_fraction=0.5, mask_roi_size=28, min_size=512, max_size=683, flip=0.0, freeze_bn=False,
+    batch_size=1, iters_per_epoch=10, epochs=14, lr=2e-3, sched="cosine", warmup_updates=10, warmup_lr=1e-5,
+    min_lr=1e-5, workers=0, eval_every=14, device="cpu", output="runs/det_demo",
     torch_threads=max(1, min(4, (os.cpu_count() or 2) // 2)))  # one per physical core
 DEMO_TARGETS = {"bbox_AP50": 90.0, "segm_AP50": 80.0}
 
