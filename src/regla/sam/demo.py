@@ -5,8 +5,9 @@ augmented crop of it (random scale and position, horizontal flip), prompts SAM w
 in the crop, and trains encoder, prompt encoder and mask decoder together with BCE + dice on SAM's low-resolution
 mask logits upsampled (bilinear, as ``Sam.postprocess_masks`` does) to the input size, against the full-resolution
 target (and MSE on its IoU head): on the 1/4 grid the small instances are a few cells or none. The score is the
-box-prompted mask mIoU over the 19 instances of the full photo, through ``SamPredictor`` at the photo's size. It says that the encoder, SAM's decoder, the prompts and the predictor
-fit together and learn; it says nothing about segmenting other images (one photo, seen all along).
+box-prompted mask mIoU over the 19 instances of the full photo, through ``SamPredictor`` at the photo's size. It
+says that the encoder, SAM's decoder, the prompts and the predictor fit together and learn; it says nothing about
+segmenting other images (one photo, seen all along).
 
 Training runs on the one run harness (:func:`regla.runs.harness.run`); ``demo.json`` and ``demo.png`` (the predicted
 masks) are written to the run folder.
