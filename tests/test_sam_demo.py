@@ -35,6 +35,24 @@ def test_crops_give_boxes_inside_the_input_and_full_resolution_targets_inside_th
     assert torch.equal(again[1], boxes)  # the crop is a function of the RNG state (exact resume)
 
 
+def test_max_prompts_keeps_a_random_subset_of_the_crops_instances():
+    rgb, _, masks = voc_photo()
+    every = VocCrops(rgb, masks, img_size=64, length=1, min_scale=1.0)  # the whole photo: all 19 instances
+    some = VocCrops(rgb, masks, img_size=64, length=1, min_scale=1.0, max_prompts=5)
+    chosen = []
+    for seed in range(3):
+        torch.manual_seed(seed)  # the same crop and flip in both (the subset is drawn after them)
+        _, all_boxes, all_targets = every[0]
+        torch.manual_seed(seed)
+        _, boxes, target = some[0]
+        assert len(boxes) == len(target) == 5
+        rows = [int(torch.nonzero((all_boxes == b).all(1))[0]) for b in boxes]  # each is one of the instances ...
+        for r, t in zip(rows, target, strict=True):
+            assert torch.equal(all_targets[r], t)  # ... with its own target
+        chosen.append(tuple(rows))
+    assert len(all_boxes) == 19 and len(set(chosen)) > 1  # the subset changes with the RNG
+
+
 def test_loss_is_taken_on_upsampled_logits_against_the_full_resolution_target():
     # A 3x3-pixel instance at 64 px: on the 16x16 low-res grid it covers under one cell (area-downsampled below 0.5,
     # i.e. no foreground at all), but the upsampled logits must be scored against it.
