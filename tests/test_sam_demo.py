@@ -35,6 +35,21 @@ def test_crops_give_boxes_inside_the_input_and_full_resolution_targets_inside_th
     assert torch.equal(again[1], boxes)  # the crop is a function of the RNG state (exact resume)
 
 
+def test_hflip_is_the_probability_of_a_mirrored_crop():
+    rgb, _, masks = voc_photo()
+    never = VocCrops(rgb, masks, img_size=64, length=1, min_scale=1.0, hflip=0.0)
+    always = VocCrops(rgb, masks, img_size=64, length=1, min_scale=1.0, hflip=1.0)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        x0, boxes0, t0 = never[0]
+        torch.manual_seed(seed)
+        x1, boxes1, t1 = always[0]
+        w = 48  # the 500x375 photo at 64 px: 64x48, padded below
+        assert torch.allclose(x1[:, :w], x0[:, :w].flip(2), atol=1e-5)
+        assert torch.equal(t1[:, :, :w], t0[:, :, :w].flip(3))
+        np.testing.assert_allclose(boxes1[:, [2, 0]].numpy(), 64 - boxes0[:, [0, 2]].numpy(), atol=1e-4)
+
+
 def test_max_prompts_keeps_a_random_subset_of_the_crops_instances():
     rgb, _, masks = voc_photo()
     every = VocCrops(rgb, masks, img_size=64, length=1, min_scale=1.0)  # the whole photo: all 19 instances

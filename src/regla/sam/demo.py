@@ -41,7 +41,8 @@ SCHEMA = Schema({
     "img_size": Field(int, 320, ge=64),
     "steps_per_epoch": Field(int, 50, ge=1),
     "min_scale": Field(float, 0.9, gt=0.0, le=1.0),  # smallest crop side, as a fraction of the photo's
-    "max_prompts": Field(int, 8, ge=0),  # instances prompted per step, a random subset (0: all in the crop)
+    "hflip": Field(float, 0.5, ge=0.0, le=1.0),  # probability of a horizontal flip
+    "max_prompts": Field(int, 0, ge=0),  # instances prompted per step, a random subset (0: all in the crop)
     **run_fields(epochs=16, batch_size=1, lr=1e-3, weight_decay=0.01, warmup_epochs=1, model_ema=False, workers=0,
                  sched="cosine", min_lr=1e-5, log_every=20),
 }, rules=RUN_RULES)
@@ -76,9 +77,9 @@ class VocCrops(torch.utils.data.Dataset):
     """
 
     def __init__(self, rgb: np.ndarray, masks: np.ndarray, img_size: int, length: int, min_scale: float,
-                 max_prompts: int = 0):
+                 max_prompts: int = 0, hflip: float = 0.5):
         self.rgb, self.masks, self.img_size, self.length, self.min_scale = rgb, masks, img_size, length, min_scale
-        self.max_prompts = max_prompts
+        self.max_prompts, self.hflip = max_prompts, hflip
 
     def __len__(self) -> int:
         return self.length
@@ -91,7 +92,7 @@ class VocCrops(torch.utils.data.Dataset):
         top, left = round((h - ch) * r[1]), round((w - cw) * r[2])
         rgb = self.rgb[top:top + ch, left:left + cw]
         masks = self.masks[:, top:top + ch, left:left + cw]
-        if r[3] < 0.5:
+        if r[3] < self.hflip:
             rgb, masks = rgb[:, ::-1], masks[:, :, ::-1]
         keep = np.flatnonzero(masks.reshape(len(masks), -1).sum(1) >= 16)
         if 0 < self.max_prompts < len(keep):
@@ -157,7 +158,7 @@ class SamDemoTask:
         self.device = device
         sam = build_sam(cfg["encoder"], cfg["img_size"], last_stage=cfg["last_stage"])
         data = VocCrops(self.rgb, self.masks, cfg["img_size"], cfg["steps_per_epoch"], cfg["min_scale"],
-                        cfg["max_prompts"])
+                        cfg["max_prompts"], cfg["hflip"])
         loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=0)
         arch = {"encoder": cfg["encoder"], "last_stage": cfg["last_stage"], "img_size": cfg["img_size"]}
         return Built(model=sam.train(), train_loader=loader, arch=arch)
@@ -219,9 +220,9 @@ def finish(task: SamDemoTask, run_dir: Path, best: dict[str, Any], seconds: floa
     result = {"miou": 100 * float(np.mean(ious)), "best_miou": best.get("score"), "best_epoch": best.get("epoch"),
               "instance_iou": [round(100 * v, 2) for v in ious],
               "instance_area": [int(m.sum()) for m in task.masks], "instances": len(ious), "seconds": round(seconds, 1),
-              "steps": cfg["epochs"] * cfg["steps_per_epoch"],
-              "max_prompts": cfg["max_prompts"], "min_scale": cfg["min_scale"], "encoder": cfg["encoder"],
-              "last_stage": cfg["last_stage"], "img_size": cfg["img_size"],
+              "steps": cfg["epochs"] * cfg["steps_per_epoch"], "encoder": cfg["encoder"],
+              "last_stage": cfg["last_stage"], "img_size": cfg["img_size"], "min_scale": cfg["min_scale"],
+              "hflip": cfg["hflip"], "max_prompts": cfg["max_prompts"], "amp": cfg["amp"],
               "note": "a fit test on one photo seen during training, not a segmentation benchmark"}
     atomic_write_text(run_dir / "demo.json", json.dumps(result, indent=2))
     with atomic_output(run_dir / "demo.png") as tmp:
