@@ -75,11 +75,12 @@ class VocCrops(torch.utils.data.Dataset):
 
     Targets are ``(N, 1, img_size, img_size)``: each mask resized (bilinear) like the image and padded like it.
     ``max_prompts`` > 0 keeps a random subset of at most that many instances per crop: SAM's mask decoder runs
-    once per prompt, and with all 19 its forward and backward are over half of a step's time.
+    once per prompt, so a step gets cheaper (and, on this photo, learns much less: docs/sam.md, "Demo").
+    ``hflip`` is the probability of a horizontally mirrored crop.
     """
 
     def __init__(self, rgb: np.ndarray, masks: np.ndarray, img_size: int, length: int, min_scale: float,
-                 max_prompts: int = 0, hflip: float = 0.5):
+                 max_prompts: int = 0, hflip: float = 0.0):
         self.rgb, self.masks, self.img_size, self.length, self.min_scale = rgb, masks, img_size, length, min_scale
         self.max_prompts, self.hflip = max_prompts, hflip
 
