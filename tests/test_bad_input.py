@@ -124,6 +124,8 @@ CASES: dict[str, Case] = {
     "export --min-cosine abc": case(*EXPORT, "--int8", "--min-cosine", "abc", says="invalid number"),
     # regla bench
     "bench --models unknown": case(*BENCH, "--models", "regla_q", says="unknown model 'regla_q'"),
+    "bench --tables missing": case(*BENCH, "--tables", "{missing}", says="no results.json there"),
+    "bench --tables not results": case(*BENCH, "--tables", "{file}", says="is not a `regla bench` results.json"),
     "bench --models glob": case(*BENCH, "--models", "nothing_*", says="matches no registered model"),
     "bench --resolutions abc": case(*BENCH, "--resolutions", "abc", says="invalid integer"),
     "bench --resolutions 16": case(*BENCH, "--resolutions", "16", says="out of range"),
