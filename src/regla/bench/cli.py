@@ -145,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tables is not None:
         from .tables import write_tables
 
-        paths = write_tables(args.tables, out, reference=args.reference or DEFAULT_REFERENCE,
-                             plots=not args.no_plots)
-        print((out / "tables.md").read_text())
+        markdown, paths = write_tables(args.tables, out, reference=args.reference or DEFAULT_REFERENCE,
+                                       plots=not args.no_plots)
+        print(markdown)
         print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
         return 0
     if args.task == "sam":

@@ -37,6 +37,8 @@ from torch import nn
 
 from ..errors import UsageError
 from ..outputs import atomic_write_bytes, atomic_write_text
+from ..utils.complexity import count_params
+from .runner import _progress, _why, machine_info
 
 TASKS = ("det", "seg")
 DEFAULT_DENSE_BACKBONES = ("regla_m", "iformer_m", "repvit_m1_1", "repnext_m3")
@@ -149,23 +151,12 @@ def det_runner(model: nn.Module, w: int, h: int, seed: int = 0):
     return run
 
 
-def _why(e: BaseException) -> str:
-    from .runner import _why as why
-
-    return why(e)
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _build_all(task: str, names: Sequence[str], backends: Sequence[str], sizes: Sequence[tuple[int, int]],
                workdir: Path, results: dict) -> dict:
     """Every model (and, for ``ort``, its ONNX file) before the first timing: ``{backbone: (model, fused, onnx)}``.
     A model that fails to build or export records why in its rows; a backbone that cannot be a dense backbone at all
     (no ``features_only``) is the user's input: a UsageError."""
     from .models import bench_model
-    from .runner import _progress
 
     models = {}
     bar = _progress(len(names), f"build {task}")
@@ -186,7 +177,7 @@ def _build_all(task: str, names: Sequence[str], backends: Sequence[str], sizes: 
             continue
         for r in results.values():
             if r.backbone == name:
-                r.params, r.fused = _count(model), fused
+                r.params, r.fused = count_params(model), fused
         onnx = _export(model, workdir / f"{name}_{task}.onnx", sizes[0], results, name) if "ort" in backends else None
         models[name] = (model, fused, onnx)
         bar.update(1)
@@ -262,7 +253,6 @@ def run_dense_bench(task: str, backbones: Sequence[str], sizes: Sequence[tuple[i
     """Build every model, then at each size warm up and time every runner in interleaved rounds; the result document
     (``results``: one row per backbone, backend and size)."""
     from .measure import interleaved, physical_cores, runs_for, set_torch_threads, summarize
-    from .runner import _progress, machine_info
 
     threads = threads or physical_cores()
     set_torch_threads(threads)

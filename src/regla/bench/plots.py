@@ -179,9 +179,8 @@ def sam_latency_png(doc: dict) -> bytes:
         color = "#d62728" if r["label"].startswith("regla_") else ("#7f7f7f" if r["backend"] == "eager" else "C0")
         ax.barh(y, lat["median_ms"], color=color, alpha=0.55 if r.get("backend") == "eager" else 0.9)
         ax.plot([lat["p10_ms"], lat["p90_ms"]], [y, y], color="k", linewidth=1.2)
-        ax.annotate(f"{lat['median_ms']:.0f} ms", (max(lat["median_ms"], lat["p90_ms"]), y), textcoords="offset points",
-                    xytext=(4, -3),
-                    fontsize=7)
+        ax.annotate(f"{lat['median_ms']:.0f} ms", (max(lat["median_ms"], lat["p90_ms"]), y),
+                    textcoords="offset points", xytext=(4, -3), fontsize=7)
     ax.set_yticks(ys, [f"{r['label']} ({r.get('backend', 'ort')})" for r in rows], fontsize=8)
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis)
@@ -198,7 +197,7 @@ def dense_latency_png(doc: dict) -> bytes:
     """``regla bench --task det|seg``: median latency of the whole model per backbone, one bar per size and backend
     (grouped, log scale, p10-p90 as error bars); a missing bar is a model that could not run (see the .md)."""
     plt = _plt()
-    rows = [r for r in doc["results"]]
+    rows = doc["results"]
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
     labels = {r["backbone"]: r["label"] for r in rows}
     series = list(dict.fromkeys((r["size"], r["backend"]) for r in rows))

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import UsageError
 from ..outputs import atomic_write_bytes, atomic_write_text
+from ..utils.complexity import count_params
 from .measure import interleaved, summarize, time_runs
 from .runner import machine_info
 
@@ -65,7 +66,7 @@ def _export_encoder(name: str, mode: str, img_size: int, folder: Path) -> tuple[
     from ..sam.export import export_encoder_onnx
 
     encoder = build_image_encoder(name, img_size, mode).eval()
-    params = sum(p.numel() for p in encoder.parameters())
+    params = count_params(encoder)
     t0 = time.perf_counter()
     path = folder / f"{name}_{mode}.onnx"
     export_encoder_onnx(encoder, path, verify=False)

@@ -32,9 +32,13 @@ def load_runs(paths: list[str]) -> list[dict]:
             raise UsageError(f"--tables {p}: no results.json there (give the --output folder of a `regla bench` run)")
         try:
             doc = json.loads(path.read_text())
-            doc["results"], doc["config"]["resolutions"], doc["config"]["backends"]  # noqa: B018 - shape check
-        except (ValueError, KeyError, TypeError) as e:
+        except ValueError as e:
             raise UsageError(f"--tables {p}: {path} is not a `regla bench` results.json ({e})") from None
+        config = doc.get("config") if isinstance(doc, dict) else None
+        if not (isinstance(config, dict) and {"resolutions", "backends"} <= config.keys()
+                and isinstance(doc.get("results"), list)):
+            raise UsageError(f"--tables {p}: {path} is not a `regla bench` results.json (no results and config "
+                             "with resolutions and backends)")
         doc["_source"] = str(path)
         docs.append(doc)
     if not docs:
@@ -197,15 +201,18 @@ def as_doc(merged: dict) -> dict:
             "results": results, "machine": first["machine"], "date_utc": f"runs of {dates}"}
 
 
-def write_tables(paths: list[str], out_dir: Path, reference: str = "regla_m", plots: bool = True) -> list[Path]:
-    """Read the runs, write ``tables.md`` (and ``latency_vs_resolution.png``) into ``out_dir``, atomically."""
+def write_tables(paths: list[str], out_dir: Path, reference: str = "regla_m",
+                 plots: bool = True) -> tuple[str, list[Path]]:
+    """Read the runs, write ``tables.md`` (and ``latency_vs_resolution.png``) into ``out_dir``, atomically; returns
+    the Markdown and the paths written."""
     from ..outputs import atomic_write_bytes, atomic_write_text
 
     merged = merge_runs(load_runs(paths))
-    written = [atomic_write_text(Path(out_dir) / "tables.md", tables_markdown(merged, reference))]
+    markdown = tables_markdown(merged, reference)
+    written = [atomic_write_text(Path(out_dir) / "tables.md", markdown)]
     if plots and len(merged["resolutions"]) > 1:
         from .plots import latency_vs_resolution_png
 
         written.append(atomic_write_bytes(Path(out_dir) / "latency_vs_resolution.png",
                                           latency_vs_resolution_png(as_doc(merged))))
-    return written
+    return markdown, written

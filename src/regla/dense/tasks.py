@@ -189,8 +189,9 @@ class SegTask:
         cfg = self.cfg
         meter = evaluate_segmenter(model, self.val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
                                    cfg["test_stride"], cfg.get("eval_images"), self.show_bar)
-        self.per_class = {"IoU": seg_scores(meter, cfg.get("class_names"))["per_class_IoU"]}
-        return meter.scores()
+        scores = dict(seg_scores(meter, cfg.get("class_names")))
+        self.per_class = {"IoU": scores.pop("per_class_IoU")}
+        return scores
 
     def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
         return WeightsInfo(num_classes=cfg["num_classes"])
