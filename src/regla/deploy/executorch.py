@@ -106,6 +106,14 @@ def delegation_summary(graph) -> tuple[int, dict[str, int]]:
     return partitions, dict(outside.most_common())
 
 
+def set_threads(threads: int) -> None:
+    """Size ExecuTorch's shared XNNPACK threadpool (its default is one thread per CPU, whatever torch's setting)."""
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
 class LoadedMethod:
     """The ``forward`` method of a loaded program, holding the program (and its bytes) alive while it is used.
 
