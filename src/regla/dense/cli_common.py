@@ -13,7 +13,16 @@ from typing import Any
 
 from ..config import Schema
 from ..errors import RunFailure, UsageError
-from ..outputs import atomic_write_text, check_writable
+from ..outputs import (
+    RECEIPT,
+    WRITTEN_BY,
+    atomic_write_text,
+    check_new_output,
+    check_output_folder,
+    check_writable,
+    json_written_by,
+    receipt_holds,
+)
 from ..preflight import check_device, existing_file
 
 SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "output": "output", "device": "device",
@@ -116,6 +125,47 @@ def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> dict[str
     return cfg
 
 
+def eval_outputs(args: argparse.Namespace, files: tuple[str, ...], writer: str) -> Path:
+    """The folder of ``eval``'s reports (``--output``, else beside the weights), checked before any work: a folder
+    (or nothing yet), writable, and no file of ``files`` there that ``writer`` did not write. ``scores.json`` names
+    its writer; the files beside it are recorded in it by SHA-256 (:func:`write_reports`)."""
+    out = Path(args.output) if args.output else Path(args.weights).parent
+    check_output_folder(out, files)
+    report = out / "scores.json"
+    for name in files:
+        if name == "scores.json":
+            def ours(p: Path) -> bool:
+                return json_written_by(p, writer)
+        else:
+            def ours(p: Path) -> bool:
+                return receipt_holds(p, report, writer)
+        check_new_output(out / name, ours, inputs=(args.weights,), what=f"a report of {writer}")
+    return out
+
+
+def predict_output(args: argparse.Namespace, default_name: str, writer: str) -> Path:
+    """Where ``predict`` draws (the folder rule of :func:`regla.outputs.resolve_output`), checked before any work:
+    never the input image or the weights, never a file that is not a PNG ``writer`` drew."""
+    from ..outputs import png_written_by, resolve_output
+
+    out = resolve_output(args.output, default_name)
+    return check_new_output(out, lambda p: png_written_by(p, writer), inputs=(args.image, args.weights),
+                            what=f"a PNG drawn by {writer}")
+
+
+def write_reports(out: Path, writer: str, scores: Mapping[str, Any], beside: Mapping[str, str] | None = None) -> Path:
+    """``beside`` (``{name: text}``) then ``scores.json`` (naming ``writer`` and the SHA-256 of each file beside it)
+    in ``out``, each atomically; returns the path of ``scores.json``."""
+    import hashlib
+
+    digests = {}
+    for name, text in (beside or {}).items():
+        atomic_write_text(out / name, text)
+        digests[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    report = {WRITTEN_BY: writer, **scores, **({RECEIPT: digests} if digests else {})}
+    return atomic_write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
+
+
 def load_trained(model: Any, path: str | Path) -> None:
     """Load a trained detector/segmenter strictly (every tensor must fit) through the weights layer."""
     from ..checkpoints import load_into, read_weights
@@ -183,10 +233,16 @@ def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind
     if args.print_config:
         return print_config(cfg)
     preflight(cfg)
+    from ..runs.config import check_output
+    from ..runs.harness import batch_too_large
     from .backbone import create_features
 
     task = make_task(show_bar=not args.no_progress)
+    check_output(cfg, args.resume, task.command)
     task.prepare(cfg)  # bad data stops here, before the run starts
+    why = batch_too_large(len(task.train_set), cfg["batch_size"])
+    if why:
+        raise UsageError(f"{task.command}: {why}")
     create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
     from ..runs.harness import run as run_harness
 

@@ -28,6 +28,7 @@ DEFAULT_ENCODER = "regla_m_sam"
 DEMO_OUTPUT = "runs/sam_demo"
 PROMPT_CHOICES = ("box", "point")  # regla.sam.evaluate.PROMPTS (not imported here: it imports torch)
 EVAL_FILES = ("scores.json", "results.json", "points.json")
+PREDICT_WRITER = "regla sam predict"
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,7 +156,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = resolve_recipe(SCHEMA, None, args.demo_overrides, resume=args.demo_resume, output=output,
                          flags=None if args.demo_resume else {"output": args.demo_output})
     cfg["model"] = "sam_demo"
-    check_output(cfg, args.demo_resume)
+    check_output(cfg, args.demo_resume, "regla sam --demo")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     started = time.perf_counter()
     task = SamDemoTask()
@@ -218,7 +219,7 @@ def _check_distill(cfg: dict, resume: str | None) -> None:
               "weights", file=sys.stderr)
     if cfg["img_size"] % 16:
         raise UsageError(f"img_size {cfg['img_size']}: expected a multiple of 16")
-    check_output({**cfg, "model": cfg["student"]}, resume)
+    check_output({**cfg, "model": cfg["student"]}, resume, "regla sam distill")
 
 
 def run_encoders(args: argparse.Namespace) -> int:
@@ -251,7 +252,8 @@ def _build(args: argparse.Namespace):
 
 def run_predict(args: argparse.Namespace) -> int:
     """``regla sam predict``: check image, prompts and output, then predict and draw."""
-    from ..outputs import atomic_output
+    from ..dense.predict import png_info
+    from ..outputs import atomic_output, check_new_output, png_written_by
     from .prompt import check_box, check_point, draw_prediction, load_image, parse_numbers, predict_mask
 
     if args.box is None and args.point is None:
@@ -265,12 +267,13 @@ def run_predict(args: argparse.Namespace) -> int:
     out = resolve_output(args.output, f"{Path(args.image).stem}_mask.png")
     if out.suffix.lower() != ".png":
         raise UsageError(f"--output {out}: expected a .png file")
-    check_writable(out)
+    check_new_output(out, lambda p: png_written_by(p, PREDICT_WRITER), inputs=(args.image, args.checkpoint),
+                     what=f"a PNG drawn by {PREDICT_WRITER}")
     _check_model_args(args)
     sam = _build(args)
     pred = predict_mask(sam, image, box=box, point=point)
     with atomic_output(out) as tmp:
-        draw_prediction(image, pred).save(tmp, format="PNG")
+        draw_prediction(image, pred).save(tmp, format="PNG", pnginfo=png_info(PREDICT_WRITER))
     area = int(pred.mask.sum())
     print(f"{out}: mask of {area} px ({100 * area / pred.mask.size:.1f}% of {hw[1]}x{hw[0]}), "
           f"predicted IoU {pred.score:.3f}")
@@ -279,6 +282,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``regla sam export``: both ONNX files, each checked against PyTorch."""
+    from ..deploy.cli import SAME_KIND
+    from ..deploy.export import is_mlpackage
+    from ..outputs import check_new_output
     from .export import export_sam_onnx
 
     _check_model_args(args)
@@ -286,8 +292,15 @@ def run_export(args: argparse.Namespace) -> int:
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--output {folder}: is a file; expected a folder for the two ONNX files")
     stem = args.name or args.encoder
+    if not stem or Path(stem).name != stem or stem in (".", ".."):
+        raise UsageError(f"--name {stem!r}: expected a plain file name stem (no folder part); the files go into "
+                         "--output")
     encoder_path, decoder_path = folder / f"{stem}_encoder.onnx", folder / f"{stem}_decoder.onnx"
-    check_writable(encoder_path)
+    for path in (encoder_path, decoder_path):
+        check_new_output(path, SAME_KIND["onnx"], inputs=(args.checkpoint,), what="an ONNX model")
+    package = folder / f"{stem}_encoder_{args.img_size}x{args.img_size}.mlpackage"
+    if args.coreml and package.exists() and not is_mlpackage(package):
+        raise UsageError(f"--output {folder}: {package} exists and is not a Core ML package: refusing to replace it")
     sam = _build(args)
     result = export_sam_onnx(sam, encoder_path, decoder_path, opset=args.opset, atol=args.atol)
     size = args.img_size
@@ -298,7 +311,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.coreml:
         from .export import export_encoder_coreml
 
-        package = export_encoder_coreml(sam.image_encoder, folder / f"{stem}_encoder_{size}x{size}.mlpackage")
+        package = export_encoder_coreml(sam.image_encoder, package)
         print(f"{package}: Core ML ML Program (fp16), image (1,3,{size},{size}) -> image_embeddings; not run here "
               "(Core ML runs on macOS/iOS)")
     return 0
