@@ -58,6 +58,16 @@ def folders(tmp_path_factory) -> Path:
             Image.new("RGB", (32, 32), (255, 0, 0) if cls == "a" else (0, 0, 255)).save(
                 root / "data" / split / cls / "0.png")
     Image.new("RGB", (40, 30), (10, 200, 30)).save(root / "photo.png")
+    # a one-image val set of each kind over photo.png: the COCO file, and an ADE-style label map
+    (root / "val.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "photo.png", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
+                         "iscrowd": 0, "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]}],
+        "categories": [{"id": 1, "name": "thing"}]}))
+    for sub in ("seg_images", "seg_labels"):
+        (root / sub).mkdir()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(root / "seg_images" / "photo.png")
+    Image.new("L", (40, 30), 1).save(root / "seg_labels" / "photo.png")
     return root
 
 
@@ -165,21 +175,25 @@ def test_the_harness_holds_the_lock_for_the_runs_life(tmp_path):
 
 # --- det / seg eval: --output and the reports beside the weights ------------------------------------------------
 
-def _weights_with_recipe(folder: Path, kind: str, **recipe) -> Path:
-    """A (never read) weights file with a recipe beside it: enough for the checks made before the model is built."""
+def _weights_with_recipe(folder: Path, kind: str, data: Path, **recipe) -> Path:
+    """A (never read) weights file with a recipe beside it (val set included): enough for the checks made before
+    the model is built."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "best.safetensors").write_bytes(b"not read before the output is checked")
     base = {"backbone": "regla_t", "device": "cpu"}
     if kind == "seg":
-        base.update(num_classes=21, crop_size=128)
+        base.update(num_classes=21, crop_size=128, val_images=str(data / "seg_images"),
+                    val_labels=str(data / "seg_labels"))
+    else:
+        base.update(val_images=str(data), val_ann=str(data / "val.json"))
     (folder / "config.yaml").write_text(yaml.safe_dump({**base, **recipe}))
     return folder / "best.safetensors"
 
 
 @pytest.mark.parametrize("kind", ["det", "seg"])
-def test_eval_output_naming_a_file_is_refused_before_the_model(kind, tmp_path, capsys, monkeypatch):
+def test_eval_output_naming_a_file_is_refused_before_the_model(kind, folders, tmp_path, capsys, monkeypatch):
     tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
-    weights = _weights_with_recipe(tmp_path / "run", kind)
+    weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     (tmp_path / "taken.json").write_text("{}")
     refused([kind, "eval", "--weights", str(weights), "--output", str(tmp_path / "taken.json")], capsys,
             f"--output {tmp_path / 'taken.json'}: is a file; expected a folder for")
@@ -187,10 +201,10 @@ def test_eval_output_naming_a_file_is_refused_before_the_model(kind, tmp_path, c
 
 
 @pytest.mark.parametrize(("kind", "name"), [("det", "results.json"), ("det", "scores.json"), ("seg", "scores.json")])
-def test_eval_never_replaces_a_report_it_did_not_write(kind, name, tmp_path, capsys, monkeypatch):
+def test_eval_never_replaces_a_report_it_did_not_write(kind, name, folders, tmp_path, capsys, monkeypatch):
     """A ``regla bench`` folder's ``results.json`` (beside the weights, or in ``--output``) survives ``det eval``."""
     tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
-    weights = _weights_with_recipe(tmp_path / "run", kind)
+    weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     bench = json.dumps({"machine": {}, "results": []})
     for folder, extra in ((tmp_path / "run", []), (tmp_path / "out", ["--output", str(tmp_path / "out")])):
         folder.mkdir(exist_ok=True)
@@ -225,7 +239,7 @@ def test_eval_reports_are_replaced_by_the_next_eval_only_while_unchanged(tmp_pat
 @pytest.mark.parametrize("kind", ["det", "seg"])
 def test_dense_predict_refuses_to_write_over_its_input_image(kind, folders, tmp_path, capsys, monkeypatch):
     tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
-    weights = _weights_with_recipe(tmp_path / "run", kind)
+    weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     image = tmp_path / "photo.png"
     image.write_bytes((folders / "photo.png").read_bytes())
     refused([kind, "predict", str(image), "--weights", str(weights), "--output", str(image)], capsys,
@@ -416,9 +430,9 @@ def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, mon
 
 # --- settings that mean nothing --------------------------------------------------------------------------------
 
-def test_seg_slide_stride_larger_than_the_crop_is_refused(tmp_path, capsys, monkeypatch):
+def test_seg_slide_stride_larger_than_the_crop_is_refused(folders, tmp_path, capsys, monkeypatch):
     tripwire(monkeypatch, "regla.dense.seg_cli._trained_model")
-    weights = _weights_with_recipe(tmp_path / "run", "seg")
+    weights = _weights_with_recipe(tmp_path / "run", "seg", folders)
     refused(["seg", "eval", "--weights", str(weights), "--set", "test_mode=slide", "--set", "test_stride=1000"],
             capsys, "test_stride = 1000 > crop_size = 128")
     from regla.dense.segmenter import infer_logits
