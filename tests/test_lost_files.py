@@ -99,9 +99,8 @@ def test_train_refuses_a_folder_holding_the_users_metrics(folders, tmp_path, cap
 
 def test_the_harness_itself_refuses_the_users_files(tmp_path):
     """Programmatic callers of the harness get the same rule (not only the command line)."""
-    from test_runs import Regression, recipe
-
     from regla.runs.harness import run
+    from test_runs import Regression, recipe
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
@@ -159,10 +158,9 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_naming_it(folders, tmp_pa
 def test_the_harness_holds_the_lock_for_the_runs_life(tmp_path):
     """A run started while another (here: this process, through a second lock) holds the folder is refused before
     it writes anything; the lock of a finished run is released."""
-    from test_runs import Regression, recipe
-
     from regla.runs.folder import RunLock
     from regla.runs.harness import run
+    from test_runs import Regression, recipe
 
     with RunLock(tmp_path / "run", "regla toy"), pytest.raises(UsageError, match=f"process {os.getpid()}"):
         run(Regression(), recipe(tmp_path / "run"), show_bar=False)
@@ -457,9 +455,8 @@ def test_det_train_batch_larger_than_the_data_is_refused_before_the_run(tmp_path
 
 def test_every_trainer_refuses_a_batch_larger_than_its_data(tmp_path):
     """The harness's own check, for every task (the toy task has 96 samples)."""
-    from test_runs import Regression, recipe
-
     from regla.runs.harness import RunError, run
+    from test_runs import Regression, recipe
 
     with pytest.raises(RunError, match="batch_size = 97 is larger than the training set \\(96 samples\\)"):
         run(Regression(), recipe(tmp_path / "run", batch_size=97), show_bar=False)

@@ -240,10 +240,10 @@ def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind
     task = make_task(show_bar=not args.no_progress)
     check_output(cfg, args.resume, task.command)
     task.prepare(cfg)  # bad data stops here, before the run starts
+    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
     why = batch_too_large(len(task.train_set), cfg["batch_size"])
     if why:
         raise UsageError(f"{task.command}: {why}")
-    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
     from ..runs.harness import run as run_harness
 
     result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
