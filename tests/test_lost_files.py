@@ -68,6 +68,11 @@ def folders(tmp_path_factory) -> Path:
         (root / sub).mkdir()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(root / "seg_images" / "photo.png")
     Image.new("L", (40, 30), 1).save(root / "seg_labels" / "photo.png")
+    import timm
+    from safetensors.torch import save_file
+
+    state = timm.create_model("regla_t", num_classes=2).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(root / "w.safetensors"))
     return root
 
 
@@ -460,3 +465,40 @@ def test_every_trainer_refuses_a_batch_larger_than_its_data(tmp_path):
 
     with pytest.raises(RunError, match="batch_size = 97 is larger than the training set \\(96 samples\\)"):
         run(Regression(), recipe(tmp_path / "run", batch_size=97), show_bar=False)
+
+
+# --- the other writers: sam eval's reports, eval/knn --json, plot -o ---------------------------------------------
+
+def test_sam_eval_never_replaces_a_file_it_did_not_write(folders, tmp_path, capsys, monkeypatch):
+    tripwire(monkeypatch, "regla.sam.build.build_sam")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("[]")  # another tool's results
+    refused(["sam", "eval", "--val-images", str(folders), "--val-ann", str(folders / "val.json"), "-o", str(out),
+             "-e", "regla_t_sam", "--img-size", "64", "--device", "cpu"], capsys,
+            "results.json exists and is not a report of regla sam eval")
+    assert (out / "results.json").read_text() == "[]"
+
+
+@pytest.mark.parametrize("command", ["eval", "knn"])
+def test_eval_and_knn_json_never_replace_the_users_file(command, folders, tmp_path, capsys, monkeypatch):
+    tripwire(monkeypatch, "regla.train.evaluate.evaluate", "regla.eval.knn.extract_features")
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "numbers"}')
+    data = folders / "data"
+    argv = (["eval", "--data", str(data), "--model", "regla_t", "--num-classes", "2", "--checkpoint",
+             str(folders / "w.safetensors")] if command == "eval" else
+            ["knn", "--bank", str(data / "train"), "--queries", str(data / "val"), "--model", "regla_t"])
+    refused([*argv, "--device", "cpu", "--json", str(mine)], capsys, f"is not a report of regla {command}")
+    assert mine.read_text() == '{"my": "numbers"}'
+
+
+def test_plot_never_replaces_a_png_it_did_not_draw(folders, tmp_path, capsys, monkeypatch):
+    tripwire(monkeypatch, "regla.runs.plot_cli.plot_runs")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0, "lr": 0.1}\n')
+    mine = tmp_path / "mine.png"
+    mine.write_bytes((folders / "photo.png").read_bytes())
+    refused(["plot", str(run), "-o", str(mine)], capsys, "is not a PNG drawn by regla plot")
+    assert mine.read_bytes() == (folders / "photo.png").read_bytes()

@@ -37,9 +37,9 @@ from pathlib import Path
 from .errors import ReglaError, RunFailure, UsageError
 
 __all__ = ["MIN_FREE_BYTES", "PNG_WRITER_KEY", "WRITTEN_BY", "atomic_output", "atomic_write_bytes",
-           "atomic_write_text", "check_new_output", "check_not_clobbering", "check_output_folder", "check_writable",
-           "file_sha256", "json_written_by", "os_error", "png_text", "png_written_by", "receipt_holds",
-           "resolve_output"]
+           "atomic_write_text", "check_new_output", "check_not_clobbering", "check_output_folder",
+           "check_report_folder", "check_writable", "file_sha256", "json_written_by", "os_error", "png_text",
+           "png_written_by", "receipt_holds", "resolve_output", "write_report_files"]
 
 #: Free space :func:`check_writable` asks for by default (an export or a bench report needs far less).
 MIN_FREE_BYTES = 16 * 2**20
@@ -345,3 +345,35 @@ def check_output_folder(folder: str | os.PathLike, files: tuple[str, ...], flag:
         raise UsageError(f"{flag} {folder}: is a file; expected a folder for {', '.join(files)}")
     check_writable(folder / files[0])
     return folder
+
+
+def check_report_folder(folder: str | os.PathLike, files: tuple[str, ...], writer: str, *,
+                        inputs: tuple[str | os.PathLike | None, ...] = (), flag: str = "--output",
+                        report: str = "scores.json") -> Path:
+    """Before any work: ``folder`` may receive ``files`` from ``writer`` (:func:`write_report_files`): a folder or
+    nothing yet, writable, and each existing file there ``writer``'s own: ``report`` names its writer, the files
+    beside it match the SHA-256 recorded in it. Anything else (the user's file, another tool's) is refused."""
+    folder = check_output_folder(folder, files, flag)
+    for name in files:
+        path = folder / name
+        if name == report:
+            def ours(p: Path) -> bool:
+                return json_written_by(p, writer)
+        else:
+            def ours(p: Path) -> bool:
+                return receipt_holds(p, folder / report, writer)
+        check_new_output(path, ours, inputs=inputs, flag=flag, what=f"a report of {writer}")
+    return folder
+
+
+def write_report_files(folder: str | os.PathLike, writer: str, report: dict, beside: dict[str, str] | None = None,
+                       report_name: str = "scores.json") -> Path:
+    """``beside`` (``{name: text}``) then ``report`` as ``report_name`` (naming ``writer`` and the SHA-256 of each
+    file beside it), in ``folder``, each atomically; returns the report's path."""
+    folder = Path(folder)
+    digests = {}
+    for name, text in (beside or {}).items():
+        atomic_write_text(folder / name, text)
+        digests[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    doc = {WRITTEN_BY: writer, **report, **({RECEIPT: digests} if digests else {})}
+    return atomic_write_text(folder / report_name, json.dumps(doc, indent=2) + "\n")

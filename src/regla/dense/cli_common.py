@@ -13,16 +13,7 @@ from typing import Any
 
 from ..config import Schema
 from ..errors import RunFailure, UsageError
-from ..outputs import (
-    RECEIPT,
-    WRITTEN_BY,
-    atomic_write_text,
-    check_new_output,
-    check_output_folder,
-    check_writable,
-    json_written_by,
-    receipt_holds,
-)
+from ..outputs import atomic_write_text, check_new_output, check_report_folder, check_writable, write_report_files
 from ..preflight import check_device, existing_file
 
 SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "output": "output", "device": "device",
@@ -126,21 +117,10 @@ def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> dict[str
 
 
 def eval_outputs(args: argparse.Namespace, files: tuple[str, ...], writer: str) -> Path:
-    """The folder of ``eval``'s reports (``--output``, else beside the weights), checked before any work: a folder
-    (or nothing yet), writable, and no file of ``files`` there that ``writer`` did not write. ``scores.json`` names
-    its writer; the files beside it are recorded in it by SHA-256 (:func:`write_reports`)."""
+    """The folder of ``eval``'s reports (``--output``, else beside the weights), checked before any work
+    (:func:`regla.outputs.check_report_folder`: no file there that ``writer`` did not write)."""
     out = Path(args.output) if args.output else Path(args.weights).parent
-    check_output_folder(out, files)
-    report = out / "scores.json"
-    for name in files:
-        if name == "scores.json":
-            def ours(p: Path) -> bool:
-                return json_written_by(p, writer)
-        else:
-            def ours(p: Path) -> bool:
-                return receipt_holds(p, report, writer)
-        check_new_output(out / name, ours, inputs=(args.weights,), what=f"a report of {writer}")
-    return out
+    return check_report_folder(out, files, writer, inputs=(args.weights,))
 
 
 def predict_output(args: argparse.Namespace, default_name: str, writer: str) -> Path:
@@ -154,16 +134,8 @@ def predict_output(args: argparse.Namespace, default_name: str, writer: str) -> 
 
 
 def write_reports(out: Path, writer: str, scores: Mapping[str, Any], beside: Mapping[str, str] | None = None) -> Path:
-    """``beside`` (``{name: text}``) then ``scores.json`` (naming ``writer`` and the SHA-256 of each file beside it)
-    in ``out``, each atomically; returns the path of ``scores.json``."""
-    import hashlib
-
-    digests = {}
-    for name, text in (beside or {}).items():
-        atomic_write_text(out / name, text)
-        digests[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    report = {WRITTEN_BY: writer, **scores, **({RECEIPT: digests} if digests else {})}
-    return atomic_write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
+    """``beside`` then ``scores.json`` signed by ``writer`` (:func:`regla.outputs.write_report_files`)."""
+    return write_report_files(out, writer, dict(scores), dict(beside or {}))
 
 
 def load_trained(model: Any, path: str | Path) -> None:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from ..outputs import check_writable, resolve_output
+from ..outputs import resolve_output
 from ..preflight import existing_file, float_range, int_range
 
 LAST_STAGE_CHOICES = ("stride1", "fuse")
@@ -29,6 +29,7 @@ DEMO_OUTPUT = "runs/sam_demo"
 PROMPT_CHOICES = ("box", "point")  # regla.sam.evaluate.PROMPTS (not imported here: it imports torch)
 EVAL_FILES = ("scores.json", "results.json", "points.json")
 PREDICT_WRITER = "regla sam predict"
+EVAL_WRITER = "regla sam eval"
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -329,13 +330,10 @@ def _check_eval_args(args: argparse.Namespace) -> tuple[list[str], Path]:
         raise UsageError("--score-thr applies to a detector's boxes: give --boxes FILE too")
     if args.boxes is not None and "box" not in prompts:
         raise UsageError("--boxes gives box prompts, but --prompts leaves out box")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output {out}: is a file; expected a folder for {', '.join(EVAL_FILES)}")
-    for name in EVAL_FILES:
-        if (out / name).is_dir():
-            raise UsageError(f"--output {out}: {out / name} is a folder; expected a file or nothing there")
-    check_writable(out / EVAL_FILES[0])
+    from ..outputs import check_report_folder
+
+    # the files of an earlier `regla sam eval` may be replaced; anything else there is refused
+    out = check_report_folder(args.output, EVAL_FILES, EVAL_WRITER, inputs=(args.boxes, args.val_ann))
     return prompts, out
 
 
@@ -355,7 +353,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from ..outputs import atomic_write_text
+    from ..outputs import write_report_files
     from .evaluate import SamMasks, evaluate_zero_shot, load_eval_data
 
     prompts, out = _check_eval_args(args)
@@ -370,9 +368,8 @@ def run_eval(args: argparse.Namespace) -> int:
               "img_size": args.img_size, "val_images": str(args.val_images), "val_ann": str(args.val_ann),
               "boxes": args.boxes, "score_thr": (args.score_thr or 0.0) if args.boxes else None, "prompts": prompts,
               "device": device, **result.scores, "seconds": round(seconds, 2)}
-    atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
-    atomic_write_text(out / "results.json", json.dumps(result.results))
-    atomic_write_text(out / "points.json", json.dumps(result.points))
+    write_report_files(out, EVAL_WRITER, scores, {"results.json": json.dumps(result.results),
+                                                  "points.json": json.dumps(result.points)})
     print(summary_table(scores))
     print(f"written {', '.join(str(out / n) for n in EVAL_FILES)}")
     return 0
