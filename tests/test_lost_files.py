@@ -502,3 +502,27 @@ def test_plot_never_replaces_a_png_it_did_not_draw(folders, tmp_path, capsys, mo
     mine.write_bytes((folders / "photo.png").read_bytes())
     refused(["plot", str(run), "-o", str(mine)], capsys, "is not a PNG drawn by regla plot")
     assert mine.read_bytes() == (folders / "photo.png").read_bytes()
+
+
+def test_a_teacher_file_that_is_not_a_sam_is_refused_even_when_a_cache_exists(sam_images, tmp_path, capsys):
+    """A cache filled by one teacher says nothing about another file: a Mask R-CNN checkpoint given as the teacher
+    is read (and refused), whether the cache is the default one or named."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    data = tmp_path / "images"
+    shutil.copytree(sam_images, data, ignore=shutil.ignore_patterns(".regla_sam_cache"))
+    maskrcnn = tmp_path / "maskrcnn.safetensors"
+    save_file({"backbone.body.conv1.weight": torch.zeros(4, 3, 3, 3), "roi_heads.box_predictor.cls_score.weight":
+               torch.zeros(3, 8)}, str(maskrcnn))
+    base = ["sam", "distill", "--data", str(data), "--teacher", "regla_t_sam", "--student", "regla_t_sam",
+            "--img-size", "64", "--no-progress", "--set", "epochs=1", "--set", "batch_size=2", "--set", "workers=0",
+            "--set", "val_images=1"]
+    for cache in ([], ["--cache", str(tmp_path / "cache")]):
+        assert main([*base, *cache, "-o", str(tmp_path / f"first{len(cache)}")]) == 0  # fills the cache
+        capsys.readouterr()
+        code = main([*base, *cache, "--teacher-checkpoint", str(maskrcnn), "-o", str(tmp_path / f"again{len(cache)}")])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+        assert ("another teacher weights" in err) if cache else (str(maskrcnn) in err), err

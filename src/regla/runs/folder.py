@@ -7,7 +7,8 @@
   command that made it.
 * **One live run per folder.** The run holds ``fcntl.flock`` on :data:`LOCK` for its whole life (the kernel drops
   the lock when the process dies, so a killed run never blocks the next one); a second run on the folder is refused
-  with the first one's process id and command.
+  with the first one's process id and command. Under ``torchrun`` only the primary process (``RANK`` 0) checks
+  and locks (the others would see its lock).
 
 Standard library only: importing this module imports no torch.
 """
@@ -33,7 +34,7 @@ LOCK = ".regla-run.lock"
 RUN_FILES = frozenset({
     LOCK, "config.yaml", "config.resumed.yaml", "metrics.csv", "metrics.jsonl", "tb", "last.pth", "best.pth",
     "last.safetensors", "best.safetensors", "checkpoint.commit.json", "demo.json", "demo.png",
-    "skipped_images.txt", ".complete"})
+    "skipped_images.txt", ".complete", "curves.png"})
 #: Temporary names of interrupted atomic writes and of checkpoint sets being written (``recover`` clears them).
 RUN_PATTERNS = (".*.pending", ".*.tmp")
 
@@ -87,8 +88,8 @@ def check_run_dir(run_dir: Path, command: str | None, resume: bool) -> None:
     """Refuse a run folder that another live run holds, that holds files no run wrote (a new run), or that another
     command made. ``command`` None skips the last check. Creates nothing."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return
+    if int(os.environ.get("RANK", "0") or 0) != 0 or not run_dir.is_dir():
+        return  # under torchrun the primary process checks (the others would see its lock)
     holder = lock_holder(run_dir)
     if holder is not None:
         raise UsageError(f"{run_dir} is in use by another run: {holder} holds it; wait for that run to end or "

@@ -246,6 +246,11 @@ class SamDistillTask:
         images = list_images(root)
         if len(images) <= cfg["val_images"]:
             raise UsageError(f"data_dir {root}: {len(images)} images, not more than val_images={cfg['val_images']}")
+        from ..runs.harness import batch_too_large
+
+        why = batch_too_large(len(images) - cfg["val_images"], cfg["batch_size"])
+        if why:  # before the teacher runs over every image
+            raise UsageError(f"{self.command}: {why}")
         self.device = device
         fingerprint = teacher_fingerprint(cfg, self.teacher)
         self.cache = cache = EmbeddingCache(default_cache_dir(cfg, fingerprint), root, images, cfg["teacher"],
