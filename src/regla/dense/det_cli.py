@@ -100,9 +100,10 @@ def map_classes(model_names: list[str], data_names: list[str], data_ids: list[in
     unknown = [n for n in data_names if n not in model_names]
     if unknown:
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        known = ", ".join(map(repr, model_names[:5])) + (", ..." if len(model_names) > 5 else "")
         raise common.UsageError(f"{ann} has categories the weights {weights} were not trained on: "
-                                f"{', '.join(map(repr, unknown[:5]))}{more} (the weights know "
-                                f"{len(model_names)} classes: {', '.join(map(repr, model_names[:5]))}...)")
+                                f"{', '.join(map(repr, unknown[:5]))}{more} (the weights know {len(model_names)} "
+                                f"classes: {known}); evaluate on a set of the classes the model was trained on")
     id_of = dict(zip(data_names, data_ids, strict=True))
     mapping = [id_of.get(n) for n in model_names]
     if mapping != list(data_ids):

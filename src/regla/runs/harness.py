@@ -2,7 +2,9 @@
 
 Every trainer (``regla train``, ``regla distill``, ``regla det train``, ``regla seg train``) runs here, on one CPU
 process or under ``torchrun`` on any number of GPUs and nodes (NCCL on GPU, gloo on CPU). The harness owns the run
-folder (a new run never overwrites one that holds checkpoints; a resume continues in its own folder), DDP and SyncBN,
+folder (a new run never overwrites one that holds checkpoints nor a folder holding the user's files; a resume
+continues in its own folder; one live run per folder, by a lock held for the run's life: :mod:`regla.runs.folder`;
+a batch larger than the training set is refused), DDP and SyncBN,
 AMP, the timm optimizer and schedule, EMA, the progress bar, CSV/JSONL/TensorBoard logs, atomic checkpoint sets
 (:mod:`regla.runs.state`), exact resume to the batch, and SIGINT/SIGTERM (a resumable checkpoint, exit 130/143).
 """
