@@ -27,6 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     calculate_drop_path_rates,
+    create_act_layer,
     get_act_layer,
     register_notrace_function,
     trunc_normal_,
@@ -105,9 +106,9 @@ class Stem(nn.Module):
     def __init__(self, in_chans: int, out_chs: int, act_layer: type[nn.Module] = nn.ReLU):
         super().__init__()
         self.conv1 = ConvNorm(in_chans, out_chs // 2, 3, stride=2)
-        self.act1 = act_layer()
+        self.act1 = create_act_layer(act_layer, inplace=True)
         self.conv2 = ConvNorm(out_chs // 2, out_chs, 3, stride=2)
-        self.act2 = act_layer()
+        self.act2 = create_act_layer(act_layer, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act2(self.conv2(self.act1(self.conv1(x))))
@@ -131,9 +132,9 @@ class ELRF(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.dw3 = ConvNorm(dim, dim, 3, groups=dim)
         self.pw1 = ConvNorm(dim, hidden, 1)
-        self.act1 = act_layer()
+        self.act1 = create_act_layer(act_layer, inplace=True)
         self.dw5 = ConvNorm(hidden, hidden, 5, groups=hidden)
-        self.act2 = act_layer()
+        self.act2 = create_act_layer(act_layer, inplace=True)
         self.pw2 = ConvNorm(hidden, dim, 1, bn_weight_init=0.0)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -152,7 +153,7 @@ class ConvBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.dw = ConvNorm(dim, dim, kernel_size, groups=dim)
         self.pw1 = ConvNorm(dim, hidden, 1)
-        self.act = act_layer()
+        self.act = create_act_layer(act_layer, inplace=True)
         self.pw2 = ConvNorm(hidden, dim, 1, bn_weight_init=0.0)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -267,7 +268,7 @@ class FFN(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.pw1 = ConvNorm(dim, hidden, 1)
-        self.act = act_layer()
+        self.act = create_act_layer(act_layer, inplace=True)
         self.pw2 = ConvNorm(hidden, dim, 1, bn_weight_init=0.0)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -283,9 +284,9 @@ class MIB(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.pw1 = ConvNorm(dim, hidden, 1)
-        self.act1 = act_layer()
+        self.act1 = create_act_layer(act_layer, inplace=True)
         self.dw = ConvNorm(hidden, hidden, 3, groups=hidden)
-        self.act2 = act_layer()
+        self.act2 = create_act_layer(act_layer, inplace=True)
         self.pw2 = ConvNorm(hidden, dim, 1, bn_weight_init=0.0)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -452,7 +453,8 @@ class ReGLA(StagedModelMixin, nn.Module):
         # Pre-logits: 1x1 conv + activation on the pooled features, MobileNetV4-style (docs/architecture.md). No norm,
         # so that training with batch 1 works.
         self.head_hidden_size = head_hidden_size or self.num_features
-        self.pre_logits = (nn.Sequential(nn.Conv2d(self.num_features, head_hidden_size, 1), act_layer())
+        self.pre_logits = (nn.Sequential(nn.Conv2d(self.num_features, head_hidden_size, 1),
+                                          create_act_layer(act_layer, inplace=True))
                            if head_hidden_size else nn.Identity())
         self.head_drop = nn.Dropout(drop_rate)
         self.head = DistilledClassifier(self.head_hidden_size, num_classes, distillation)
