@@ -77,6 +77,23 @@ def test_safetensors_with_metadata_evaluates_like_its_pth(trained, capsys):
     assert "--model" in one_line(err)
 
 
+def test_layout_is_timed_on_cpu_or_as_asked_and_does_not_change_the_figures(trained, monkeypatch):
+    """``--layout auto`` (default) keeps the faster layout of a timed trial; the figures are the same in each."""
+    from regla.deploy import layout as layout_mod
+    from regla.eval.cli import evaluate_cli
+
+    data, pth, _, _ = trained
+    fixed = {"contiguous": evaluate_cli(eval_args(data, pth, layout="contiguous")),
+             "channels-last": evaluate_cli(eval_args(data, pth, channels_last=True))}
+    assert {k: v["layout"] for k, v in fixed.items()} == {"contiguous": "contiguous", "channels-last": "channels-last"}
+    assert fixed["contiguous"]["top1"] == fixed["channels-last"]["top1"]
+    for winner in (False, True):  # whichever layout the trial finds faster is the one used
+        monkeypatch.setattr(layout_mod, "layout_trials", lambda *a, w=winner, **k: {w: [1.0], not w: [2.0]})
+        auto = evaluate_cli(eval_args(data, pth))
+        assert auto["layout"] == ("channels-last" if winner else "contiguous")
+        assert {k: auto[k] for k in SETTINGS} == {k: fixed["contiguous"][k] for k in SETTINGS}
+
+
 def predicted(ckpt: Path, images: list[Path]) -> list[int]:
     """The model's class index for each image, with timm's eval transform at the run's settings."""
     from timm.data import create_transform

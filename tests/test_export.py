@@ -50,6 +50,10 @@ def test_torchscript_and_coreml(name, tmp_path):
     model = fuse(perturbed(name))
     ts = export_model(model, "torchscript", tmp_path / f"{name}.pt", img_size=(96, 128))
     assert ts.max_abs_diff is not None and ts.max_abs_diff <= ATOL
+    # the weights are saved in the layout the export timed faster, and load in it
+    fmt = {"channels-last": torch.channels_last, "contiguous": torch.contiguous_format}[ts.layout]
+    w = next(p for p in torch.jit.load(str(ts.path)).parameters() if p.ndim == 4 and min(p.shape[1:]) > 1)
+    assert w.is_contiguous(memory_format=fmt)
     ml = export_model(model, "coreml", tmp_path / f"{name}.mlpackage", img_size=64)
     assert ml.path.is_dir() and (ml.path / "Manifest.json").is_file()
 

@@ -216,3 +216,18 @@ def test_bench_backend_choices_match_the_runner():
 def test_image_set_batches():
     images = ImageSet(np.zeros((5, 3, 8, 8), np.float32), [])
     assert [b.shape[0] for b in images.batches(2)] == [2, 2, 1]
+
+
+def test_layout_trials_time_both_layouts_and_apply_layout_converts():
+    from regla.deploy.layout import apply_layout, faster, layout_trials
+
+    model = tiny("regla_t")
+    trials = layout_trials(model, (1, 3, *SQUARE), runs=2)
+    assert set(trials) == {False, True} and all(len(t) == 2 and min(t) > 0 for t in trials.values())
+    assert faster({False: [2.0, 2.0], True: [1.0, 2.5]}) is True and faster({False: [1.0], True: [1.0]}) is False
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert apply_layout(model, "channels-last", (1, 3, *SQUARE)) is True
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert apply_layout(model, "contiguous", (1, 3, *SQUARE)) is False and conv.weight.is_contiguous()
+    with pytest.raises(ValueError, match="layout must be one of"):
+        apply_layout(model, "nhwc", (1, 3, *SQUARE))

@@ -105,9 +105,10 @@ def eager_runner(model: nn.Module, shape: tuple[int, ...], channels_last: bool, 
 
     The model is converted to that layout in place: use one layout per model at a time.
     """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).contiguous(memory_format=fmt)
+    from ..deploy.layout import example_input, to_layout
+
+    to_layout(model, channels_last)
+    x = example_input(shape, channels_last, seed)
 
     def run() -> object:
         with torch.inference_mode():
@@ -117,16 +118,15 @@ def eager_runner(model: nn.Module, shape: tuple[int, ...], channels_last: bool, 
 
 
 def pick_eager_layout(model: nn.Module, shape: tuple[int, ...], warmup: int) -> tuple[Runner, bool, list[float]]:
-    """Time ``warmup - 1`` runs in each layout (after one untimed run) and keep the faster one.
+    """Time ``warmup - 1`` runs in each layout (after one untimed run) and keep the faster one
+    (:func:`regla.deploy.layout.layout_trials`, as ``regla eval`` and ``regla export`` choose their layout).
 
     Returns the runner in the chosen layout, whether it is channels-last, and the chosen layout's warm-up times.
     """
-    trials = {}
-    for cl in (False, True):
-        run = eager_runner(model, shape, cl)
-        run()
-        trials[cl] = time_runs(run, max(1, warmup - 1))
-    best = min(trials, key=lambda cl: float(np.median(trials[cl])))
+    from ..deploy.layout import faster, layout_trials
+
+    trials = layout_trials(model, shape, max(1, warmup - 1))
+    best = faster(trials)
     return eager_runner(model, shape, best), best, trials[best]
 
 

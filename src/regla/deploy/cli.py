@@ -182,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
                           coreml_precision=args.coreml_precision, num_classes=args.num_classes, int8=args.int8,
                           calib=args.calib, calib_images=args.calib_images, check_images=args.check_images,
                           min_agreement=args.min_agreement, min_cosine=args.min_cosine)
+    layout = f", {result.layout} weights (faster here)" if result.layout else ""
     print(f"wrote {result.path} ({result.format}{' int8' if result.int8 else ''}, fused, "
-          f"example input {hw[0]}x{hw[1]})")
+          f"example input {hw[0]}x{hw[1]}{layout})")
     if result.max_abs_diff is not None:
         shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
         print(f"checked against PyTorch on {shapes}: max abs diff {result.max_abs_diff:.2e} "

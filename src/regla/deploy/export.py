@@ -54,6 +54,7 @@ class ExportResult:
     int8: bool = False
     agreement: dict | None = None  # on real images: top-1 agreement, logit cosine (see calib.agreement)
     agreement_path: Path | None = None
+    layout: str | None = None  # TorchScript: the memory layout its weights were saved in (the faster one)
 
 
 def to_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
@@ -381,6 +382,10 @@ def export_model(model: str | nn.Module, format: str = "onnx", output: str | os.
     if format == "onnx":
         export_onnx(module, path, hw, opset=opset, exporter=exporter, check=check)
     else:
+        from .layout import apply_layout
+
+        # weights saved in the layout that runs this model faster at this size (PyTorch keeps it on load)
+        result.layout = "channels-last" if apply_layout(module, "auto", (1, 3, *hw)) else "contiguous"
         export_torchscript(module, path, hw, check=check)
     return result
 

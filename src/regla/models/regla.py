@@ -181,8 +181,9 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
     evaluated as ``(V phi(K)^T) phi(Q)`` and ``(1^T phi(K)^T) phi(Q)`` in O(N d_k d_v).
 
     Every operator is one that ExecuTorch's XNNPACK delegate takes (``docs/benchmarks.md``, "One XNNPACK graph"):
-    the normaliser's token sum ``phi(K)^T 1`` is a global mean times the token count (XNNPACK's global pooling)
-    rather than ``sum``, which XNNPACK lacks and which would cut the delegated graph in two.
+    the normaliser's token sum ``phi(K)^T 1`` is a batched matmul with a ones vector made by arithmetic on the
+    tokens (``sum`` and ``ones``/``full`` are operators XNNPACK lacks: either would cut the delegated graph in two),
+    and no token count enters as a Python number, which tracing would freeze at the traced size.
 
     Args:
         q, k: ``(B, d_k, H, W)`` or ``(B, d_k, N)`` queries and keys (before the ReLU).
@@ -192,13 +193,12 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
     Returns:
         ``(B, d_v, H, W)`` or ``(B, d_v, N)``, as ``v``.
     """
-    q, k = F.relu(q), F.relu(k)
-    qf, kf = q.flatten(2), k.flatten(2)  # (B, d_k, N)
+    qf, kf = F.relu(q).flatten(2), F.relu(k).flatten(2)  # (B, d_k, N)
     kv = torch.bmm(v.flatten(2), kf.transpose(1, 2))  # (B, d_v, d_k)
     num = torch.bmm(kv, qf)  # (B, d_v, N)
-    k_grid = k.reshape(k.shape[0], k.shape[1], -1, k.shape[-1])  # (B, d_k, H, W); (B, d_k, 1, N) for 3-D input
-    k_sum = k_grid.mean((2, 3), keepdim=True) * float(qf.shape[-1])  # phi(K)^T 1: (B, d_k, 1, 1)
-    den = torch.bmm(k_sum.flatten(2).transpose(1, 2), qf)  # (B, 1, N)
+    ones = qf[:, :1].transpose(1, 2) * 0.0 + 1.0  # (B, N, 1)
+    k_sum = torch.bmm(kf, ones)  # phi(K)^T 1: (B, d_k, 1)
+    den = torch.bmm(k_sum.transpose(1, 2), qf)  # (B, 1, N)
     return (num / (den + eps)).reshape(v.shape)
 
 
