@@ -3,7 +3,8 @@
 * :func:`coco_results` turns torchvision detector outputs into COCO-format results (``bbox`` as x, y, w, h;
   ``segmentation`` as RLE of the mask thresholded at 0.5) and :func:`coco_scores` scores them with ``COCOeval``:
   AP, AP50, AP75, APs, APm, APl in percent, keyed ``bbox_AP`` ... ``segm_APl``; :func:`coco_evaluate` adds each
-  category's AP50 (from ``COCOeval``'s precision array).
+  category's AP50 (from ``COCOeval``'s precision array). ``segm`` is scored on the masks alone (no ``bbox``), so
+  that its size ranges use mask areas, as torchvision's reference evaluation, detectron2 and mmdet do.
 * :class:`IoUMeter` accumulates per-class intersections and unions over the whole set (mmseg's
   ``intersect_and_union`` / ``total_intersect_and_union``); IoU of a class = intersection / union, classes absent
   from both prediction and label (union 0) are excluded from the mean; pixel accuracy aAcc = correct / labelled.
@@ -47,12 +48,28 @@ def coco_results(outputs: Iterable[tuple[int, Mapping[str, torch.Tensor]]], cat_
     return results
 
 
+def _results_for(results: list[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
+    """Copies of ``results`` for ``loadRes`` (which adds keys to the dicts it gets); for ``segm``, without ``bbox``.
+
+    Given a ``bbox``, ``loadRes`` takes a result's area from its box, and ``COCOeval`` sorts detections into
+    small/medium/large by that area: mask APs/APm/APl would then depend on the boxes. Without it the area is the
+    mask's, as in torchvision's reference ``coco_eval.py``, detectron2 and mmdet, which give masks alone.
+    """
+    if iou_type != "segm":
+        return [dict(r) for r in results]
+    missing = sum("segmentation" not in r for r in results)
+    if missing:
+        raise ValueError(f"segm evaluation needs a 'segmentation' in every result; {missing} of {len(results)} "
+                         "have none (were the outputs from a model without masks?)")
+    return [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+
+
 def _cocoeval(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int] | None) -> Any:
     """An evaluated, accumulated and summarized ``COCOeval`` (its printing silenced)."""
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
+        dt = coco_gt.loadRes(_results_for(results, iou_type))
         ev = COCOeval(coco_gt, dt, iou_type)
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)
