@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -253,6 +254,64 @@ def test_miou_known_values() -> None:
     half.update(torch.zeros(4, 4, dtype=torch.long), label)  # all predicted 0: IoU 0.5 and 0
     assert half.scores()["mIoU"] == pytest.approx(25.0) and half.scores()["aAcc"] == pytest.approx(50.0)
     assert torch.isnan(half.per_class_iou()[2])
+
+
+def mmseg_intersect_and_union(pred, label, num_classes: int, ignore_index: int = 255):
+    """mmseg's ``IoUMetric.intersect_and_union`` (mmseg/evaluation/metrics/iou_metric.py): ignore-index pixels
+    masked, then ``torch.histc`` over 0..num_classes-1 of the intersection, prediction and label."""
+    mask = label != ignore_index
+    pred, label = pred[mask], label[mask]
+    hist = [torch.histc(t.float(), bins=num_classes, min=0, max=num_classes - 1)
+            for t in (pred[pred == label], pred, label)]
+    return hist[0], hist[1] + hist[2] - hist[0], hist[1], hist[2]
+
+
+def mmseg_scores(preds, labels, num_classes: int) -> dict[str, float]:
+    """mmseg's ``compute_metrics`` for mIoU: areas summed over the set, ``np.nanmean`` of the per-class ratios."""
+    areas = [sum(x) for x in zip(*(mmseg_intersect_and_union(p, lab, num_classes)
+                                   for p, lab in zip(preds, labels, strict=True)), strict=True)]
+    inter, union, _, area_label = (a.double().numpy() for a in areas)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN
+        return {"mIoU": float(np.nanmean(inter / union)) * 100, "mAcc": float(np.nanmean(inter / area_label)) * 100,
+                "aAcc": float(inter.sum() / area_label.sum()) * 100}
+
+
+def test_label_outside_the_classes_counts_the_prediction_as_mmseg() -> None:
+    """Label 7 of 3 classes (not the ignore index): the pixel stays, its prediction (class 1) adds to class 1's
+    union, its label counts nowhere. IoU: class 0 = 1, class 1 = 0 / 1, class 2 absent: mIoU 50 (dropping the
+    pixel would give 100)."""
+    pred, label = torch.tensor([[0, 1]]), torch.tensor([[0, 7]])
+    meter = IoUMeter(3)
+    meter.update(pred, label)
+    assert meter.scores() == {"mIoU": pytest.approx(50.0), "mAcc": pytest.approx(100.0), "aAcc": pytest.approx(100.0)}
+    assert meter.scores() == pytest.approx(mmseg_scores([pred], [label], 3))
+
+
+def test_all_ignore_labels_score_nan_as_mmseg() -> None:
+    meter = IoUMeter(3)
+    meter.update(torch.tensor([[0, 1, 2]]), torch.full((1, 3), 255))
+    scores = meter.scores()
+    assert all(np.isnan(v) for v in scores.values()), scores
+    reference = mmseg_scores([torch.tensor([[0, 1, 2]])], [torch.full((1, 3), 255)], 3)
+    assert all(np.isnan(v) for v in reference.values())
+    meter.update(torch.tensor([[0]]), torch.tensor([[0]]))  # one labelled pixel elsewhere in the set: it counts
+    assert meter.scores() == {"mIoU": pytest.approx(100.0), "mAcc": pytest.approx(100.0), "aAcc": pytest.approx(100.0)}
+
+
+def test_miou_equals_mmseg_on_random_maps_with_odd_labels() -> None:
+    """Random maps with ignored pixels, labels outside the classes and one all-ignore image: equal to mmseg."""
+    g = torch.Generator().manual_seed(1)
+    n = 6
+    preds = [torch.randint(0, n, (23, 19), generator=g) for _ in range(4)]
+    labels = [torch.randint(0, n + 3, (23, 19), generator=g) for _ in range(4)]  # n..n+2: outside the classes
+    for lab in labels:
+        lab[torch.rand(lab.shape, generator=g) < 0.2] = 255
+    labels[2][:] = 255
+    meter = IoUMeter(n)
+    for p, lab in zip(preds, labels, strict=True):
+        meter.update(p, lab)
+    assert meter.scores() == pytest.approx(mmseg_scores(preds, labels, n), abs=1e-9)
 
 
 def test_seg_scores_name_the_per_class_iou() -> None:
