@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,17 @@ def test_top1_and_top5_equal_dino_eval_knn(k):
     top1, top5 = dino_knn_classifier(bank, bank_y, queries, query_y, k, 0.07, classes)
     s = knn_scores(bank, bank_y, queries, query_y, [k], 0.07, classes)
     assert s[f"top1_k{k}"] == pytest.approx(top1) and s[f"top5_k{k}"] == pytest.approx(top5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 20])
+def test_top1_equals_scikit_learn(k):
+    """scikit-learn's brute-force cosine k-NN with DINO's weights exp(sim / T) = exp((1 - distance) / T)."""
+    neighbors = pytest.importorskip("sklearn.neighbors")
+    bank, bank_y, queries, query_y, classes = _data()
+    knn = neighbors.KNeighborsClassifier(k, weights=lambda d: np.exp((1 - d) / 0.07), algorithm="brute",
+                                         metric="cosine").fit(bank.numpy(), bank_y.numpy())
+    top1 = 100.0 * (knn.predict(queries.numpy()) == query_y.numpy()).mean()
+    assert knn_scores(bank, bank_y, queries, query_y, [k], 0.07, classes)[f"top1_k{k}"] == pytest.approx(top1)
 
 
 def test_top5_with_fewer_than_five_neighbours_counts_only_the_first_k_classes():
