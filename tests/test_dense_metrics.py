@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from regla.dense.metrics import IoUMeter, coco_evaluate, coco_results, coco_scores
+from regla.dense.metrics import COCO_STATS, IoUMeter, coco_evaluate, coco_results, coco_scores
 
 
 def synthetic_coco(n: int = 4, size: int = 60):
@@ -120,6 +121,97 @@ def test_results_are_coco_format() -> None:
     assert isinstance(res[0]["segmentation"]["counts"], str)
 
 
+def _coco_of(masks: list[np.ndarray]):
+    """A one-image COCO ground truth (category 1) with the given binary masks, boxes tight around them."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    h, w = masks[0].shape
+    anns = []
+    for k, m in enumerate(masks, 1):
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        anns.append({"id": k, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": float(mask_utils.area(rle)),
+                     "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                     "segmentation": {"size": [h, w], "counts": rle["counts"].decode()}})
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "height": h, "width": w, "file_name": "1.png"}], "annotations": anns,
+                    "categories": [{"id": 1, "name": "a"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _masks_only_stats(coco, results) -> list[float]:
+    """pycocotools' segm stats (percent) of ``results`` given as masks alone, as torchvision's reference evaluation
+    (``prepare_for_coco_segmentation``), detectron2 and mmdet give them."""
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(coco, coco.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in results]), "segm")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    return [max(float(v), 0.0) * 100 for v in ev.stats[:6]]
+
+
+def _square(size: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+def test_segm_size_ranges_use_mask_areas() -> None:
+    """One 40x40 ground truth (medium), its true positive at score 0.5, and a false positive at 0.75 whose mask is
+    240 px (small) in a 60x40 box (medium). By mask area the false positive is outside the medium range: APm 100
+    (pycocotools on the masks alone); by box area it would be inside it: APm 50. Box APm stays 50."""
+    gt = _square(128, 10, 50, 10, 50)
+    coco = _coco_of([gt])
+    fp = _square(128, 80, 92, 70, 90)
+    assert fp.sum() == 240
+    out = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0], [60.0, 70.0, 120.0, 110.0]]),
+           "labels": torch.tensor([1, 1]), "scores": torch.tensor([0.5, 0.75]),
+           "masks": torch.from_numpy(np.stack([gt, fp])).float()[:, None]}
+    results = coco_results([(1, out)], [1])
+    scores = coco_scores(coco, results)
+    assert scores["segm_APm"] == pytest.approx(100.0)
+    assert scores["bbox_APm"] == pytest.approx(50.0)
+    assert scores["segm_AP"] == pytest.approx(50.0) and scores["bbox_AP"] == pytest.approx(50.0)
+    assert [scores[f"segm_{k}"] for k in COCO_STATS] == pytest.approx(_masks_only_stats(coco, results))
+    assert all("bbox" in r for r in results)  # the caller's results are left as they were
+
+
+def test_segm_scores_equal_pycocotools_on_masks_alone_on_random_sets() -> None:
+    """Random squares of all three sizes and random detections whose boxes are looser than their masks: every segm
+    stat equals pycocotools' on the masks alone."""
+    rng = np.random.default_rng(0)
+    size = 256
+    gts = [_square(size, y, y + s, x, x + s) for s, y, x in
+           ((int(rng.integers(8, 120)), *rng.integers(0, 128, 2)) for _ in range(12))]
+    coco = _coco_of(gts)
+    boxes, masks = [], []
+    for _ in range(30):
+        s, y, x = int(rng.integers(8, 120)), *(int(v) for v in rng.integers(0, 128, 2))
+        pad = int(rng.integers(0, 40))
+        masks.append(_square(size, y, y + s, x, x + s))
+        boxes.append([max(x - pad, 0), max(y - pad, 0), min(x + s + pad, size), min(y + s + pad, size)])
+    for g in gts[:6]:  # some true positives too
+        ys, xs = np.nonzero(g)
+        masks.append(g)
+        boxes.append([xs.min() - 20.0, ys.min() - 20.0, xs.max() + 21.0, ys.max() + 21.0])
+    out = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.ones(len(boxes), dtype=torch.long),
+           "scores": torch.from_numpy(rng.random(len(boxes))).float(),
+           "masks": torch.from_numpy(np.stack(masks)).float()[:, None]}
+    results = coco_results([(1, out)], [1])
+    scores = coco_scores(coco, results, iou_types=("segm",))
+    assert [scores[f"segm_{k}"] for k in COCO_STATS] == pytest.approx(_masks_only_stats(coco, results), abs=1e-9)
+
+
+def test_segm_needs_masks() -> None:
+    coco = synthetic_coco()
+    results = coco_results(outputs_from(coco), [1, 2], masks=False)
+    assert coco_scores(coco, results, iou_types=("bbox",))["bbox_AP"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="segmentation"):
+        coco_scores(coco, results, iou_types=("segm",))
+
+
 def brute_force_miou(preds, labels, n: int, ignore: int = 255) -> tuple[float, float]:
     ious, correct, total = [], 0, 0
     for c in range(n):
@@ -162,6 +254,64 @@ def test_miou_known_values() -> None:
     half.update(torch.zeros(4, 4, dtype=torch.long), label)  # all predicted 0: IoU 0.5 and 0
     assert half.scores()["mIoU"] == pytest.approx(25.0) and half.scores()["aAcc"] == pytest.approx(50.0)
     assert torch.isnan(half.per_class_iou()[2])
+
+
+def mmseg_intersect_and_union(pred, label, num_classes: int, ignore_index: int = 255):
+    """mmseg's ``IoUMetric.intersect_and_union`` (mmseg/evaluation/metrics/iou_metric.py): ignore-index pixels
+    masked, then ``torch.histc`` over 0..num_classes-1 of the intersection, prediction and label."""
+    mask = label != ignore_index
+    pred, label = pred[mask], label[mask]
+    hist = [torch.histc(t.float(), bins=num_classes, min=0, max=num_classes - 1)
+            for t in (pred[pred == label], pred, label)]
+    return hist[0], hist[1] + hist[2] - hist[0], hist[1], hist[2]
+
+
+def mmseg_scores(preds, labels, num_classes: int) -> dict[str, float]:
+    """mmseg's ``compute_metrics`` for mIoU: areas summed over the set, ``np.nanmean`` of the per-class ratios."""
+    areas = [sum(x) for x in zip(*(mmseg_intersect_and_union(p, lab, num_classes)
+                                   for p, lab in zip(preds, labels, strict=True)), strict=True)]
+    inter, union, _, area_label = (a.double().numpy() for a in areas)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN
+        return {"mIoU": float(np.nanmean(inter / union)) * 100, "mAcc": float(np.nanmean(inter / area_label)) * 100,
+                "aAcc": float(inter.sum() / area_label.sum()) * 100}
+
+
+def test_label_outside_the_classes_counts_the_prediction_as_mmseg() -> None:
+    """Label 7 of 3 classes (not the ignore index): the pixel stays, its prediction (class 1) adds to class 1's
+    union, its label counts nowhere. IoU: class 0 = 1, class 1 = 0 / 1, class 2 absent: mIoU 50 (dropping the
+    pixel would give 100)."""
+    pred, label = torch.tensor([[0, 1]]), torch.tensor([[0, 7]])
+    meter = IoUMeter(3)
+    meter.update(pred, label)
+    assert meter.scores() == {"mIoU": pytest.approx(50.0), "mAcc": pytest.approx(100.0), "aAcc": pytest.approx(100.0)}
+    assert meter.scores() == pytest.approx(mmseg_scores([pred], [label], 3))
+
+
+def test_all_ignore_labels_score_nan_as_mmseg() -> None:
+    meter = IoUMeter(3)
+    meter.update(torch.tensor([[0, 1, 2]]), torch.full((1, 3), 255))
+    scores = meter.scores()
+    assert all(np.isnan(v) for v in scores.values()), scores
+    reference = mmseg_scores([torch.tensor([[0, 1, 2]])], [torch.full((1, 3), 255)], 3)
+    assert all(np.isnan(v) for v in reference.values())
+    meter.update(torch.tensor([[0]]), torch.tensor([[0]]))  # one labelled pixel elsewhere in the set: it counts
+    assert meter.scores() == {"mIoU": pytest.approx(100.0), "mAcc": pytest.approx(100.0), "aAcc": pytest.approx(100.0)}
+
+
+def test_miou_equals_mmseg_on_random_maps_with_odd_labels() -> None:
+    """Random maps with ignored pixels, labels outside the classes and one all-ignore image: equal to mmseg."""
+    g = torch.Generator().manual_seed(1)
+    n = 6
+    preds = [torch.randint(0, n, (23, 19), generator=g) for _ in range(4)]
+    labels = [torch.randint(0, n + 3, (23, 19), generator=g) for _ in range(4)]  # n..n+2: outside the classes
+    for lab in labels:
+        lab[torch.rand(lab.shape, generator=g) < 0.2] = 255
+    labels[2][:] = 255
+    meter = IoUMeter(n)
+    for p, lab in zip(preds, labels, strict=True):
+        meter.update(p, lab)
+    assert meter.scores() == pytest.approx(mmseg_scores(preds, labels, n), abs=1e-9)
 
 
 def test_seg_scores_name_the_per_class_iou() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,8 @@ def _data(n_bank=203, n_query=57, dim=16, classes=7, seed=0):
 
 
 def brute_force(bank, bank_y, queries, query_y, k, T, classes):
-    """One query at a time in float64: sort every bank row, vote, rank the classes (lower index wins ties)."""
+    """One query at a time in float64: sort every bank row, vote, rank the classes (lower index wins ties); top-5
+    among the first min(5, k) classes."""
     votes_all, top1, top5 = [], 0, 0
     for q, y in zip(queries.double(), query_y.tolist(), strict=True):
         sims = bank.double() @ q
@@ -35,7 +37,7 @@ def brute_force(bank, bank_y, queries, query_y, k, T, classes):
             votes[bank_y[i].item()] += float(torch.exp(sims[i] / T))
         ranking = sorted(range(classes), key=lambda c: (-votes[c], c))
         top1 += ranking[0] == y
-        top5 += y in ranking[:5]
+        top5 += y in ranking[:min(5, k)]
         votes_all.append(votes)
     n = len(query_y)
     return torch.tensor(votes_all, dtype=torch.float64), 100.0 * top1 / n, 100.0 * top5 / n
@@ -52,6 +54,52 @@ def test_matches_brute_force_vote_for_vote(k):
     s = knn_scores(bank, bank_y, queries, query_y, [k], 0.07, classes)
     assert s[f"top1_k{k}"] == pytest.approx(ref_top1) and s[f"top5_k{k}"] == pytest.approx(ref_top5)
     assert s["n"] == len(query_y) and s["bank"] == len(bank_y)
+
+
+def dino_knn_classifier(train_features, train_labels, test_features, test_labels, k, T, num_classes):
+    """DINO's ``eval_knn.py`` ``knn_classifier`` (facebookresearch/dino), one chunk: one-hot neighbours weighted by
+    ``exp(sim / T)``, classes sorted by probability, top-5 over the first ``min(5, k)``. The sort is made stable
+    (equal votes: lower class index first) so that the reference is deterministic."""
+    similarity = torch.mm(test_features, train_features.t())
+    distances, indices = similarity.topk(k, largest=True, sorted=True)
+    retrieved = torch.gather(train_labels.view(1, -1).expand(test_labels.shape[0], -1), 1, indices)
+    one_hot = torch.zeros(test_labels.shape[0] * k, num_classes).scatter_(1, retrieved.view(-1, 1), 1)
+    probs = (one_hot.view(test_labels.shape[0], -1, num_classes) * distances.div(T).exp().view(-1, k, 1)).sum(1)
+    _, predictions = probs.sort(dim=1, descending=True, stable=True)
+    correct = predictions.eq(test_labels.view(-1, 1))
+    n = test_labels.shape[0]
+    return (100.0 * correct.narrow(1, 0, 1).sum().item() / n,
+            100.0 * correct.narrow(1, 0, min(5, k)).sum().item() / n)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 20])
+def test_top1_and_top5_equal_dino_eval_knn(k):
+    bank, bank_y, queries, query_y, classes = _data()
+    top1, top5 = dino_knn_classifier(bank, bank_y, queries, query_y, k, 0.07, classes)
+    s = knn_scores(bank, bank_y, queries, query_y, [k], 0.07, classes)
+    assert s[f"top1_k{k}"] == pytest.approx(top1) and s[f"top5_k{k}"] == pytest.approx(top5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 20])
+def test_top1_equals_scikit_learn(k):
+    """scikit-learn's brute-force cosine k-NN with DINO's weights exp(sim / T) = exp((1 - distance) / T)."""
+    neighbors = pytest.importorskip("sklearn.neighbors")
+    bank, bank_y, queries, query_y, classes = _data()
+    knn = neighbors.KNeighborsClassifier(k, weights=lambda d: np.exp((1 - d) / 0.07), algorithm="brute",
+                                         metric="cosine").fit(bank.numpy(), bank_y.numpy())
+    top1 = 100.0 * (knn.predict(queries.numpy()) == query_y.numpy()).mean()
+    assert knn_scores(bank, bank_y, queries, query_y, [k], 0.07, classes)[f"top1_k{k}"] == pytest.approx(top1)
+
+
+def test_top5_with_fewer_than_five_neighbours_counts_only_the_first_k_classes():
+    """One neighbour of class 3 for a query of class 0: class 0 has no vote; ranked 1 by index among the zero
+    votes, it is in the first five classes, but top-5 at k = 1 is top-1 (DINO)."""
+    bank = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    s = knn_scores(bank, torch.tensor([3, 1]), bank[:1], torch.tensor([0]), [1, 2], 0.07, num_classes=6)
+    assert s["top1_k1"] == 0.0 and s["top5_k1"] == 0.0
+    assert s["top5_k2"] == 0.0  # classes 3 and 1 voted; class 0 is third
+    s = knn_scores(bank, torch.tensor([3, 1]), bank[:1], torch.tensor([1]), [1, 2], 0.07, num_classes=6)
+    assert s["top5_k1"] == 0.0 and s["top5_k2"] == 100.0
 
 
 def test_chunked_equals_unchunked_and_several_k_at_once():

@@ -97,6 +97,18 @@ def test_parts_score_extra_and_export(tmp_path):
     assert set(exported) == {k for k in ck["model"] if k.startswith("body.")}
 
 
+class NanFirst(Regression):
+    """The first evaluation scores NaN (as mmseg's mIoU of a set without a labelled pixel)."""
+
+    def evaluate(self, model, epoch):
+        return {"neg_mse": float("nan")} if epoch == 0 else super().evaluate(model, epoch)
+
+
+def test_a_nan_score_is_never_the_best(tmp_path):
+    result = run(NanFirst(), recipe(tmp_path / "run", epochs=2), show_bar=False)
+    assert result.best["epoch"] == 2 and result.best["score"] == result.best["score"]  # not NaN
+
+
 def test_stop_inside_an_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
     full = run(Regression(), recipe(tmp_path / "full"), show_bar=False)
     real, calls = engine.forward_loss, [0]

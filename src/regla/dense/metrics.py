@@ -3,10 +3,12 @@
 * :func:`coco_results` turns torchvision detector outputs into COCO-format results (``bbox`` as x, y, w, h;
   ``segmentation`` as RLE of the mask thresholded at 0.5) and :func:`coco_scores` scores them with ``COCOeval``:
   AP, AP50, AP75, APs, APm, APl in percent, keyed ``bbox_AP`` ... ``segm_APl``; :func:`coco_evaluate` adds each
-  category's AP50 (from ``COCOeval``'s precision array).
+  category's AP50 (from ``COCOeval``'s precision array). ``segm`` is scored on the masks alone (no ``bbox``), so
+  that its size ranges use mask areas, as torchvision's reference evaluation, detectron2 and mmdet do.
 * :class:`IoUMeter` accumulates per-class intersections and unions over the whole set (mmseg's
   ``intersect_and_union`` / ``total_intersect_and_union``); IoU of a class = intersection / union, classes absent
-  from both prediction and label (union 0) are excluded from the mean; pixel accuracy aAcc = correct / labelled.
+  from both prediction and label (union 0) are excluded from the mean; pixel accuracy aAcc = correct / labelled;
+  labels outside the classes and sets without a labelled pixel are scored as mmseg scores them (NaN for the latter).
 """
 
 from __future__ import annotations
@@ -50,12 +52,28 @@ def coco_results(outputs: Iterable[tuple[int, Mapping[str, torch.Tensor]]], cat_
     return results
 
 
+def _results_for(results: list[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
+    """Copies of ``results`` for ``loadRes`` (which adds keys to the dicts it gets); for ``segm``, without ``bbox``.
+
+    Given a ``bbox``, ``loadRes`` takes a result's area from its box, and ``COCOeval`` sorts detections into
+    small/medium/large by that area: mask APs/APm/APl would then depend on the boxes. Without it the area is the
+    mask's, as in torchvision's reference ``coco_eval.py``, detectron2 and mmdet, which give masks alone.
+    """
+    if iou_type != "segm":
+        return [dict(r) for r in results]
+    missing = sum("segmentation" not in r for r in results)
+    if missing:
+        raise ValueError(f"segm evaluation needs a 'segmentation' in every result; {missing} of {len(results)} "
+                         "have none (were the outputs from a model without masks?)")
+    return [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+
+
 def _cocoeval(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int] | None) -> Any:
     """An evaluated, accumulated and summarized ``COCOeval`` (its printing silenced)."""
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
+        dt = coco_gt.loadRes(_results_for(results, iou_type))
         ev = COCOeval(coco_gt, dt, iou_type)
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)
@@ -125,16 +143,18 @@ class IoUMeter:
         self.intersect, self.area_pred, self.area_label = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
 
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        """Add one prediction/label pair (or a batch) of class indices; label pixels equal to the ignore index
-        (and any outside 0..num_classes-1) are left out, as are the predictions at those pixels."""
+        """Add one prediction/label pair (or a batch) of class indices, as mmseg's ``intersect_and_union``: pixels
+        whose label is the ignore index are left out, predictions included. A label outside 0..num_classes-1 that
+        is not the ignore index keeps its pixel: the prediction there counts (towards its class's union), the
+        label does not (mmseg's ``torch.histc`` drops values outside the classes)."""
         pred, label = pred.detach().cpu().long().flatten(), label.detach().cpu().long().flatten()
-        keep = (label != self.ignore_index) & (label >= 0) & (label < self.num_classes)
+        keep = label != self.ignore_index
         pred, label = pred[keep], label[keep]
         n = self.num_classes
-        self.intersect += torch.bincount(label[pred == label], minlength=n)[:n].double()
-        in_range = pred[(pred >= 0) & (pred < n)]  # torch.histc in mmseg drops values outside the classes
-        self.area_pred += torch.bincount(in_range, minlength=n)[:n].double()
-        self.area_label += torch.bincount(label, minlength=n)[:n].double()
+        label_in, pred_in = (label >= 0) & (label < n), (pred >= 0) & (pred < n)
+        self.intersect += torch.bincount(label[label_in & (pred == label)], minlength=n)[:n].double()
+        self.area_pred += torch.bincount(pred[pred_in], minlength=n)[:n].double()
+        self.area_label += torch.bincount(label[label_in], minlength=n)[:n].double()
 
     @property
     def union(self) -> torch.Tensor:
@@ -160,15 +180,19 @@ class IoUMeter:
         return torch.where(self.area_label > 0, self.intersect / self.area_label.clamp(min=1), torch.nan) * 100
 
     def scores(self) -> dict[str, float]:
-        """``mIoU``, ``mAcc`` (means over the classes that count) and ``aAcc`` (pixel accuracy), in percent."""
+        """``mIoU``, ``mAcc`` (means over the classes that count) and ``aAcc`` (pixel accuracy), in percent.
+
+        NaN, as in mmseg, where nothing counts: no labelled pixel in the whole set (every label the ignore index).
+        """
         labelled = float(self.area_label.sum())
         return {"mIoU": _nanmean(self.per_class_iou()), "mAcc": _nanmean(self.per_class_acc()),
-                "aAcc": float(self.intersect.sum()) / labelled * 100 if labelled else 0.0}
+                "aAcc": float(self.intersect.sum()) / labelled * 100 if labelled else float("nan")}
 
 
 def _nanmean(x: torch.Tensor) -> float:
+    """Mean of the non-NaN entries; NaN if there is none (``np.nanmean``, without its warning)."""
     valid = x[~torch.isnan(x)]
-    return float(valid.mean()) if valid.numel() else 0.0
+    return float(valid.mean()) if valid.numel() else float("nan")
 
 
 def _dist_device() -> torch.device:

@@ -10,7 +10,9 @@ holds its shard of the bank and of the queries: the queries are gathered on ever
 bank shard, and the per-rank top-k lists are gathered and merged, so every rank ends with the same answer.
 
 Ties: the neighbour order is ``torch.topk``'s; class ranks break equal votes by the lower class index, so top-1
-and top-5 are a pure function of the votes (:func:`class_ranks`).
+and top-5 are a pure function of the votes (:func:`class_ranks`). Top-5 counts the true class among the first
+``min(5, k)`` classes, as DINO's ``eval_knn.py`` does: with ``k < 5`` neighbours at most ``k`` classes have a vote,
+so top-5 is then top-k.
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Ten
                query_chunk: int = 1024, bank_chunk: int = 65536) -> dict[str, float]:
     """KNN top-1 and top-5 in percent for each ``k`` (``top1_k20`` ...), plus ``n`` (queries) and ``bank`` (size).
 
+    Top-5 is the true class among the first ``min(5, k)`` classes by vote (DINO's ``eval_knn.py``).
+
     Inputs are this process's shard; under an initialised process group the search runs across every rank
     (module docstring) and every rank returns the same numbers.
     """
@@ -159,7 +163,7 @@ def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Ten
         ranks = class_ranks(knn_votes(nb, k, num_classes, temperature), all_query_labels)
         n = max(ranks.numel(), 1)
         out[f"top1_k{k}"] = 100.0 * (ranks < 1).sum().item() / n
-        out[f"top5_k{k}"] = 100.0 * (ranks < 5).sum().item() / n
+        out[f"top5_k{k}"] = 100.0 * (ranks < min(5, k)).sum().item() / n  # DINO: top-5 is top-k for k < 5
     return out
 
 

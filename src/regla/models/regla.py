@@ -17,8 +17,6 @@ Every BatchNorm folds into its conv and every depthwise residual (CPE, post-atte
 reasons, in ``docs/architecture.md``.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch

@@ -23,8 +23,6 @@ deploy form, the identity chunk stays an identity, the 1x11 -> 11x1 strip pair s
 has a bias), and the stand-alone ``norm`` BN after the token mixer is kept (the fused checkpoints contain it).
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,7 +32,13 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    adapt_input_conv,
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
@@ -452,10 +456,14 @@ class RepNeXt(StagedModelMixin, nn.Module):
         """Load an official checkpoint file (``.pth``/``.pth.tar`` training form or TorchScript ``_fused.pt``).
 
         Used by timm for the ``custom_load`` pretrained configs below. A fused checkpoint fuses this model first.
-        If the classifier size differs from the checkpoint's, the classifier keeps its initialization.
+        If the classifier size differs from the checkpoint's, the classifier keeps its initialization; with
+        ``in_chans != 3`` the first conv's weights are adapted as timm's own loader does (``adapt_input_conv``).
         """
         state_dict = checkpoint_filter_fn(load_official_state_dict(checkpoint_path), self)
         own = self.state_dict()
+        first = "stem.stem.0.conv.weight" if isinstance(self.stem.stem[0], ConvNorm) else "stem.stem.0.weight"
+        if first in state_dict and state_dict[first].shape[1] != own[first].shape[1]:
+            state_dict[first] = adapt_input_conv(self.in_chans, state_dict[first])
         dropped = [k for k in state_dict if k.startswith("head.")
                    and (k not in own or own[k].shape != state_dict[k].shape)]
         for k in dropped:
@@ -533,8 +541,17 @@ def _release_cfgs() -> dict[str, dict[str, Any]]:
 default_cfgs = generate_default_cfgs(_release_cfgs())
 
 
+def _fused_tag(variant: str, kwargs: dict[str, Any]) -> bool:
+    """True when the pretrained cfg timm resolves for this call is a ``*_fused`` tag (weights in deploy form)."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    return (cfg.tag or "").endswith("_fused")
+
+
 def _create_repnext(variant: str, pretrained: bool = False, **kwargs: Any) -> RepNeXt:
+    """Build through timm; a ``*_fused`` tag builds the fused (deploy) form its weights and cfg names belong to."""
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    if _fused_tag(variant, kwargs):
+        kwargs.setdefault("fused", True)
     return build_model_with_cfg(
         RepNeXt,
         variant,

@@ -293,7 +293,8 @@ def _run_epochs(task: Task, parts: Parts, cfg: dict[str, Any], d: Dist, run_dir:
                 raise stop.stopped(run_dir, epoch, row["stopped_at"])
             key = task.score_key + ("_ema" if parts.ema is not None else "")
             score = row.get(key)
-            is_best = score is not None and (best["score"] is None or score > best["score"])
+            # a NaN score (mmseg's mIoU of a set without a labelled pixel) is never the best
+            is_best = score is not None and score == score and (best["score"] is None or score > best["score"])
             if is_best:
                 best = {"score": score, "epoch": epoch + 1}
             row[f"best_{task.score_key}"] = best["score"]
