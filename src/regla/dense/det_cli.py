@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_weights_arguments(ev, KIND)
     ev.add_argument("--output", help="folder for results.json (COCO format) and scores.json (default: beside "
                                      "the weights)")
+    common.add_strict_argument(ev)
     pr = sub.add_parser("predict", help="draw the detections of one image to a PNG")
     common.add_weights_arguments(pr, KIND)
     pr.add_argument("image", help="an image file")
@@ -94,15 +95,17 @@ def evaluate(args: argparse.Namespace) -> int:
     from .tasks import DetTask
 
     cfg = common.eval_config(schema(), args, KIND)
-    _, val_set = DetTask().datasets(cfg, train=False)
+    _, val_set = DetTask(strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
         raise common.UsageError("regla det eval: the recipe sets no val_ann (give --set val_ann=... and val_images)")
+    common.report_skips(val_set.skipped, "regla det eval")
     model, _ = _trained_model(cfg, args.weights)
     scores, per_class, results = evaluate_detector(model, val_set, cfg.get("eval_images"),
                                                    show_bar=not args.no_progress)
     out = Path(args.output) if args.output else Path(args.weights).parent
     atomic_write_text(out / "results.json", json.dumps(results))
-    atomic_write_text(out / "scores.json", json.dumps({**scores, "per_class": per_class}, indent=2) + "\n")
+    counts = {"images": min(len(val_set), cfg.get("eval_images") or len(val_set)), **val_set.skipped.summary()}
+    atomic_write_text(out / "scores.json", json.dumps({**scores, **counts, "per_class": per_class}, indent=2) + "\n")
     for key, value in scores.items():
         print(f"{key:>10}: {value:6.2f}")
     print(f"written {out / 'results.json'} (COCO format) and {out / 'scores.json'} (with per-category AP50)")

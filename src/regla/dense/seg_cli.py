@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev = sub.add_parser("eval", help="mIoU of trained weights")
     common.add_weights_arguments(ev, KIND)
     ev.add_argument("--output", help="folder for scores.json (default: beside the weights)")
+    common.add_strict_argument(ev)
     pr = sub.add_parser("predict", help="the colour label map of one image, as a PNG")
     common.add_weights_arguments(pr, KIND)
     pr.add_argument("image", help="an image file")
@@ -81,14 +82,16 @@ def evaluate(args: argparse.Namespace) -> int:
     from .tasks import SegTask
 
     cfg = common.eval_config(schema(), args, KIND)
-    _, val_set = SegTask(show_bar=not args.no_progress).datasets(cfg, train=False)
+    _, val_set = SegTask(show_bar=not args.no_progress, strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
         raise common.UsageError("regla seg eval: the recipe sets no val_labels (give --set val_labels=... and "
                                 "val_images)")
+    common.report_skips(val_set.skipped, "regla seg eval")
     model = _trained_model(cfg, args.weights)
     meter = evaluate_segmenter(model, val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
                                cfg["test_stride"], cfg.get("eval_images"), show_bar=not args.no_progress)
-    scores = seg_scores(meter, cfg.get("class_names"))
+    counts = {"images": min(len(val_set), cfg.get("eval_images") or len(val_set)), **val_set.skipped.summary()}
+    scores = {**seg_scores(meter, cfg.get("class_names")), **counts}
     out = Path(args.output) if args.output else Path(args.weights).parent
     atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     for key in ("mIoU", "mAcc", "aAcc"):
