@@ -113,10 +113,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .predict import draw_detections, read_image, write_png
+    from .predict import check_image_size, detector_resize, draw_detections, read_image, write_png
 
     cfg = common.eval_config(schema(), args, KIND)
     image = read_image(args.image)
+    hw = tuple(image.shape[-2:])
+    check_image_size(args.image, hw, detector_resize(hw, cfg["min_size"], cfg["max_size"]),
+                     f"short side {cfg['min_size']}, long side at most {cfg['max_size']}")
     out = resolve_output(args.output, f"{Path(args.image).stem}_det.png")
     model, names = _trained_model(cfg, args.weights)
     drawn, count = draw_detections(model, image, names, args.score_thresh)

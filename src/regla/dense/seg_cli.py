@@ -104,12 +104,15 @@ def predict(args: argparse.Namespace) -> int:
     import torch
 
     from .backbone import norm_stats
-    from .predict import colour_labels, read_image, write_png
+    from .predict import check_image_size, colour_labels, read_image, write_png
     from .segmenter import infer_logits
-    from .transforms import SegTestTransform
+    from .transforms import SegTestTransform, rescale_size
 
     cfg = common.eval_config(schema(), args, KIND)
     image = read_image(args.image)
+    hw = tuple(image.shape[-2:])
+    check_image_size(args.image, hw, rescale_size(*hw, cfg["scale"]),
+                     f"long side at most {max(cfg['scale'])}, short side at most {min(cfg['scale'])}")
     out = resolve_output(args.output, f"{Path(args.image).stem}_seg.png")
     model = _trained_model(cfg, args.weights)
     x, _ = SegTestTransform(*norm_stats(cfg), cfg["scale"])(image, None)
