@@ -98,9 +98,6 @@ def load_runs(paths: list[str]) -> list[dict]:
             doc = json.loads(path.read_text())
         except ValueError as e:
             raise UsageError(f"--tables {p}: {path} is not a `regla bench` results.json ({e})") from None
-        if not (isinstance(doc, dict) and {"config", "results"} <= doc.keys()):
-            raise UsageError(f"--tables {p}: {path} is not a `regla bench` results.json (no results and config "
-                             "with resolutions and backends)")
         validate_results(doc, str(path))
         doc["_source"] = str(path)
         docs.append(doc)

@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import DataError
 
-__all__ = ["Rule", "check_entry", "entry_name", "finite_number", "is_int", "nonempty_str", "positive_int", "show"]
+__all__ = ["Rule", "check_entry", "entry_name", "finite_number", "is_int", "json_type", "nonempty_str", "numbers",
+           "positive_int", "show"]
 
 #: Longest shown value in a message.
 SHOWN = 60
@@ -66,6 +67,15 @@ def show(value: Any) -> str:
     return text if len(text) <= SHOWN else text[:SHOWN - 4] + " ..."
 
 
+JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+              type(None): "null"}
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type (object, array, string, number, boolean, null)."""
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def entry_name(kind: str, entry: Any, index: int, section: str) -> str:
     """``annotation id 7``, or ``annotation #3 in 'annotations'`` for an entry without a usable id."""
     ident = entry.get("id") if isinstance(entry, Mapping) else None
@@ -75,7 +85,7 @@ def entry_name(kind: str, entry: Any, index: int, section: str) -> str:
 def check_entry(entry: Any, rules: Sequence[Rule], where: str, source: str) -> None:
     """Every rule of ``rules`` on ``entry`` (a JSON object); a DataError naming ``source``, ``where`` and the key."""
     if not isinstance(entry, Mapping):
-        raise DataError(f"{source}: {where} is a JSON {type(entry).__name__} ({show(entry)}); expected an object "
+        raise DataError(f"{source}: {where} is a JSON {json_type(entry)} ({show(entry)}); expected an object "
                         f"with {', '.join(repr(r.key) for r in rules if r.required)}")
     for rule in rules:
         if rule.key not in entry:
