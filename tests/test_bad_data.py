@@ -309,6 +309,15 @@ def test_strict_refuses_a_truncated_image(command, data, tmp_path, capsys, tripw
     refused(argv, [ann, "image id 2", "unreadable image", "truncated"], capsys)
 
 
+@pytest.mark.parametrize("command", list(COCO_COMMANDS))
+def test_a_set_of_only_unreadable_images_names_the_first(command, data, tmp_path, capsys, tripwires):
+    """The issue's one-photo set with its photo truncated: exit 2 naming it, not an OSError mid-run."""
+    images, ann = _truncated_set(tmp_path)
+    truncate(images / "a.png")
+    refused(COCO_COMMANDS[command](data, images, ann, tmp_path / "out"),
+            [ann, "2 skipped, first: image id 1 (a.png: truncated"], capsys)
+
+
 def test_crowd_only_images_are_skipped_from_training_and_named(data, tmp_path):
     from regla.data.coco import CocoInstances
     from regla.data.skips import NO_USABLE_ANNOTATION
@@ -325,8 +334,9 @@ def test_det_train_names_its_skips_in_the_run_folder(data, tmp_path, capsys, cap
     """End to end: one optimizer step; ``skipped.json`` names the entry and every metrics row counts it."""
     ann = write_coco(tmp_path, _degenerate)
     out = tmp_path / "run"
-    tiny = ["epochs=1", "sched=cosine", "iters_per_epoch=1", "min_size=64", "max_size=64", "fpn_channels=16", "mask_head_channels=16",
-            "box_head_dim=32", "roi_batch_size=16", "batch_size=1", "workers=0", "freeze_bn=false"]
+    tiny = ["epochs=1", "sched=cosine", "iters_per_epoch=1", "min_size=64", "max_size=64", "fpn_channels=16",
+            "mask_head_channels=16", "box_head_dim=32", "roi_batch_size=16", "batch_size=1", "workers=0",
+            "freeze_bn=false"]
     argv = det_train(data["images"], ann, out)
     for item in tiny:
         argv += ["--set", item]

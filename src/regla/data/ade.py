@@ -137,7 +137,7 @@ class SegmentationFolder(Dataset):
         if check:
             pairs = check_labels(pairs, num_classes, reduce_zero_label, show_bar, self.skipped)
         if not pairs:
-            raise DataError(f"{image_dir}: no image / label pair can be read ({len(self.skipped)} skipped)")
+            raise DataError(f"{image_dir}: no image / label pair can be read ({self.skipped.first()})")
         self.pairs = pairs
         self.transforms = transforms
 

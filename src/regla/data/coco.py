@@ -218,9 +218,10 @@ class CocoInstances(Dataset):
             ids = [i for i in ids if i not in dropped]
             if not ids:
                 raise DataError(f"{self.ann_file}: no readable image has a usable annotation (non-crowd, width and "
-                                "height >= 1), so there is nothing to train on")
+                                f"height >= 1), so there is nothing to train on ({self.skipped.first()})")
         elif not ids:
-            raise DataError(f"{self.ann_file}: none of its {len(self.coco.imgs)} image(s) can be read")
+            raise DataError(f"{self.ann_file}: none of its {len(self.coco.imgs)} image(s) can be read "
+                            f"({self.skipped.first()})")
         self.ids = ids
         self.transforms = transforms
 

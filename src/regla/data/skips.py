@@ -39,6 +39,12 @@ class Skips:
     def __len__(self) -> int:
         return sum(len(v) for v in self.entries.values())
 
+    def first(self) -> str:
+        """``N skipped, first: <entry> (<reason>)``, for a message that all entries were skipped; "" for none."""
+        for reason, names in self.entries.items():
+            return f"{len(self)} skipped, first: {names[0]} ({reason})"
+        return ""
+
     def summary(self) -> dict[str, Any]:
         """``{"skipped": N, "skipped_entries": {reason: [entry, ...]}}`` for a summary or scores JSON."""
         return {"skipped": len(self), "skipped_entries": {k: list(v) for k, v in self.entries.items()}}

@@ -165,6 +165,8 @@ def load_eval_data(val_images: str | Path, val_ann: str | Path, boxes: str | Pat
     ids = sorted(coco.imgs)[:max_images]
     unreadable = check_coco(coco, image_dir, ann, skips, image_ids=ids)
     ids = [i for i in ids if i not in unreadable]
+    if not ids:
+        raise DataError(f"{ann}: none of the {len(unreadable)} image(s) to evaluate can be read ({skips.first()})")
     instances = sum(usable(a) for i in ids for a in coco.imgToAnns.get(i, []))
     if not instances:
         raise DataError(f"{ann}: no ground truth: the {len(ids)} readable image(s) evaluated hold no usable "
