@@ -350,6 +350,36 @@ def test_det_train_names_its_skips_in_the_run_folder(data, tmp_path, capsys, cap
     assert rows and all(r["skipped_train"] == 1 for r in rows)
 
 
+def _corrupt_body(path: Path) -> Path:
+    """Zero 40 bytes of a PNG's compressed data: the header and the IEND chunk stay sound."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 8
+    data[start:start + 40] = bytes(40)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_image_that_fails_to_decode_in_a_loader_worker_is_one_line_naming_it(data, tmp_path, capsys):
+    """A corrupt body behind a sound header is found only when decoded, in a DataLoader worker: the error still
+    reaches the user as one line naming the image and its entry (exit 2), not the worker's traceback."""
+    from torch.utils.data import DataLoader
+
+    from regla.cli import report
+    from regla.data.coco import CocoInstances, detection_collate
+
+    images, ann = _truncated_set(tmp_path)
+    _png(images / "sub" / "b.png", np.random.default_rng(4).integers(0, 255, (H, W, 3), dtype=np.uint8))
+    _corrupt_body(images / "sub" / "b.png")
+    ds = CocoInstances(images, ann)
+    assert ds.ids == [1, 2]  # the header and end are sound
+    with pytest.raises(Exception) as caught:
+        list(DataLoader(ds, batch_size=1, num_workers=1, collate_fn=detection_collate))
+    assert report("det", caught.value, debug=False) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "cannot decode image id 2" in err and "b.png" in err and "DataLoader worker" in err, err
+
+
 # ---- SAM eval: no ground truth -----------------------------------------------------------------------------------
 
 def test_sam_eval_without_ground_truth_says_so(data, tmp_path, capsys, tripwires):
@@ -431,13 +461,7 @@ def test_a_label_that_decodes_badly_is_skipped(tmp_path):
     """A label whose header and end are fine but whose body is corrupt is found when the labels are decoded."""
     from regla.data.ade import SegmentationFolder
 
-    def corrupt(path: Path) -> None:
-        data = bytearray(path.read_bytes())
-        start = data.index(b"IDAT") + 8
-        data[start:start + 40] = bytes(40)  # zlib stream broken, IEND intact
-        path.write_bytes(bytes(data))
-
-    images, labels = _ade(tmp_path, label=corrupt)
+    images, labels = _ade(tmp_path, label=_corrupt_body)
     ds = SegmentationFolder(images, labels, num_classes=4)
     assert len(ds.pairs) == 1 and len(ds.skipped) == 1
 
