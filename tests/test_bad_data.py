@@ -261,23 +261,29 @@ def _degenerate(doc: dict) -> None:
     doc["annotations"][2]["bbox"] = [4.0, 4.0, -3.0, 10.0]  # negative width, beside two good annotations
 
 
-def test_a_degenerate_box_is_skipped_counted_and_named(data, tmp_path):
+def test_a_degenerate_box_is_skipped_from_training_counted_and_named(data, tmp_path):
+    """Main trained on the set and said nothing; the box now leaves the training targets, named. An evaluation
+    set keeps it in the ground truth (COCO's protocol scores every annotation) and prompts / targets only usable
+    ones."""
     from regla.data.coco import CocoInstances
     from regla.data.skips import DEGENERATE_BOX
+    from regla.sam.evaluate import load_eval_data
 
     ann = write_coco(tmp_path, _degenerate)
     ds = CocoInstances(data["images"], ann, train=True)
     assert len(ds) == 2 and len(ds.skipped) == 1
     assert ds.skipped.summary()["skipped_entries"] == {DEGENERATE_BOX: ["annotation id 3 (bbox [4.0, 4.0, -3.0, "
                                                                        "10.0])"]}
-    assert [a["id"] for a in ds.coco.anns.values()] == [1, 2]  # gone from the ground truth too
+    assert [a["id"] for a in ds.coco.anns.values()] == [1, 2]
+    assert ds[1][1]["labels"].tolist() == [2]  # image 2's targets: annotation 2 only
+    for ev in (CocoInstances(data["images"], ann), load_eval_data(data["images"], ann)):
+        assert sorted(ev.coco.anns) == [1, 2, 3]
 
 
-@pytest.mark.parametrize("command", list(COCO_COMMANDS))
-def test_strict_refuses_a_degenerate_box(command, data, tmp_path, capsys, tripwires):
+def test_strict_refuses_a_degenerate_box_in_training(data, tmp_path, capsys, tripwires):
     ann = write_coco(tmp_path, _degenerate)
-    argv = COCO_COMMANDS[command](data, data["images"], ann, tmp_path / "out") + ["--strict"]
-    refused(argv, [ann, "annotation id 3", "degenerate box", "--strict"], capsys)
+    refused(det_train(data["images"], ann, tmp_path / "out", "--strict"),
+            [ann, "annotation id 3", "degenerate box", "--strict"], capsys)
 
 
 def _truncated_set(tmp_path: Path) -> tuple[Path, Path]:

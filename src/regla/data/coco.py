@@ -8,10 +8,12 @@ category; an RLE's ``size`` is its image's ``[height, width]``. Against the fold
 ``file_name`` is relative and stays inside the image folder, exists, and its header states the size the JSON does.
 Any of these is a :class:`DataError` (exit 2) naming the file, the entry and what was expected.
 
-Entries a real data set contains are skipped, counted and named (:mod:`regla.data.skips`): annotations with a
-degenerate box (width or height < 1, area <= 0), unreadable images (not an image, a truncated PNG) and, in
-training sets, images without a usable (non-crowd, non-degenerate) annotation, as mmdet's ``filter_empty_gt=True``
-does. Categories are numbered 1..K in the order of their COCO ids (0 is the background of torchvision's detectors).
+Entries a real data set contains are skipped, counted and named (:mod:`regla.data.skips`): unreadable images (not
+an image, a truncated PNG) and, in training sets, annotations with a degenerate box (width or height < 1, area
+<= 0) and images without a usable (non-crowd, non-degenerate) annotation, as mmdet's ``filter_empty_gt=True``
+does. An evaluation set keeps every annotation in its ground truth (COCO's protocol); none is used as a prompt or
+target unless usable. Categories are numbered 1..K in the order of their COCO ids (0 is the background of
+torchvision's detectors).
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def usable(ann: dict[str, Any]) -> bool:
 
 def load_coco(ann_file: str | Path, skips: Skips | None = None) -> Any:
     """``pycocotools.coco.COCO`` of ``ann_file``, validated (:func:`validate_coco`) before it is indexed;
-    annotations with a degenerate box are left out and recorded in ``skips`` when it is given."""
+    annotations with a degenerate box are left out and recorded in ``skips`` when it is given (training sets; an
+    evaluation's ground truth keeps them, as COCO's protocol scores every annotation)."""
     from pycocotools.coco import COCO
 
     path = Path(ann_file)
@@ -204,7 +207,8 @@ class CocoInstances(Dataset):
                  train: bool = False, strict: bool = False) -> None:
         self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
         self.skipped = Skips(str(self.ann_file), strict)
-        self.coco = load_coco(self.ann_file, self.skipped)
+        # degenerate boxes leave a training set; an evaluation set's ground truth stays as pycocotools scores it
+        self.coco = load_coco(self.ann_file, self.skipped if train else None)
         unreadable = check_coco(self.coco, self.image_dir, self.ann_file, self.skipped)
         self.cat_ids = sorted(self.coco.cats)
         self.label_of = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}

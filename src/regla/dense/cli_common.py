@@ -46,8 +46,8 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str, demo_help: str) -
 
 def add_strict_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
-                   help="refuse the data if any entry would be skipped (unreadable image, degenerate box, image "
-                        "without a usable annotation); default: skip, count and name them")
+                   help="refuse the data if any entry would be skipped (an unreadable image; in training also a "
+                        "degenerate box, an image without a usable annotation); default: skip, count and name them")
 
 
 def report_skips(skips: Any, command: str) -> None:

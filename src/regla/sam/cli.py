@@ -122,8 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", default="sam_eval", metavar="DIR",
                    help="folder for scores.json, results.json, points.json (default sam_eval/)")
     p.add_argument("--strict", action="store_true",
-                   help="refuse the set if an image is unreadable or an annotation has a degenerate box (default: "
-                        "skip them, count and name them in scores.json)")
+                   help="refuse the set if an image is unreadable (default: skip it, count and name it in "
+                        "scores.json)")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one), cpu, cuda, cuda:N, mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_arguments(p)

@@ -153,15 +153,16 @@ def load_eval_data(val_images: str | Path, val_ann: str | Path, boxes: str | Pat
 
     The annotations are validated and checked against the folder by the COCO reader of the dense tasks
     (:func:`regla.data.coco.load_coco`, :func:`~regla.data.coco.check_coco`: sizes, paths inside the folder).
-    Unreadable images and annotations with a degenerate box are skipped and recorded in ``EvalData.skipped``
-    (``strict``: refused). A set whose evaluated images hold no usable ground-truth instance is refused: there is
+    Unreadable images are skipped and recorded in ``EvalData.skipped`` (``strict``: refused); annotations with a
+    degenerate box stay in the ground truth and are not prompted (:func:`~regla.data.coco.usable`). A set whose
+    evaluated images hold no usable ground-truth instance is refused: there is
     nothing to score."""
     from ..preflight import existing_dir, existing_file
 
     image_dir = existing_dir(val_images, "--val-images")
     ann = existing_file(val_ann, "--val-ann")
     skips = Skips(str(ann), strict)
-    coco = load_coco(ann, skips)
+    coco = load_coco(ann)  # the ground truth as COCO's protocol scores it
     ids = sorted(coco.imgs)[:max_images]
     unreadable = check_coco(coco, image_dir, ann, skips, image_ids=ids)
     ids = [i for i in ids if i not in unreadable]
