@@ -315,6 +315,25 @@ def test_strict_refuses_a_truncated_image(command, data, tmp_path, capsys, tripw
     refused(argv, [ann, "image id 2", "unreadable image", "truncated"], capsys)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_probe_finds_truncated_files_and_accepts_trailing_data(fmt, tmp_path):
+    """Truncation is found from the file's end (the decode runs only for a file that does not end as a complete
+    one does); a complete image followed by other bytes (a camera's trailer) is accepted."""
+    from regla.data.images import Unreadable, probe
+
+    path = _png(tmp_path / "x.png", np.random.default_rng(5).integers(0, 255, (H, W, 3), dtype=np.uint8))
+    good = path.with_suffix("." + fmt.lower())
+    Image.open(path).save(good, format=fmt)
+    assert probe(good) == (W, H)
+    (tmp_path / "trailer").write_bytes(good.read_bytes() + b"TRAILER" * 300)
+    assert probe(tmp_path / "trailer") == (W, H)
+    with pytest.raises(Unreadable, match="truncated"):
+        probe(truncate(good))
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(Unreadable, match="not an image format"):
+        probe(tmp_path / "text.png")
+
+
 @pytest.mark.parametrize("command", list(COCO_COMMANDS))
 def test_a_set_of_only_unreadable_images_names_the_first(command, data, tmp_path, capsys, tripwires):
     """The issue's one-photo set with its photo truncated: exit 2 naming it, not an OSError mid-run."""

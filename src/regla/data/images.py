@@ -1,9 +1,10 @@
-"""Cheap checks of image files before any work: the header (format, size) read with PIL, and a PNG's last chunk.
+"""Cheap checks of image files before any work: the header (format, size) read with PIL, and the file's end.
 
 :func:`probe` opens a file without decoding its pixels: it reads the header (so a non-image or a header-less file
-is found) and, for a PNG, checks that the file ends with its ``IEND`` chunk (so a truncated download is found
-without a full decode). A file that passes can still fail to decode (a corrupt body): :func:`decode` then raises
-a :class:`~regla.data.errors.DataError` naming the file and its entry.
+is found) and, for a PNG or a JPEG, checks that the file ends as a complete one does (``IEND`` chunk, ``EOI``
+marker); only a file that does not is decoded, so a truncated download is found at the cost of one header read
+per good file. A file that passes can still fail to decode (a corrupt body): :func:`decode` then raises a
+:class:`~regla.data.errors.DataError` naming the file and its entry.
 """
 
 from __future__ import annotations
@@ -37,23 +38,29 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
 
 
+#: How a complete file of each format ends (after optional padding): a file that does not is decoded to be sure.
+ENDINGS = {"PNG": PNG_END, "JPEG": b"\xff\xd9"}
+
+
 def probe(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the header of ``path``; :class:`Unreadable` when it is not an image PIL can read
-    or a PNG that stops before its ``IEND`` chunk."""
+    """``(width, height)`` from the header of ``path``; :class:`Unreadable` when it is not an image PIL can read,
+    or a PNG / JPEG that does not end as a complete one does (``IEND`` / ``EOI``) and does not decode either
+    (a truncated download). Only such files are decoded: trailing data after a complete image is harmless."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f:
             with Image.open(f) as im:
                 size, fmt = im.size, im.format
-            if fmt == "PNG":
-                f.seek(max(0, f.seek(0, 2) - 64))
-                if PNG_END not in f.read():
-                    raise Unreadable("truncated: the PNG ends before its IEND chunk")
-    except Unreadable:
-        raise
+                ending = ENDINGS.get(fmt)
+                if ending is not None:
+                    f.seek(max(0, f.seek(0, 2) - 64))
+                    if not f.read().rstrip(b"\x00\r\n ").endswith(ending):
+                        f.seek(0)
+                        im.load()  # raises for a truncated file
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise Unreadable(describe(e)) from None
+        reason = describe(e)
+        raise Unreadable(f"truncated ({reason})" if "truncated" in reason.lower() else reason) from None
     return size
 
 
