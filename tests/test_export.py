@@ -146,8 +146,9 @@ def test_failed_export_leaves_nothing_at_the_name(tmp_path, capsys, monkeypatch,
 
     import regla.deploy.export as ex
 
-    previous = tmp_path / "m.onnx"
-    previous.write_bytes(b"an earlier export")
+    previous = tmp_path / "m.onnx"  # an earlier export: an ONNX model by content (a text file would be refused)
+    torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(previous), dynamo=False)
+    earlier = previous.read_bytes()
 
     def broken(model, x, path, dynamic, opset):
         path.write_bytes(b"half a model")  # the writer got some way before failing
@@ -160,7 +161,7 @@ def test_failed_export_leaves_nothing_at_the_name(tmp_path, capsys, monkeypatch,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert ("no space left" in err and str(previous) in err) if failure == "enospc" else "ONNX export" in err
-    assert previous.read_bytes() == b"an earlier export"  # the old output is untouched
+    assert previous.read_bytes() == earlier  # the old output is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary left
 
 

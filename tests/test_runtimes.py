@@ -136,7 +136,7 @@ def test_executorch_roundtrip(name, hw):
     model = tiny(name)
     x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
     lowered = lower(model, x[:1])
-    assert lowered.delegated_ops > 0  # XNNPACK took part of the graph
+    assert lowered.partitions >= 1  # XNNPACK took part of the graph
     out = runner(lowered.buffer)(x.numpy())  # two images through the batch-1 program
     with torch.inference_mode():
         ref = model(x).numpy()

@@ -160,6 +160,23 @@ def test_regla_sam_reaches_one_sixteenth_and_fuses(last_stage):
     assert stage4 == ((1, 1) if last_stage == "stride1" else (2, 2))
 
 
+def test_neck_layernorm_equals_sams():
+    """The neck's LayerNorm2d (channel means as global pooling, for XNNPACK) computes SAM's LayerNorm2d."""
+    from segment_anything.modeling.common import LayerNorm2d as SamLayerNorm2d
+
+    from regla.sam.encoders import LayerNorm2d
+
+    torch.manual_seed(0)
+    ours, sams = LayerNorm2d(32), SamLayerNorm2d(32)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-1, 1)
+    sams.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 32, 5, 7) * 3 + 1
+    torch.testing.assert_close(ours(x), sams(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours(x.to(memory_format=torch.channels_last)), sams(x), rtol=0, atol=1e-6)
+
+
 def test_regla_sam_fuse_mode_reads_stages_3_and_4():
     encoder = perturb_(ReglaSamEncoder("regla_t", last_stage="fuse", img_size=256))
     assert isinstance(encoder.neck[0], FuseProjection)

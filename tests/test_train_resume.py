@@ -86,6 +86,8 @@ def test_rows_of_a_run_that_died_before_its_first_checkpoint_are_dropped(tmp_pat
     data = make_folder(tmp_path / "data", classes=2, train_per_class=4, val_per_class=1)
     out = tmp_path / "run"
     out.mkdir()
+    # what a `regla train` killed before its first checkpoint leaves: its lock record (the process is gone) and logs
+    (out / ".regla-run.lock").write_text(json.dumps({"command": "regla train", "pid": 1}) + "\n")
     (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 99.0}) + "\n")
     (out / "metrics.csv").write_text("epoch,train_loss\n1,99.0\n")
     train(tiny_recipe(data, out, epochs=1, batch_size=4), show_bar=False)

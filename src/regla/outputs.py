@@ -9,6 +9,11 @@ The promises (``docs/reliability.md``):
   default name (:func:`resolve_output`); an existing output is replaced only by a complete output of the same kind
   (a file by a file, a ``.mlpackage`` by a ``.mlpackage``); nothing is ever deleted that this call did not create,
   apart from the replaced output itself.
+* **Never another's file.** Before any work, :func:`check_new_output` refuses an output path that is one of the
+  command's inputs, or that holds a file this kind of output does not recognise as its own *by content*: a JSON
+  report carries ``"written_by"`` (:func:`json_written_by`), a PNG a ``Software`` text chunk
+  (:func:`png_written_by`), a file written beside a report the report's SHA-256 of it (:func:`receipt_holds`).
+  A command writing several files into a folder checks the folder with :func:`check_output_folder`.
 * **The user's permissions.** Files get ``0o666 & ~umask`` (``mkstemp`` alone would create them ``0o600``).
 * **Clear failures.** A full disk (ENOSPC) is a :class:`~regla.errors.RunFailure` (exit 1); a folder that cannot be
   written (EACCES, EROFS) is a :class:`~regla.errors.UsageError` (exit 2); each is one line naming the path.
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -29,8 +36,10 @@ from pathlib import Path
 
 from .errors import ReglaError, RunFailure, UsageError
 
-__all__ = ["MIN_FREE_BYTES", "atomic_output", "atomic_write_bytes", "atomic_write_text", "check_not_clobbering",
-           "check_writable", "os_error", "resolve_output"]
+__all__ = ["MIN_FREE_BYTES", "PNG_WRITER_KEY", "WRITTEN_BY", "atomic_output", "atomic_write_bytes",
+           "atomic_write_text", "check_new_output", "check_not_clobbering", "check_output_folder",
+           "check_report_folder", "check_writable", "file_sha256", "json_written_by", "os_error", "png_text",
+           "png_written_by", "receipt_holds", "resolve_output", "write_report_files"]
 
 #: Free space :func:`check_writable` asks for by default (an export or a bench report needs far less).
 MIN_FREE_BYTES = 16 * 2**20
@@ -231,3 +240,140 @@ def check_not_clobbering(path: str | os.PathLike, force: bool = False,
         return
     what = "a folder" if path.is_dir() else "a file"
     raise UsageError(f"{path} exists ({what} of another kind); pass --force to replace it, or choose another output")
+
+
+#: The key by which a JSON report of regla's names the command that wrote it (``"written_by": "regla det eval"``).
+WRITTEN_BY = "written_by"
+#: The key of a report's SHA-256 digests of the files written beside it (``{"results.json": "<hex>"}``).
+RECEIPT = "files_sha256"
+#: The PNG text chunk that names the command that drew an image (``Software: regla det predict``).
+PNG_WRITER_KEY = "Software"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json(path: Path) -> object:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def json_written_by(path: str | os.PathLike, writer: str) -> bool:
+    """Whether ``path`` is a JSON object that ``writer`` wrote (its :data:`WRITTEN_BY` says so)."""
+    data = _json(Path(path))
+    return isinstance(data, dict) and data.get(WRITTEN_BY) == writer
+
+
+def receipt_holds(path: str | os.PathLike, report: str | os.PathLike, writer: str) -> bool:
+    """Whether ``report`` (a JSON object ``writer`` wrote) records ``path``'s SHA-256: the file is the one that
+    ``writer`` wrote beside its report, unchanged."""
+    data = _json(Path(report))
+    if not (isinstance(data, dict) and data.get(WRITTEN_BY) == writer and isinstance(data.get(RECEIPT), dict)):
+        return False
+    recorded = data[RECEIPT].get(Path(path).name)
+    return isinstance(recorded, str) and Path(path).is_file() and recorded == file_sha256(path)
+
+
+def png_text(path: str | os.PathLike) -> dict[str, str]:
+    """The ``tEXt`` chunks of a PNG file before its image data ({} for anything that is not a PNG)."""
+    import struct
+
+    out: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return {}
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return out
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or length > 1 << 20:
+                    return out
+                body = f.read(length)
+                f.read(4)  # CRC
+                if kind == b"tEXt" and b"\0" in body:
+                    key, value = body.split(b"\0", 1)
+                    out[key.decode("latin-1")] = value.decode("latin-1")
+    except OSError:
+        return {}
+
+
+def png_written_by(path: str | os.PathLike, writer: str | None = None) -> bool:
+    """Whether ``path`` is a PNG drawn by ``writer`` (any regla command when None): its ``Software`` chunk."""
+    software = png_text(path).get(PNG_WRITER_KEY, "")
+    return software == writer if writer is not None else software.startswith("regla ")
+
+
+def _same_file(a: Path, b: str | os.PathLike) -> bool:
+    try:
+        return a.exists() and Path(b).exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_new_output(path: str | os.PathLike, ours: Callable[[Path], bool] | None = None, *,
+                     inputs: tuple[str | os.PathLike | None, ...] = (), flag: str = "--output",
+                     what: str = "an output of this command") -> Path:
+    """Before any work: ``path`` may be written. Refuses (exit 2) a path that is one of ``inputs``, a folder, or an
+    existing file ``ours`` does not recognise (None: any existing file is refused); checks it is writable."""
+    path = Path(path)
+    for given in inputs:
+        if given is not None and (_same_file(path, given) or path.absolute() == Path(given).absolute()):
+            raise UsageError(f"{flag} {path} is an input of this command: refusing to write over it; choose "
+                             "another output")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; expected a file or nothing there")
+    if (path.exists() or path.is_symlink()) and (ours is None or not ours(path)):
+        raise UsageError(f"{flag} {path} exists and is not {what}: refusing to replace it (choose another output, "
+                         "or move that file away)")
+    return check_writable(path)
+
+
+def check_output_folder(folder: str | os.PathLike, files: tuple[str, ...], flag: str = "--output") -> Path:
+    """Before any work: ``folder`` (which receives ``files``) is a folder or nothing yet, and writable."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder}: is a file; expected a folder for {', '.join(files)}")
+    check_writable(folder / files[0])
+    return folder
+
+
+def check_report_folder(folder: str | os.PathLike, files: tuple[str, ...], writer: str, *,
+                        inputs: tuple[str | os.PathLike | None, ...] = (), flag: str = "--output",
+                        report: str = "scores.json") -> Path:
+    """Before any work: ``folder`` may receive ``files`` from ``writer`` (:func:`write_report_files`): a folder or
+    nothing yet, writable, and each existing file there ``writer``'s own: ``report`` names its writer, the files
+    beside it match the SHA-256 recorded in it. Anything else (the user's file, another tool's) is refused."""
+    folder = check_output_folder(folder, files, flag)
+    for name in files:
+        path = folder / name
+        if name == report:
+            def ours(p: Path) -> bool:
+                return json_written_by(p, writer)
+        else:
+            def ours(p: Path) -> bool:
+                return receipt_holds(p, folder / report, writer)
+        check_new_output(path, ours, inputs=inputs, flag=flag, what=f"a report of {writer}")
+    return folder
+
+
+def write_report_files(folder: str | os.PathLike, writer: str, report: dict, beside: dict[str, str] | None = None,
+                       report_name: str = "scores.json") -> Path:
+    """``beside`` (``{name: text}``) then ``report`` as ``report_name`` (naming ``writer`` and the SHA-256 of each
+    file beside it), in ``folder``, each atomically; returns the report's path."""
+    folder = Path(folder)
+    digests = {}
+    for name, text in (beside or {}).items():
+        atomic_write_text(folder / name, text)
+        digests[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    doc = {WRITTEN_BY: writer, **report, **({RECEIPT: digests} if digests else {})}
+    return atomic_write_text(folder / report_name, json.dumps(doc, indent=2) + "\n")

@@ -12,7 +12,7 @@ the error for that model and backend and goes on with the others.
 * ``compile``: ``torch.compile`` (inductor, weights frozen) at each resolution, in eager's layout; compile time
   reported apart from latency;
 * ``executorch`` / ``executorch-int8``: an XNNPACK-delegated ExecuTorch program lowered at each resolution
-  (fp32, or int8 with the XNNPACK quantizer), run by ExecuTorch's runtime.
+  (fp32, or int8 with the XNNPACK quantizer), run by ExecuTorch's runtime with ``--threads`` XNNPACK threads.
 """
 
 from __future__ import annotations
@@ -93,8 +93,9 @@ def build(backend: str, model, paths: dict[str, Path], shape: tuple[int, ...], t
         compiled, seconds = compile_for(model, example)
         return Built(timed_call(compiled, example), prepare_s=seconds, channels_last=channels_last)
     if backend in ("executorch", "executorch-int8"):
-        from ..deploy.executorch import lower, timed_call
+        from ..deploy.executorch import lower, set_threads, timed_call
 
+        set_threads(threads)  # the same thread count as the other runtimes (XNNPACK's default: every CPU)
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         int8 = backend == "executorch-int8"
         t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import Schema
 from ..errors import RunFailure, UsageError
-from ..outputs import atomic_write_text, check_writable
+from ..outputs import atomic_write_text, check_new_output, check_report_folder, check_writable, write_report_files
 from ..preflight import check_device, existing_file
 
 SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "output": "output", "device": "device",
@@ -131,6 +131,28 @@ def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> dict[str
     return cfg
 
 
+def eval_outputs(args: argparse.Namespace, files: tuple[str, ...], writer: str) -> Path:
+    """The folder of ``eval``'s reports (``--output``, else beside the weights), checked before any work
+    (:func:`regla.outputs.check_report_folder`: no file there that ``writer`` did not write)."""
+    out = Path(args.output) if args.output else Path(args.weights).parent
+    return check_report_folder(out, files, writer, inputs=(args.weights,))
+
+
+def predict_output(args: argparse.Namespace, default_name: str, writer: str) -> Path:
+    """Where ``predict`` draws (the folder rule of :func:`regla.outputs.resolve_output`), checked before any work:
+    never the input image or the weights, never a file that is not a PNG ``writer`` drew."""
+    from ..outputs import png_written_by, resolve_output
+
+    out = resolve_output(args.output, default_name)
+    return check_new_output(out, lambda p: png_written_by(p, writer), inputs=(args.image, args.weights),
+                            what=f"a PNG drawn by {writer}")
+
+
+def write_reports(out: Path, writer: str, scores: Mapping[str, Any], beside: Mapping[str, str] | None = None) -> Path:
+    """``beside`` then ``scores.json`` signed by ``writer`` (:func:`regla.outputs.write_report_files`)."""
+    return write_report_files(out, writer, dict(scores), dict(beside or {}))
+
+
 def load_trained(model: Any, path: str | Path) -> None:
     """Load a trained detector/segmenter strictly (every tensor must fit) through the weights layer."""
     from ..checkpoints import load_into, read_weights
@@ -198,11 +220,17 @@ def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind
     if args.print_config:
         return print_config(cfg)
     preflight(cfg)
+    from ..runs.config import check_output
+    from ..runs.harness import batch_too_large
     from .backbone import create_features
 
     task = make_task(show_bar=not args.no_progress, strict=args.strict)
+    check_output(cfg, args.resume, task.command)
     task.prepare(cfg)  # bad data stops here, before the run starts
     create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
+    why = batch_too_large(len(task.train_set), cfg["batch_size"])
+    if why:
+        raise UsageError(f"{task.command}: {why}")
     from ..runs.harness import run as run_harness
 
     result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)

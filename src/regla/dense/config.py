@@ -109,12 +109,20 @@ def _class_names(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _slide_covers(cfg: Mapping[str, Any]) -> str | None:
+    """Sliding-window inference must cover every pixel: a stride above the crop leaves gaps (0/0 logits there)."""
+    if cfg["test_mode"] == "slide" and cfg["test_stride"] > cfg["crop_size"]:
+        return (f"test_stride = {cfg['test_stride']} > crop_size = {cfg['crop_size']}: sliding windows would leave "
+                f"pixels uncovered; set test_stride <= crop_size (mmseg uses about 2/3 of it)")
+    return None
+
+
 def _schema(own: Mapping[str, Field], defaults: Mapping[str, Any], rules: list, command: str) -> Schema:
     return Schema(_with_defaults({**RUN_FIELDS, **own}, defaults), [*RUN_RULES, *rules], command=command)
 
 
 DET_SCHEMA = _schema(DET_FIELDS, DET_DEFAULTS, [_sizes], "regla det train")
-SEG_SCHEMA = _schema(SEG_FIELDS, SEG_DEFAULTS, [_ratios, _class_names], "regla seg train")
+SEG_SCHEMA = _schema(SEG_FIELDS, SEG_DEFAULTS, [_ratios, _class_names, _slide_covers], "regla seg train")
 
 
 def samples_per_epoch(cfg: Mapping[str, Any], world_size: int) -> int | None:

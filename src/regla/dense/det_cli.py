@@ -15,10 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..outputs import atomic_write_text, resolve_output
+from ..preflight import float_range
 from . import cli_common as common
 
 KIND = "det"
+#: What ``det eval`` writes, and the name it signs ``scores.json`` with (:func:`cli_common.write_reports`).
+EVAL_FILES = ("results.json", "scores.json")
+EVAL_WRITER = "regla det eval"
+PREDICT_WRITER = "regla det predict"
 #: The demo: ReGLA-T from scratch, a slim FPN/heads at 512 px, no flip, half of the sampled RoIs positive, 28x28
 #: mask RoIs (56x56 masks: the photo's thin chairs), 140 steps, on the one VOC photo (a fit test; docs/dense.md §5).
 DEMO_RECIPE: dict[str, Any] = dict(
@@ -43,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_weights_arguments(pr, KIND)
     pr.add_argument("image", help="an image file")
     pr.add_argument("--output", help="PNG path or folder (default <image>_det.png)")
-    pr.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
+    pr.add_argument("--score-thresh", type=float_range(0.0, 1.0), default=0.5,
+                    help="draw detections scoring at least this (a number in [0, 1], default 0.5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,19 +77,48 @@ def train(args: argparse.Namespace) -> int:
     return common.train_command(args, schema(), DetTask, KIND, demo_base, DEMO_TARGETS)
 
 
-def _trained_model(cfg: dict[str, Any], weights: str) -> tuple[Any, list[str]]:
-    """The detector of ``cfg`` with ``weights`` loaded, and its class names (from the weights, else the data)."""
+def _class_names_of(cfg: dict[str, Any], weights: str) -> list[str]:
+    """The detector's class names: those saved in the weights, else the val set's (sorted category ids)."""
     from ..checkpoints import read_weights
-    from .detector import build_detector
 
-    info = read_weights(weights).info
-    names = info.class_names
+    names = read_weights(weights).info.class_names
     if names is None:
         from ..data.coco import load_coco
 
         common.existing_file(cfg["val_ann"] or "", "val_ann")
         coco = load_coco(cfg["val_ann"])
         names = [coco.cats[c]["name"] for c in sorted(coco.cats)]
+    return list(names)
+
+
+def map_classes(model_names: list[str], data_names: list[str], data_ids: list[int], weights: str,
+                ann: str) -> list[int | None]:
+    """The data's category id of each of the model's labels 1..K, matched by **name**, not by position.
+
+    A data category the model does not know is refused (its AP would be a silent 0); a model class absent from
+    the data maps to None (its detections are dropped). A mapping other than position i -> i-th id is printed.
+    """
+    unknown = [n for n in data_names if n not in model_names]
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        known = ", ".join(map(repr, model_names[:5])) + (", ..." if len(model_names) > 5 else "")
+        raise common.UsageError(f"{ann} has categories the weights {weights} were not trained on: "
+                                f"{', '.join(map(repr, unknown[:5]))}{more} (the weights know {len(model_names)} "
+                                f"classes: {known}); evaluate on a set of the classes the model was trained on")
+    id_of = dict(zip(data_names, data_ids, strict=True))
+    mapping = [id_of.get(n) for n in model_names]
+    if mapping != list(data_ids):
+        print("classes matched by name (weights label -> category id in the val set):")
+        for label, (name, cid) in enumerate(zip(model_names, mapping, strict=True), start=1):
+            print(f"  {label:>3} {name:<20} -> {'not in the val set (detections dropped)' if cid is None else cid}")
+    return mapping
+
+
+def _trained_model(cfg: dict[str, Any], weights: str, names: list[str] | None = None) -> tuple[Any, list[str]]:
+    """The detector of ``cfg`` with ``weights`` loaded, and its class names (from the weights, else the data)."""
+    from .detector import build_detector
+
+    names = names if names is not None else _class_names_of(cfg, weights)
     model, _ = build_detector(cfg, cfg.get("num_classes") or len(names) + 1, log=False)
     common.load_trained(model, weights)
     return model.to(common.device_of(cfg)).eval(), names
@@ -95,17 +129,19 @@ def evaluate(args: argparse.Namespace) -> int:
     from .tasks import DetTask
 
     cfg = common.eval_config(schema(), args, KIND)
+    out = common.eval_outputs(args, EVAL_FILES, EVAL_WRITER)
     _, val_set = DetTask(strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
         raise common.UsageError("regla det eval: the recipe sets no val_ann (give --set val_ann=... and val_images)")
     common.report_skips(val_set.skipped, "regla det eval")
-    model, _ = _trained_model(cfg, args.weights)
+    names = _class_names_of(cfg, args.weights)
+    cat_ids = map_classes(names, val_set.class_names, val_set.cat_ids, args.weights, cfg["val_ann"])
+    model, _ = _trained_model(cfg, args.weights, names)
     scores, per_class, results = evaluate_detector(model, val_set, cfg.get("eval_images"),
-                                                   show_bar=not args.no_progress)
-    out = Path(args.output) if args.output else Path(args.weights).parent
-    atomic_write_text(out / "results.json", json.dumps(results))
+                                                   show_bar=not args.no_progress, cat_ids=cat_ids)
     counts = {"images": min(len(val_set), cfg.get("eval_images") or len(val_set)), **val_set.skipped.summary()}
-    atomic_write_text(out / "scores.json", json.dumps({**scores, **counts, "per_class": per_class}, indent=2) + "\n")
+    common.write_reports(out, EVAL_WRITER, {**scores, **counts, "per_class": per_class},
+                         {"results.json": json.dumps(results)})
     for key, value in scores.items():
         print(f"{key:>10}: {value:6.2f}")
     print(f"written {out / 'results.json'} (COCO format) and {out / 'scores.json'} (with per-category AP50)")
@@ -120,9 +156,9 @@ def predict(args: argparse.Namespace) -> int:
     hw = tuple(image.shape[-2:])
     check_image_size(args.image, hw, detector_resize(hw, cfg["min_size"], cfg["max_size"]),
                      f"short side {cfg['min_size']}, long side at most {cfg['max_size']}")
-    out = resolve_output(args.output, f"{Path(args.image).stem}_det.png")
+    out = common.predict_output(args, f"{Path(args.image).stem}_det.png", PREDICT_WRITER)
     model, names = _trained_model(cfg, args.weights)
     drawn, count = draw_detections(model, image, names, args.score_thresh)
-    write_png(drawn, out)
+    write_png(drawn, out, PREDICT_WRITER)
     print(f"{count} detection(s) scoring >= {args.score_thresh} drawn to {out}")
     return 0

@@ -36,8 +36,10 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def detect(model: nn.Module, dataset: Any, limit: int | None = None, show_bar: bool = False) -> list[dict[str, Any]]:
-    """COCO-format results of ``model`` on this rank's share of ``dataset`` (a :class:`CocoInstances`)."""
+def detect(model: nn.Module, dataset: Any, limit: int | None = None, show_bar: bool = False,
+           cat_ids: list[int | None] | None = None) -> list[dict[str, Any]]:
+    """COCO-format results of ``model`` on this rank's share of ``dataset`` (a :class:`CocoInstances`); label k is
+    category ``cat_ids[k - 1]`` (default: the dataset's ids in order)."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -45,7 +47,7 @@ def detect(model: nn.Module, dataset: Any, limit: int | None = None, show_bar: b
     for i in tqdm(_indices(len(dataset), limit), desc="detect", unit="img", disable=not show_bar, leave=False):
         image, target = dataset[i]
         out = model([image.as_subclass(torch.Tensor).to(device)])[0]
-        results += coco_results([(target["image_id"], out)], dataset.cat_ids)
+        results += coco_results([(target["image_id"], out)], dataset.cat_ids if cat_ids is None else cat_ids)
     model.train(was_training)
     return results
 
@@ -73,11 +75,13 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def evaluate_detector(model: nn.Module, dataset: Any, limit: int | None = None, show_bar: bool = False
+def evaluate_detector(model: nn.Module, dataset: Any, limit: int | None = None, show_bar: bool = False,
+                      cat_ids: list[int | None] | None = None
                       ) -> tuple[dict[str, float], dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """``bbox_*`` and ``segm_*`` COCO scores and the per-category AP50 ``{"bbox_AP50": {name: AP50 or None},
-    "segm_AP50": {...}}`` (every rank), and the results (rank 0; [] elsewhere)."""
-    merged = gather_results(detect(model, dataset, limit, show_bar))
+    "segm_AP50": {...}}`` (every rank), and the results (rank 0; [] elsewhere). ``cat_ids``: the category of each
+    model label (:func:`regla.dense.det_cli.map_classes`), default the dataset's ids in order."""
+    merged = gather_results(detect(model, dataset, limit, show_bar, cat_ids))
     scores = None
     if merged is not None:
         ids = [dataset.ids[i] for i in range(min(len(dataset), limit or len(dataset)))]

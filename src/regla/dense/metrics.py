@@ -23,10 +23,10 @@ COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IGNORE_INDEX = 255
 
 
-def coco_results(outputs: Iterable[tuple[int, Mapping[str, torch.Tensor]]], cat_ids: Sequence[int],
+def coco_results(outputs: Iterable[tuple[int, Mapping[str, torch.Tensor]]], cat_ids: Sequence[int | None],
                  masks: bool = True, mask_threshold: float = 0.5) -> list[dict[str, Any]]:
     """COCO results for ``(image_id, output)`` pairs (torchvision's ``boxes``/``labels``/``scores``/``masks``);
-    label k (1..K) is category ``cat_ids[k - 1]``."""
+    label k (1..K) is category ``cat_ids[k - 1]``; a label with no category (None, or beyond the list) is dropped."""
     from pycocotools import mask as mask_utils
 
     results = []
@@ -39,7 +39,10 @@ def coco_results(outputs: Iterable[tuple[int, Mapping[str, torch.Tensor]]], cat_
             binary = (out["masks"].detach().cpu()[:, 0] > mask_threshold).numpy().astype(np.uint8)
             rles = [mask_utils.encode(np.asfortranarray(m)) for m in binary]
         for box, label, score, rle in zip(xywh, labels, scores, rles, strict=True):
-            res = {"image_id": int(image_id), "category_id": int(cat_ids[label - 1]),
+            cat = cat_ids[label - 1] if 0 < label <= len(cat_ids) else None
+            if cat is None:  # a class of the model's that the data does not have
+                continue
+            res = {"image_id": int(image_id), "category_id": int(cat),
                    "bbox": [round(v, 2) for v in box], "score": round(float(score), 5)}
             if rle is not None:
                 res["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}

@@ -7,13 +7,14 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.errors import DataError
-from ..outputs import atomic_write_bytes
+from ..outputs import PNG_WRITER_KEY, atomic_write_bytes
 
 #: The smallest image side ``predict`` takes: below it there is nothing a model trained on photos can find.
 MIN_SIDE = 16
@@ -50,13 +51,23 @@ def detector_resize(hw: tuple[int, int], min_size: int, max_size: int) -> tuple[
     return int(h * scale), int(w * scale)
 
 
-def write_png(image: torch.Tensor, path: str | Path) -> Path:
-    """A uint8 CHW (or HW) tensor as a PNG, atomically."""
+def png_info(writer: str) -> Any:
+    """PIL's PNG metadata naming ``writer`` (:data:`regla.outputs.PNG_WRITER_KEY`): how a later run knows the file
+    as its own output (:func:`regla.outputs.png_written_by`)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_WRITER_KEY, writer)
+    return info
+
+
+def write_png(image: torch.Tensor, path: str | Path, writer: str = "regla") -> Path:
+    """A uint8 CHW (or HW) tensor as a PNG naming ``writer``, atomically."""
     from PIL import Image
 
     array = image.permute(1, 2, 0).numpy() if image.ndim == 3 else image.numpy()
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG", pnginfo=png_info(writer))
     return atomic_write_bytes(path, buf.getvalue())
 
 

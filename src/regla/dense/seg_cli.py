@@ -10,15 +10,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from ..outputs import atomic_write_text, resolve_output
 from . import cli_common as common
 
 KIND = "seg"
+EVAL_WRITER = "regla seg eval"
+PREDICT_WRITER = "regla seg predict"
 #: The demo: ReGLA-T from scratch, a slim FPN/head, 320 px crops of the (640, 320) resize, batch 1, 480 steps, no
 #: flip and no random rescale (a fit test on one photo; see docs/dense.md §5 for the figures).
 DEMO_RECIPE: dict[str, Any] = dict(
@@ -82,6 +82,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .tasks import SegTask
 
     cfg = common.eval_config(schema(), args, KIND)
+    out = common.eval_outputs(args, ("scores.json",), EVAL_WRITER)
     _, val_set = SegTask(show_bar=not args.no_progress, strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
         raise common.UsageError("regla seg eval: the recipe sets no val_labels (give --set val_labels=... and "
@@ -92,8 +93,7 @@ def evaluate(args: argparse.Namespace) -> int:
                                cfg["test_stride"], cfg.get("eval_images"), show_bar=not args.no_progress)
     counts = {"images": min(len(val_set), cfg.get("eval_images") or len(val_set)), **val_set.skipped.summary()}
     scores = {**seg_scores(meter, cfg.get("class_names")), **counts}
-    out = Path(args.output) if args.output else Path(args.weights).parent
-    atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
+    common.write_reports(out, EVAL_WRITER, scores)
     for key in ("mIoU", "mAcc", "aAcc"):
         print(f"{key:>5}: {scores[key]:6.2f}")
     print(f"per-class IoU in {out / 'scores.json'}")
@@ -113,7 +113,7 @@ def predict(args: argparse.Namespace) -> int:
     hw = tuple(image.shape[-2:])
     check_image_size(args.image, hw, rescale_size(*hw, cfg["scale"]),
                      f"long side at most {max(cfg['scale'])}, short side at most {min(cfg['scale'])}")
-    out = resolve_output(args.output, f"{Path(args.image).stem}_seg.png")
+    out = common.predict_output(args, f"{Path(args.image).stem}_seg.png", PREDICT_WRITER)
     model = _trained_model(cfg, args.weights)
     x, _ = SegTestTransform(*norm_stats(cfg), cfg["scale"])(image, None)
     device = next(model.parameters()).device
@@ -121,6 +121,6 @@ def predict(args: argparse.Namespace) -> int:
         logits = infer_logits(model, x[None].to(device), tuple(image.shape[-2:]), cfg["test_mode"],
                               cfg["crop_size"], cfg["test_stride"])
     pred = logits.argmax(1)[0].cpu()
-    write_png(colour_labels(pred, cfg["num_classes"]), out)
+    write_png(colour_labels(pred, cfg["num_classes"]), out, PREDICT_WRITER)
     print(f"label map of {len(pred.unique())} class(es) written to {out}")
     return 0

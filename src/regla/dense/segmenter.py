@@ -90,6 +90,8 @@ def infer_logits(model: nn.Module, image: torch.Tensor, out_size: tuple[int, int
 
 
 def _slide(model: nn.Module, image: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
+    if stride > crop:  # the recipe rule refuses this first; a direct caller gets the same answer, not NaN logits
+        raise ValueError(f"slide inference: stride {stride} > crop {crop} would leave pixels uncovered")
     h, w = image.shape[-2:]
     rows, cols = max(h - crop + stride - 1, 0) // stride + 1, max(w - crop + stride - 1, 0) // stride + 1
     total = count = None

@@ -81,12 +81,66 @@ def is_torchscript(path: Path) -> bool:
         return False
 
 
-#: Which existing file at the output an export may replace without --force: an earlier export of its format.
+def is_onnx(path: Path) -> bool:
+    """An ONNX model by content (a ``ModelProto`` with an IR version and a graph), not a file named ``.onnx``."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - anything that does not parse is not an ONNX model
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def is_pte(path: Path) -> bool:
+    """An ExecuTorch program by content: a FlatBuffer whose file identifier (bytes 4..8) is ``ET..``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and head[4:6] == b"ET" and head[6:8].isdigit()
+
+
+#: Which existing file at the output an export may replace without --force: an earlier export of its format,
+#: recognised by content (a text file named ``x.onnx`` is not one).
 SAME_KIND = {
-    "onnx": lambda p: p.is_file() and p.suffix == ".onnx",
-    "torchscript": lambda p: p.is_file() and p.suffix == ".pt" and is_torchscript(p),
-    "executorch": lambda p: p.is_file() and p.suffix == ".pte",
+    "onnx": lambda p: p.is_file() and is_onnx(p),
+    "torchscript": lambda p: p.is_file() and is_torchscript(p),
+    "executorch": lambda p: p.is_file() and is_pte(p),
 }
+#: The format of an export file by its name's suffix (for the ``.failed`` file an export keeps).
+FORMAT_OF_SUFFIX = {SUFFIX[f]: f for f in SAME_KIND}
+#: The writer named in ``<file>.agreement.json``.
+EXPORT_WRITER = "regla export"
+
+
+def is_agreement(path: Path) -> bool:
+    """An ``<export>.agreement.json`` that ``regla export`` wrote (one of before ``written_by``: its keys)."""
+    import json
+
+    from ..outputs import json_written_by
+
+    if json_written_by(path, EXPORT_WRITER):
+        return True
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "written_by" not in doc and {"file", "reference", "top1_agreement"} <= set(doc)
+
+
+def check_side_files(path: Path, fmt: str) -> None:
+    """Before any work: the files an export may write beside ``path`` (``.failed``, ``.agreement.json``) replace
+    only an earlier one of their kind, never a file of the user's (exit 2)."""
+    from ..outputs import check_new_output
+
+    if fmt not in SAME_KIND:
+        return
+    check_new_output(path.with_name(path.name + ".failed"), SAME_KIND[fmt],
+                     what=f"a failed {fmt} export kept by regla export")
+    check_new_output(path.with_name(path.name + ".agreement.json"), is_agreement,
+                     what="an agreement report of regla export")
 
 
 def output_path(args: argparse.Namespace, hw: tuple[int, int]) -> Path:
@@ -99,6 +153,7 @@ def output_path(args: argparse.Namespace, hw: tuple[int, int]) -> Path:
         raise UsageError(f"--output {path} is the --checkpoint file: choose another output")
     if args.format != "coreml":
         check_not_clobbering(path, args.force, same_kind=SAME_KIND[args.format])
+        check_side_files(path, args.format)
     elif path.suffix != ".mlpackage":
         raise UsageError(f"--output {path}: a Core ML ML Program is a .mlpackage folder; give a name ending in "
                          ".mlpackage (or a folder to write it into)")

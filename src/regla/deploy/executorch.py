@@ -7,13 +7,14 @@ quantizer (:func:`regla.deploy.quantize.quantize_pt2e`). Shapes are static: a pr
 lowered at (as a mobile app feeds it), so export one program per input size.
 
 Operators XNNPACK does not take stay in ExecuTorch's portable kernels (slow, but correct);
-:func:`delegation_summary` counts what was delegated.
+:func:`delegation_summary` counts the partitions and names what was left out.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,15 @@ class ExecuTorchError(RunFailure):
 
 @dataclass
 class Lowered:
-    """A lowered program: its bytes, and how many graph operators XNNPACK took and left."""
+    """A lowered program: its bytes, how many XNNPACK partitions it runs, and the operators left outside them."""
 
     buffer: bytes
-    delegated_ops: int
-    portable_ops: int
+    partitions: int
+    outside: dict[str, int]  # operator name -> count, run by ExecuTorch's portable kernels
+
+    @property
+    def portable_ops(self) -> int:
+        return sum(self.outside.values())
 
 
 def import_executorch():
@@ -49,8 +54,11 @@ def import_executorch():
     return exir, XnnpackPartitioner
 
 
-def lower(model: nn.Module, example: torch.Tensor, *, int8: bool = False, calib: ImageSet | None = None) -> Lowered:
-    """Lower ``model`` (fused, eval) at ``example``'s shape to an XNNPACK-delegated program (int8 with ``calib``)."""
+def to_edge(model: nn.Module, example: torch.Tensor, *, int8: bool = False, calib: ImageSet | None = None):
+    """``model`` (fused, eval) exported at ``example``'s shape and lowered to XNNPACK: the edge program manager.
+
+    int8 quantizes first with the XNNPACK quantizer, calibrated on ``calib``.
+    """
     exir, partitioner = import_executorch()
     if int8 and calib is None:
         raise ValueError("an int8 program needs calibration images")
@@ -62,28 +70,48 @@ def lower(model: nn.Module, example: torch.Tensor, *, int8: bool = False, calib:
 
                 model = quantize_pt2e(model, example, calib)
             program = torch.export.export(model, (example,), strict=False)
-            edge = exir.to_edge_transform_and_lower(program, partitioner=[partitioner()])
-            counts = delegation_summary(edge.exported_program().graph)
-            buffer = edge.to_executorch().buffer
+            return exir.to_edge_transform_and_lower(program, partitioner=[partitioner()])
         except Exception as e:  # noqa: BLE001 - any exporter/lowering failure names the stage and the error
             lines = str(e).strip().splitlines()
             raise ExecuTorchError(f"ExecuTorch {'int8 ' if int8 else ''}lowering failed: {type(e).__name__}: "
                                   f"{lines[0] if lines else ''}") from e
-    return Lowered(buffer, *counts)
 
 
-def delegation_summary(graph) -> tuple[int, int]:
-    """(operators inside XNNPACK delegate calls, operators left to the portable kernels) of a lowered edge graph."""
-    delegated = portable = 0
+def lower(model: nn.Module, example: torch.Tensor, *, int8: bool = False, calib: ImageSet | None = None) -> Lowered:
+    """Lower ``model`` (fused, eval) at ``example``'s shape to an XNNPACK-delegated program (int8 with ``calib``)."""
+    edge = to_edge(model, example, int8=int8, calib=calib)
+    partitions, outside = delegation_summary(edge.exported_program().graph)
+    try:
+        buffer = edge.to_executorch().buffer
+    except Exception as e:  # noqa: BLE001
+        raise ExecuTorchError(f"ExecuTorch program serialisation failed: {type(e).__name__}: {e}") from e
+    return Lowered(buffer, partitions, outside)
+
+
+def delegation_summary(graph) -> tuple[int, dict[str, int]]:
+    """(XNNPACK delegate calls, operators left to the portable kernels by name) of a lowered edge graph.
+
+    One delegate call is one XNNPACK partition: every operator outside the delegate cuts the graph, and each cut
+    costs a hand-over between the delegate and the portable kernels.
+    """
+    partitions, outside = 0, Counter()
     for node in graph.nodes:
         if node.op != "call_function":
             continue
         name = getattr(node.target, "__name__", str(node.target))
         if "executorch_call_delegate" in name:
-            delegated += 1
-        elif name not in ("getitem",) and not name.startswith("_operator"):
-            portable += 1
-    return delegated, portable
+            partitions += 1
+        elif name != "getitem" and not name.startswith("_operator"):
+            outside[name] += 1
+    return partitions, dict(outside.most_common())
+
+
+def set_threads(threads: int) -> None:
+    """Size ExecuTorch's shared XNNPACK threadpool (its default is one thread per CPU, whatever torch's setting)."""
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
 
 
 class LoadedMethod:

@@ -126,8 +126,21 @@ def _run_check(check: Callable[[Path], None] | None, tmp: Path, path: str | os.P
         check(tmp)
     except ExportError as e:
         failed = Path(path).with_name(Path(path).name + ".failed")
+        if not _replaceable_side_file(failed, Path(path).suffix):
+            raise ExportError(f"{e} (the exported file was not kept: {failed} exists and is not a failed export "
+                              "of this format)") from e
         os.replace(tmp, failed)
         raise ExportError(f"{e} (exported file kept as {failed} for inspection)") from e
+
+
+def _replaceable_side_file(path: Path, suffix: str) -> bool:
+    """Nothing at ``path``, or an export of the format of ``suffix`` (checked by content): never a user's file."""
+    from .cli import FORMAT_OF_SUFFIX, SAME_KIND
+
+    if not (path.exists() or path.is_symlink()):
+        return True
+    fmt = FORMAT_OF_SUFFIX.get(suffix)
+    return fmt is not None and SAME_KIND[fmt](path)
 
 
 def _export_onnx_legacy(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int) -> None:
@@ -413,12 +426,15 @@ def _write_agreement(result: ExportResult, stats: dict) -> None:
     import json
 
     from ..outputs import atomic_write_text
+    from .cli import EXPORT_WRITER, is_agreement
 
     result.agreement = stats
-    doc = {"file": result.path.name, "format": result.format, "int8": result.int8,
+    side = result.path.with_name(result.path.name + ".agreement.json")
+    if side.exists() and not is_agreement(side):
+        raise ExportError(f"cannot write {side}: it exists and is not an agreement report of regla export")
+    doc = {"written_by": EXPORT_WRITER, "file": result.path.name, "format": result.format, "int8": result.int8,
            "img_size": list(result.img_size), "reference": "fp32 PyTorch (fused model)", **stats}
-    result.agreement_path = atomic_write_text(result.path.with_name(result.path.name + ".agreement.json"),
-                                              json.dumps(doc, indent=2) + "\n")
+    result.agreement_path = atomic_write_text(side, json.dumps(doc, indent=2) + "\n")
 
 
 def export_onnx_int8(model: nn.Module, path: str | os.PathLike, img_size: int | Sequence[int], calib,

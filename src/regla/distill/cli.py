@@ -97,7 +97,7 @@ def preflight(cfg: dict[str, Any], resume: str | None) -> None:
     for key in ("knn_bank", "knn_queries"):
         if cfg[key]:
             existing_dir(cfg[key], key)
-    check_output(cfg, resume)
+    check_output(cfg, resume, "regla distill")
     for spec in resolve_teachers(cfg["teachers"], cfg["teacher_checkpoints"]):
         require_model(spec.model)
         check_checkpoint(spec)

@@ -64,11 +64,11 @@ def check_args(args: argparse.Namespace) -> None:
     from regla.preflight import check_device
 
     if args.json_out:
-        from regla.outputs import check_writable
+        from regla.outputs import check_new_output, json_written_by
 
-        if Path(args.json_out).is_dir():
-            raise UsageError(f"--json {args.json_out} is a folder; give a file path")
-        check_writable(Path(args.json_out))
+        # a file of ours from an earlier run may be replaced; the user's own file, or an input, never
+        check_new_output(Path(args.json_out), lambda p: json_written_by(p, "regla eval"),
+                         inputs=(getattr(args, "checkpoint", None),), flag="--json", what="a report of regla eval")
     check_device(args.device)
 
 
@@ -240,5 +240,5 @@ def run(args: argparse.Namespace) -> int:
         out = {k: v for k, v in m.items() if k != "skipped_errors"}
         print(json.dumps(out))
         if args.json_out:
-            atomic_write_text(args.json_out, json.dumps(out, indent=2) + "\n")
+            atomic_write_text(args.json_out, json.dumps({"written_by": "regla eval", **out}, indent=2) + "\n")
     return 0

@@ -75,11 +75,11 @@ def _check(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
     if args.checkpoint:
         existing_file(args.checkpoint, "--checkpoint")
     if args.json_out:
-        from regla.outputs import check_writable
+        from regla.outputs import check_new_output, json_written_by
 
-        if Path(args.json_out).is_dir():
-            raise UsageError(f"--json {args.json_out} is a folder; give a file path")
-        check_writable(Path(args.json_out))
+        # a file of ours from an earlier run may be replaced; the user's own file, or an input, never
+        check_new_output(Path(args.json_out), lambda p: json_written_by(p, "regla knn"),
+                         inputs=(getattr(args, "checkpoint", None),), flag="--json", what="a report of regla knn")
     check_device(args.device)
     bank, queries = _folder(args.bank, "--bank"), _folder(args.queries, "--queries")
     classes = check_class_folders(bank)
@@ -225,5 +225,5 @@ def run(args: argparse.Namespace) -> int:
         report_skipped(m["skipped_files"])
         print(json.dumps(m))
         if args.json_out:
-            atomic_write_text(args.json_out, json.dumps(m, indent=2) + "\n")
+            atomic_write_text(args.json_out, json.dumps({"written_by": "regla knn", **m}, indent=2) + "\n")
     return 0

@@ -179,19 +179,26 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
     ``out_n = sum_m v_m (phi(k_m) . phi(q_n)) / (sum_m phi(k_m) . phi(q_n) + eps)`` with ``phi = ReLU``,
     evaluated as ``(V phi(K)^T) phi(Q)`` and ``(1^T phi(K)^T) phi(Q)`` in O(N d_k d_v).
 
+    Every operator is one that ExecuTorch's XNNPACK delegate takes (``docs/benchmarks.md``, "One XNNPACK graph"):
+    the normaliser's token sum ``phi(K)^T 1`` is a global mean times the token count (XNNPACK's global pooling)
+    rather than ``sum``, which XNNPACK lacks and which would cut the delegated graph in two.
+
     Args:
-        q, k: ``(B, d_k, N)`` queries and keys (before the ReLU).
-        v: ``(B, d_v, N)`` values.
+        q, k: ``(B, d_k, H, W)`` or ``(B, d_k, N)`` queries and keys (before the ReLU).
+        v: ``(B, d_v, H, W)`` or ``(B, d_v, N)`` values, on the same tokens.
         eps: added to the denominator, which is 0 for a query with no positive feature.
 
     Returns:
-        ``(B, d_v, N)``.
+        ``(B, d_v, H, W)`` or ``(B, d_v, N)``, as ``v``.
     """
     q, k = F.relu(q), F.relu(k)
-    kv = torch.bmm(v, k.transpose(1, 2))  # (B, d_v, d_k)
-    num = torch.bmm(kv, q)  # (B, d_v, N)
-    den = torch.bmm(k.sum(dim=2, keepdim=True).transpose(1, 2), q)  # (B, 1, N)
-    return num / (den + eps)
+    qf, kf = q.flatten(2), k.flatten(2)  # (B, d_k, N)
+    kv = torch.bmm(v.flatten(2), kf.transpose(1, 2))  # (B, d_v, d_k)
+    num = torch.bmm(kv, qf)  # (B, d_v, N)
+    k_grid = k.reshape(k.shape[0], k.shape[1], -1, k.shape[-1])  # (B, d_k, H, W); (B, d_k, 1, N) for 3-D input
+    k_sum = k_grid.mean((2, 3), keepdim=True) * float(qf.shape[-1])  # phi(K)^T 1: (B, d_k, 1, 1)
+    den = torch.bmm(k_sum.flatten(2).transpose(1, 2), qf)  # (B, 1, N)
+    return (num / (den + eps)).reshape(v.shape)
 
 
 @register_notrace_function  # reads the autocast state at run time: a leaf of FX graphs
@@ -233,24 +240,20 @@ class RGMA(nn.Module):
         self.proj = ConvNorm(value_dim, dim, 1, bn_weight_init=0.0)
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(Q, K, V, G)`` from the joint projection, by channel slices (no ``split``: XNNPACK takes slices)."""
         dk, dv = self.key_dim, self.value_dim
         y = self.qkvg(x)
+        q, k = y[:, :dk], y[:, dk:2 * dk]
         if self.gating == "none":
-            q, k, v = torch.split(y, [dk, dk, dv], dim=1)
-            return q, k, v, None
-        q, k, vg = torch.split(y, [dk, dk, 2 * dv], dim=1)
+            return q, k, y[:, 2 * dk:], None
         if self.gating == "gate":
-            v, g = torch.sigmoid(vg).chunk(2, dim=1)
-        else:
-            v, g = vg.chunk(2, dim=1)
-            g = torch.sigmoid(g)
-        return q, k, v, g
+            vg = torch.sigmoid(y[:, 2 * dk:])
+            return q, k, vg[:, :dv], vg[:, dv:]
+        return q, k, y[:, 2 * dk:2 * dk + dv], torch.sigmoid(y[:, 2 * dk + dv:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
         q, k, v, g = self._split(x)
-        out = fp32_relu_linear_attention(q.flatten(2), k.flatten(2), v.flatten(2), self.eps).to(x.dtype)
-        out = out.reshape(B, self.value_dim, H, W)
+        out = fp32_relu_linear_attention(q, k, v, self.eps).to(x.dtype)  # (B, d_v, H, W)
         if g is not None:
             out = out * g
         return self.proj(out)

@@ -141,15 +141,20 @@ def resolve_recipe(schema: Any, config: str | None, overrides: list[str] | None 
     return cfg
 
 
-def check_output(cfg: dict[str, Any], resume: str | None) -> None:
-    """The run folder (``output``, or ``runs/<model>``) can be created and written, before any work starts."""
+def check_output(cfg: dict[str, Any], resume: str | None, command: str | None = None) -> None:
+    """The run folder (``output``, or ``runs/<model>``) can be created and written, before any work starts; and
+    it is the run's to write (:func:`regla.runs.folder.check_run_dir`: no other live run, none of the user's files,
+    made by ``command`` if it is resumed)."""
     from pathlib import Path
 
     from regla.errors import UsageError
     from regla.outputs import check_writable
+
+    from .folder import check_run_dir
 
     if cfg["output"] or not resume:
         run_dir = Path(cfg["output"] or Path("runs") / str(cfg.get("model", "run"))).expanduser()
         if run_dir.exists() and not run_dir.is_dir():
             raise UsageError(f"--output {run_dir}: is a file; a run folder is expected")
         check_writable(run_dir / "config.yaml")
+        check_run_dir(run_dir, command, resume=bool(resume))

@@ -2,13 +2,16 @@
 
 Every trainer (``regla train``, ``regla distill``, ``regla det train``, ``regla seg train``) runs here, on one CPU
 process or under ``torchrun`` on any number of GPUs and nodes (NCCL on GPU, gloo on CPU). The harness owns the run
-folder (a new run never overwrites one that holds checkpoints; a resume continues in its own folder), DDP and SyncBN,
+folder (a new run never overwrites one that holds checkpoints nor a folder holding the user's files; a resume
+continues in its own folder; one live run per folder, by a lock held for the run's life: :mod:`regla.runs.folder`;
+a batch larger than the training set is refused), DDP and SyncBN,
 AMP, the timm optimizer and schedule, EMA, the progress bar, CSV/JSONL/TensorBoard logs, atomic checkpoint sets
 (:mod:`regla.runs.state`), exact resume to the batch, and SIGINT/SIGTERM (a resumable checkpoint, exit 130/143).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,7 @@ from .config import scaled_lr
 from .ddp import wrap_ddp
 from .dist import Dist, amp_dtype, setup_determinism, setup_distributed
 from .engine import EpochPosition, StepContext, train_one_epoch
+from .folder import RunLock, check_run_dir
 from .logs import MetricsLogger
 from .signals import StopSignals
 from .task import Built, Task
@@ -153,32 +157,58 @@ def _run(task: Task, cfg: dict[str, Any], resume: str | Path | None, show_bar: b
     if resume and not cfg["output"]:
         cfg["output"] = str(resume_dir(resume))  # a run continues in its own folder, wherever it now lies
     run_dir = default_run_dir(cfg)
-    if d.primary and run_dir.is_dir():
-        for note in ckpt_mod.recover(run_dir):  # finish or drop a checkpoint set a kill interrupted
-            _logger.warning("%s: %s", run_dir, note)
-    if d.distributed:
-        dist.barrier()
-    ckpt = ckpt_mod.load_checkpoint(resume_path(resume)) if resume else None  # fail before touching anything
-    run_dir = run_dir_for(cfg, ckpt is not None, resume, task.command)
-    task.run_dir = run_dir  # type: ignore[attr-defined]  (a task may log into its run folder)
-    built = task.build(cfg, d.device, d.rank, d.world_size)
-    if ckpt is not None:
-        check_resume(task, built, ckpt, cfg, resume)
-    prepare_run_dir(run_dir, cfg, ckpt is not None, d)
-    parts = _build(cfg, d, built, task)
-    start_epoch, best, position = _resume_into(parts, ckpt, cfg, d, resume) if ckpt is not None else (0, None, None)
-    del ckpt
-    parts.ctx.model = wrap_ddp(parts.model, d.device, cfg["sync_bn"], d.distributed)
-    if cfg["compile"]:
-        parts.ctx.model = torch.compile(parts.ctx.model)
-    if d.primary:
-        _logger.info("%s: %s; %d process(es) on %s; global batch %d; lr %.3g; epochs %d -> %d; run folder %s",
-                     task.command, cfg.get("model") or cfg.get("backbone"), d.world_size, d.device,
-                     cfg["batch_size"] * d.world_size * cfg["grad_accum"], parts.lr, start_epoch, parts.num_epochs,
-                     run_dir)
-    with StopSignals(d, command=task.command) as stop:
-        return _run_epochs(task, parts, cfg, d, run_dir, start_epoch, best or {"score": None, "epoch": 0},
-                           show_bar, position, stop)
+    with contextlib.ExitStack() as held:
+        lock = RunLock(run_dir, task.command)
+        if d.primary:
+            check_run_dir(run_dir, task.command, resume=bool(resume))  # the user's files, another live run
+            if run_dir.is_dir():
+                held.enter_context(lock)  # before recover(): never touch a folder another run is writing
+                for note in ckpt_mod.recover(run_dir):  # finish or drop a checkpoint set a kill interrupted
+                    _logger.warning("%s: %s", run_dir, note)
+        if d.distributed:
+            dist.barrier()
+        ckpt = ckpt_mod.load_checkpoint(resume_path(resume)) if resume else None  # fail before touching anything
+        run_dir = run_dir_for(cfg, ckpt is not None, resume, task.command)
+        task.run_dir = run_dir  # type: ignore[attr-defined]  (a task may log into its run folder)
+        built = task.build(cfg, d.device, d.rank, d.world_size)
+        _check_batch_fits(built, cfg, task.command)
+        if ckpt is not None:
+            check_resume(task, built, ckpt, cfg, resume)
+        if d.primary and not lock.held:
+            held.enter_context(lock)  # a new folder: created and locked now that every input check has passed
+        prepare_run_dir(run_dir, cfg, ckpt is not None, d)
+        parts = _build(cfg, d, built, task)
+        start_epoch, best, position = (_resume_into(parts, ckpt, cfg, d, resume) if ckpt is not None
+                                       else (0, None, None))
+        del ckpt
+        parts.ctx.model = wrap_ddp(parts.model, d.device, cfg["sync_bn"], d.distributed)
+        if cfg["compile"]:
+            parts.ctx.model = torch.compile(parts.ctx.model)
+        if d.primary:
+            _logger.info("%s: %s; %d process(es) on %s; global batch %d; lr %.3g; epochs %d -> %d; run folder %s",
+                         task.command, cfg.get("model") or cfg.get("backbone"), d.world_size, d.device,
+                         cfg["batch_size"] * d.world_size * cfg["grad_accum"], parts.lr, start_epoch, parts.num_epochs,
+                         run_dir)
+        with StopSignals(d, command=task.command) as stop:
+            return _run_epochs(task, parts, cfg, d, run_dir, start_epoch, best or {"score": None, "epoch": 0},
+                               show_bar, position, stop)
+
+
+def batch_too_large(num_samples: int | None, batch_size: int) -> str | None:
+    """Why a per-process batch of ``batch_size`` does not fit a training set of ``num_samples`` (None: it fits)."""
+    if num_samples is None or batch_size <= num_samples:
+        return None
+    return (f"batch_size = {batch_size} is larger than the training set ({num_samples} samples): every batch would "
+            f"repeat samples; set --batch-size {num_samples} or less")
+
+
+def _check_batch_fits(built: Built, cfg: dict[str, Any], command: str) -> None:
+    """Every trainer: a per-process batch larger than the training set is refused (as ``regla distill`` does)."""
+    dataset = getattr(built.train_loader, "dataset", None)
+    size = len(dataset) if hasattr(dataset, "__len__") else None
+    why = batch_too_large(size, cfg["batch_size"])
+    if why:
+        raise RunError(f"{command}: {why}")
 
 
 def check_resume(task: Task, built: Built, ckpt: dict[str, Any], cfg: dict[str, Any], path) -> None:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..outputs import check_writable, resolve_output
+from ..outputs import check_new_output, png_written_by, resolve_output
 from ..preflight import existing_dir
 
 DEFAULT_NAME = "curves.png"
+WRITER = "regla plot"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +61,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
 
     from regla.runs.logs import read_rows
 
-    from ..outputs import atomic_write_bytes
+    from ..outputs import PNG_WRITER_KEY, atomic_write_bytes
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     score_names = set()
@@ -88,7 +89,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
             ax.legend(fontsize=8)
         fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
+        fig.savefig(buf, format="png", dpi=110, metadata={PNG_WRITER_KEY: WRITER})  # known as ours by content
     finally:
         plt.close(fig)
     return atomic_write_bytes(out, buf.getvalue())
@@ -111,7 +112,7 @@ def output_png(out: str | None, first_run: Path) -> Path:
     path = resolve_output(out, DEFAULT_NAME) if out else first_run / DEFAULT_NAME
     if path.suffix.lower() != ".png":
         raise UsageError(f"--out {path}: regla plot writes a PNG; give a path ending in .png (or a folder)")
-    return check_writable(path)
+    return check_new_output(path, lambda p: png_written_by(p, WRITER), flag="--out", what=f"a PNG drawn by {WRITER}")
 
 
 def run(args: argparse.Namespace) -> int:

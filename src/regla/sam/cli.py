@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from ..outputs import check_writable, resolve_output
+from ..outputs import resolve_output
 from ..preflight import existing_file, float_range, int_range
 
 LAST_STAGE_CHOICES = ("stride1", "fuse")
@@ -28,6 +28,8 @@ DEFAULT_ENCODER = "regla_m_sam"
 DEMO_OUTPUT = "runs/sam_demo"
 PROMPT_CHOICES = ("box", "point")  # regla.sam.evaluate.PROMPTS (not imported here: it imports torch)
 EVAL_FILES = ("scores.json", "results.json", "points.json")
+PREDICT_WRITER = "regla sam predict"
+EVAL_WRITER = "regla sam eval"
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -158,7 +160,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = resolve_recipe(SCHEMA, None, args.demo_overrides, resume=args.demo_resume, output=output,
                          flags=None if args.demo_resume else {"output": args.demo_output})
     cfg["model"] = "sam_demo"
-    check_output(cfg, args.demo_resume)
+    check_output(cfg, args.demo_resume, "regla sam --demo")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     started = time.perf_counter()
     task = SamDemoTask()
@@ -221,7 +223,7 @@ def _check_distill(cfg: dict, resume: str | None) -> None:
               "weights", file=sys.stderr)
     if cfg["img_size"] % 16:
         raise UsageError(f"img_size {cfg['img_size']}: expected a multiple of 16")
-    check_output({**cfg, "model": cfg["student"]}, resume)
+    check_output({**cfg, "model": cfg["student"]}, resume, "regla sam distill")
 
 
 def run_encoders(args: argparse.Namespace) -> int:
@@ -254,7 +256,8 @@ def _build(args: argparse.Namespace):
 
 def run_predict(args: argparse.Namespace) -> int:
     """``regla sam predict``: check image, prompts and output, then predict and draw."""
-    from ..outputs import atomic_output
+    from ..dense.predict import png_info
+    from ..outputs import atomic_output, check_new_output, png_written_by
     from .prompt import check_box, check_point, draw_prediction, load_image, parse_numbers, predict_mask
 
     if args.box is None and args.point is None:
@@ -268,12 +271,13 @@ def run_predict(args: argparse.Namespace) -> int:
     out = resolve_output(args.output, f"{Path(args.image).stem}_mask.png")
     if out.suffix.lower() != ".png":
         raise UsageError(f"--output {out}: expected a .png file")
-    check_writable(out)
+    check_new_output(out, lambda p: png_written_by(p, PREDICT_WRITER), inputs=(args.image, args.checkpoint),
+                     what=f"a PNG drawn by {PREDICT_WRITER}")
     _check_model_args(args)
     sam = _build(args)
     pred = predict_mask(sam, image, box=box, point=point)
     with atomic_output(out) as tmp:
-        draw_prediction(image, pred).save(tmp, format="PNG")
+        draw_prediction(image, pred).save(tmp, format="PNG", pnginfo=png_info(PREDICT_WRITER))
     area = int(pred.mask.sum())
     print(f"{out}: mask of {area} px ({100 * area / pred.mask.size:.1f}% of {hw[1]}x{hw[0]}), "
           f"predicted IoU {pred.score:.3f}")
@@ -282,6 +286,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``regla sam export``: both ONNX files, each checked against PyTorch."""
+    from ..deploy.cli import SAME_KIND
+    from ..deploy.export import is_mlpackage
+    from ..outputs import check_new_output
     from .export import export_sam_onnx
 
     _check_model_args(args)
@@ -289,8 +296,15 @@ def run_export(args: argparse.Namespace) -> int:
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--output {folder}: is a file; expected a folder for the two ONNX files")
     stem = args.name or args.encoder
+    if not stem or Path(stem).name != stem or stem in (".", ".."):
+        raise UsageError(f"--name {stem!r}: expected a plain file name stem (no folder part); the files go into "
+                         "--output")
     encoder_path, decoder_path = folder / f"{stem}_encoder.onnx", folder / f"{stem}_decoder.onnx"
-    check_writable(encoder_path)
+    for path in (encoder_path, decoder_path):
+        check_new_output(path, SAME_KIND["onnx"], inputs=(args.checkpoint,), what="an ONNX model")
+    package = folder / f"{stem}_encoder_{args.img_size}x{args.img_size}.mlpackage"
+    if args.coreml and package.exists() and not is_mlpackage(package):
+        raise UsageError(f"--output {folder}: {package} exists and is not a Core ML package: refusing to replace it")
     sam = _build(args)
     result = export_sam_onnx(sam, encoder_path, decoder_path, opset=args.opset, atol=args.atol)
     size = args.img_size
@@ -301,7 +315,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.coreml:
         from .export import export_encoder_coreml
 
-        package = export_encoder_coreml(sam.image_encoder, folder / f"{stem}_encoder_{size}x{size}.mlpackage")
+        package = export_encoder_coreml(sam.image_encoder, package)
         print(f"{package}: Core ML ML Program (fp16), image (1,3,{size},{size}) -> image_embeddings; not run here "
               "(Core ML runs on macOS/iOS)")
     return 0
@@ -319,13 +333,10 @@ def _check_eval_args(args: argparse.Namespace) -> tuple[list[str], Path]:
         raise UsageError("--score-thr applies to a detector's boxes: give --boxes FILE too")
     if args.boxes is not None and "box" not in prompts:
         raise UsageError("--boxes gives box prompts, but --prompts leaves out box")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output {out}: is a file; expected a folder for {', '.join(EVAL_FILES)}")
-    for name in EVAL_FILES:
-        if (out / name).is_dir():
-            raise UsageError(f"--output {out}: {out / name} is a folder; expected a file or nothing there")
-    check_writable(out / EVAL_FILES[0])
+    from ..outputs import check_report_folder
+
+    # the files of an earlier `regla sam eval` may be replaced; anything else there is refused
+    out = check_report_folder(args.output, EVAL_FILES, EVAL_WRITER, inputs=(args.boxes, args.val_ann))
     return prompts, out
 
 
@@ -345,7 +356,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from ..outputs import atomic_write_text
+    from ..outputs import write_report_files
     from .evaluate import SamMasks, evaluate_zero_shot, load_eval_data
 
     prompts, out = _check_eval_args(args)
@@ -365,9 +376,8 @@ def run_eval(args: argparse.Namespace) -> int:
               "img_size": args.img_size, "val_images": str(args.val_images), "val_ann": str(args.val_ann),
               "boxes": args.boxes, "score_thr": (args.score_thr or 0.0) if args.boxes else None, "prompts": prompts,
               "device": device, **result.scores, "seconds": round(seconds, 2)}
-    atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
-    atomic_write_text(out / "results.json", json.dumps(result.results))
-    atomic_write_text(out / "points.json", json.dumps(result.points))
+    write_report_files(out, EVAL_WRITER, scores, {"results.json": json.dumps(result.results),
+                                                  "points.json": json.dumps(result.points)})
     print(summary_table(scores))
     print(f"written {', '.join(str(out / n) for n in EVAL_FILES)}")
     return 0

@@ -6,10 +6,13 @@ on 1% of SA-1B). The prompt encoder and mask decoder are the teacher's, untouche
 holds the student's ``image_encoder.*`` and, when the teacher came from a whole-SAM file, its ``prompt_encoder.*``
 and ``mask_decoder.*``, i.e. a complete SAM that ``build_sam(student, checkpoint=...)`` loads strictly.
 
-**The cache** (:class:`EmbeddingCache`): ``manifest.json`` (teacher, input size, image list, shard size) and
-``shard_NNNNN.safetensors`` files of ``shard_size`` embeddings each, every shard written atomically once complete.
-Filling it again computes only the shards not on disk, so a killed fill loses at most one shard of work; a cache
-made for another teacher, size or image list is refused, not mixed.
+**The cache** (:class:`EmbeddingCache`): ``manifest.json`` (teacher, the SHA-256 of its weights, input size,
+preprocessing, cache version, image list, shard size) and ``shard_NNNNN.safetensors`` files of ``shard_size``
+embeddings each, every shard written atomically once complete. Filling it again computes only the shards not on
+disk, so a killed fill loses at most one shard of work; a cache made for another teacher or other teacher weights,
+size, preprocessing, version or image list is refused, not mixed. The default cache folder is named by a digest of
+all that changes the embeddings, so other teacher weights get a fresh cache (:func:`default_cache_dir`). Filling
+the cache (and building the teacher) draws on a forked RNG: the same seed gives the same student, cache or not.
 
 **Data**: SA-1B's layout (``sa_N.jpg`` + ``sa_N.json`` per image: the JSON is not needed by decoupled distillation
 and is ignored) or any folder of images (searched recursively). Images get SAM's own preprocessing (longest side
@@ -43,6 +46,10 @@ _logger = logging.getLogger("regla.sam")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST = "manifest.json"
+#: What the embeddings depend on besides the teacher and the images: the preprocessing (:func:`preprocess`) and
+#: this cache's format. Change either when the code changes what a shard holds.
+PREPROCESS = "segment_anything ResizeLongestSide, SAM pixel mean/std, zero padding bottom-right"
+CACHE_VERSION = 2
 
 #: ``regla sam distill``'s recipe: RepViT §4.2 / MobileSAM (8 epochs, AdamW, cosine) plus the run harness's keys.
 SCHEMA = Schema({
@@ -93,10 +100,11 @@ class EmbeddingCache:
     """Teacher embeddings of ``images`` in ``folder``, in shards of ``shard_size`` (see the module docstring)."""
 
     def __init__(self, folder: str | Path, root: Path, images: list[Path], teacher: str, img_size: int,
-                 shard_size: int = 64):
+                 shard_size: int = 64, teacher_weights: str | None = None):
         self.folder, self.root, self.images = Path(folder), root, images
         self.shard_size = shard_size
-        self.manifest = {"teacher": teacher, "img_size": img_size, "shard_size": shard_size,
+        self.manifest = {"teacher": teacher, "teacher_weights": teacher_weights, "img_size": img_size,
+                         "preprocess": PREPROCESS, "version": CACHE_VERSION, "shard_size": shard_size,
                          "images": [str(p) for p in images]}
         self.teacher_runs = 0  # images the teacher encoded in this process (the test of "computed once")
         self._check_manifest()
@@ -105,10 +113,17 @@ class EmbeddingCache:
         path = self.folder / MANIFEST
         if not path.exists():
             return
-        old = json.loads(path.read_text())
-        for key in ("teacher", "img_size", "shard_size", "images"):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise UsageError(f"embedding cache {self.folder}: {path} is not a cache manifest; choose another "
+                             "cache_dir or delete it")
+        for key in self.manifest:
             if old.get(key) != self.manifest[key]:
-                what = "image list" if key == "images" else f"{key} {old.get(key)!r} (now {self.manifest[key]!r})"
+                what = ("image list" if key == "images" else "teacher weights" if key == "teacher_weights"
+                        else f"{key} {old.get(key)!r} (now {self.manifest[key]!r})")
                 raise UsageError(f"embedding cache {self.folder} was made with another {what}; choose another "
                                  "cache_dir or delete it")
 
@@ -168,8 +183,41 @@ class DistillDataset(torch.utils.data.Dataset):
         return x, self.cache.get(index)
 
 
-def default_cache_dir(cfg: dict[str, Any]) -> Path:
-    return Path(cfg["cache_dir"] or Path(cfg["data_dir"]) / ".regla_sam_cache" / f"{cfg['teacher']}_{cfg['img_size']}")
+def module_sha256(module: nn.Module) -> str:
+    """The SHA-256 of a module's state (names and the bytes of every tensor, in order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        t = tensor.detach().cpu().contiguous()
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def teacher_fingerprint(cfg: dict[str, Any], teacher: nn.Module | None = None) -> str:
+    """What identifies the teacher's weights: a given module's state, else the checkpoint file's bytes, else the
+    seed its random weights are drawn from (no checkpoint: a pipeline test)."""
+    from ..outputs import file_sha256
+
+    if teacher is not None:
+        return f"module sha256 {module_sha256(teacher)}"
+    if cfg["teacher_checkpoint"]:
+        return f"file sha256 {file_sha256(cfg['teacher_checkpoint'])}"
+    return f"random weights, seed {cfg['seed']}"
+
+
+def default_cache_dir(cfg: dict[str, Any], fingerprint: str = "") -> Path:
+    """``cache_dir``, or ``<data_dir>/.regla_sam_cache/<teacher>_<img_size>_<digest>``: the digest covers the
+    teacher's weights, the preprocessing and the cache version, so a change of any of them gets a fresh cache."""
+    import hashlib
+
+    if cfg["cache_dir"]:
+        return Path(cfg["cache_dir"])
+    key = json.dumps([cfg["teacher"], fingerprint, cfg["img_size"], PREPROCESS, CACHE_VERSION])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cfg["data_dir"]) / ".regla_sam_cache" / f"{cfg['teacher']}_{cfg['img_size']}_{digest}"
 
 
 class SamDistillTask:
@@ -198,11 +246,19 @@ class SamDistillTask:
         images = list_images(root)
         if len(images) <= cfg["val_images"]:
             raise UsageError(f"data_dir {root}: {len(images)} images, not more than val_images={cfg['val_images']}")
+        from ..runs.harness import batch_too_large
+
+        why = batch_too_large(len(images) - cfg["val_images"], cfg["batch_size"])
+        if why:  # before the teacher runs over every image
+            raise UsageError(f"{self.command}: {why}")
         self.device = device
-        self.cache = cache = EmbeddingCache(default_cache_dir(cfg), root, images, cfg["teacher"], cfg["img_size"],
-                                            cfg["shard_size"])
+        fingerprint = teacher_fingerprint(cfg, self.teacher)
+        self.cache = cache = EmbeddingCache(default_cache_dir(cfg, fingerprint), root, images, cfg["teacher"],
+                                            cfg["img_size"], cfg["shard_size"], teacher_weights=fingerprint)
         if rank == 0 and cache.missing_shards():
-            cache.fill(self._teacher(cfg), device)
+            # a forked RNG: building and running the teacher must not move the student's random stream
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                cache.fill(self._teacher(cfg), device)
         if world_size > 1:
             torch.distributed.barrier()
         if cfg["teacher_checkpoint"]:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.common import LayerNorm2d as SamLayerNorm2d
 from torch import nn
 
 __all__ = [
@@ -53,6 +53,28 @@ DEFAULT_LAST_STAGE = "fuse"
 #: RepViT-M2.3's blocks per stage in timm's layout (the released RepViT-SAM: 7/7/35/3 ``features`` blocks, the
 #: last of stages 1-3 being timm's ``downsample.pre_block`` of the next stage).
 REPVIT_M2_3_DEPTHS = (6, 6, 34, 2)
+
+
+class LayerNorm2d(SamLayerNorm2d):
+    """SAM's ``LayerNorm2d`` (same parameters, same arithmetic), with the channel means taken as global pooling.
+
+    SAM's ``x.mean(1)`` over channels is an operator ExecuTorch's XNNPACK delegate does not take, so the neck
+    would run outside the delegate and cut the encoder's graph in two. Here each mean over channels is the mean
+    over the last two dims of a ``(B, H*W, C, 1)`` view (XNNPACK's global average pooling), which gives the same
+    values (bit-identical on CPU in our tests).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = _channel_mean(x)
+        d = x - u
+        var = _channel_mean(d * d)
+        return self.weight[:, None, None] * (d / torch.sqrt(var + self.eps)) + self.bias[:, None, None]
+
+
+def _channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean(1, keepdim=True)`` of a ``(B, C, H, W)`` tensor, computed as a global pooling."""
+    b, _, h, w = x.shape
+    return x.flatten(2).transpose(1, 2).unsqueeze(-1).mean((2, 3), keepdim=True).reshape(b, 1, h, w)
 
 
 def sam_neck(in_chs: int | nn.Module, out_chs: int = EMBED_DIM) -> nn.Sequential:

@@ -97,7 +97,7 @@ def preflight(cfg: dict[str, Any], resume: str | None) -> None:
         existing_file(cfg["initial_checkpoint"], "initial_checkpoint")
     if cfg["distillation_type"] != "none":
         existing_file(cfg["teacher_path"], "--teacher-path")
-    check_output(cfg, resume)
+    check_output(cfg, resume, "regla train")
 
 
 def setup_logging() -> None:
