@@ -65,10 +65,10 @@ def test_training_set_skips_images_without_annotations(voc: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d["annotations"][0].update(image_id=7), "image ids that are not in its 'images' list: 7"),
+    (lambda d: d["annotations"][0].update(image_id=7), "annotation id 1: image_id 7 is not in the 'images' list"),
     (lambda d: d["images"][0].update(file_name="missing.jpg"), "not in"),
     (lambda d: d.update(images=[]), "lists no images"),
-    (lambda d: d["annotations"][0].update(category_id=99), "unknown category ids: 99"),
+    (lambda d: d["annotations"][0].update(category_id=99), "category_id 99 is not in the 'categories' list"),
 ])
 def test_bad_coco_annotations_are_refused(voc: Path, tmp_path: Path, edit, message: str) -> None:
     images, ann = copy_coco(voc, tmp_path, edit)

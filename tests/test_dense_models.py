@@ -168,7 +168,7 @@ def test_bad_annotations_stop_the_task_before_the_model_is_built(voc: Path, tmp_
     ann = tmp_path / "bad.json"
     ann.write_text(json.dumps(data))
     monkeypatch.setattr("regla.dense.tasks.build_detector", lambda *a, **k: pytest.fail("model built"))
-    with pytest.raises(UsageError, match="image ids that are not in its 'images' list: 42"):
+    with pytest.raises(UsageError, match="annotation id 4: image_id 42 is not in the 'images' list"):
         DetTask().build(det_cfg(voc, train_ann=str(ann)), torch.device("cpu"), 0, 1)
 
 

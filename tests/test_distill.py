@@ -329,3 +329,19 @@ def test_any_timm_model_is_a_student(setup, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(plain.forward_features(x), b.model.backbone.eval().forward_features(x))
+
+
+def test_knn_evaluation_counts_and_names_unreadable_images(setup, tmp_path, caplog):
+    """An unreadable bank image is left out of the KNN bank, counted in the row (``knn_skipped``) and named."""
+    import logging
+    import shutil
+
+    data, _ = setup
+    bank = tmp_path / "bank"
+    shutil.copytree(data / "train", bank)
+    broken = sorted((bank / "class_0").iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:40])
+    task, b = built(setup, knn_bank=str(bank))
+    caplog.set_level(logging.WARNING, "regla.distill")
+    m = task.evaluate(b.model, 0)
+    assert m["knn_skipped"] == 1 and str(broken) in caplog.text

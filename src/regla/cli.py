@@ -75,6 +75,10 @@ def debug_enabled(argv: Sequence[str]) -> bool:
 
 def _one_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    if len(lines) > 2 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
+        # raised in a DataLoader worker: torch re-raises it with the worker's traceback as the message; the
+        # error's own message is the last line, after "<module>.<Class>: "
+        return lines[-1].split(": ", 1)[-1] + f" ({lines[0].removeprefix('Caught ').rstrip('.')})"
     return "\n".join(lines[:MAX_MESSAGE_LINES])
 
 

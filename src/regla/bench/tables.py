@@ -13,11 +13,75 @@ runs' medians and are marked with a dagger (†): the runs may have seen differe
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from ..data.errors import DataError
+from ..data.rules import Rule, check_entry, finite_number, nonempty_str, positive_int, show
 from ..errors import UsageError
 from .backends import BACKENDS, INT8, NAMES
 from .report import paired_ratio
+
+
+def _mapping_of(check: Any) -> Any:
+    """A JSON object whose values all pass ``check``."""
+    return lambda v: isinstance(v, Mapping) and all(check(x) for x in v.values())
+
+
+def _optional_number(v: Any) -> bool:
+    return v is None or finite_number(v)
+
+
+#: The shape ``regla bench`` writes to ``results.json`` (what ``--tables`` reads), as rules; the tests are
+#: generated from these tables.
+RESULTS_RULES: dict[str, tuple[Rule, ...]] = {
+    "file": (
+        Rule("config", lambda v: isinstance(v, Mapping), "an object with 'resolutions' and 'backends'", []),
+        Rule("results", lambda v: isinstance(v, list), "a list of per-model results", {}),
+    ),
+    "config": (
+        Rule("resolutions", lambda v: isinstance(v, list) and all(positive_int(x) for x in v),
+             "a list of resolutions in pixels (positive integers)", ["a"]),
+        Rule("backends", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+             "a list of backend names", "ort"),
+    ),
+    "result": (
+        Rule("name", nonempty_str, "the model's registered name", None),
+        Rule("label", nonempty_str, "the model's display name", 3),
+        Rule("family", lambda v: isinstance(v, str), "the model's family name", None),
+        Rule("params", _optional_number, "the parameter count (a number, or null)", "many"),
+        Rule("macs", _mapping_of(_optional_number), "{resolution: MACs}", [], required=False),
+        Rule("latency_ms", _mapping_of(lambda v: isinstance(v, Mapping)),
+             "{backend: {resolution: latency statistics}}", None, required=False),
+        Rule("prepare_s", _mapping_of(_mapping_of(finite_number)), "{backend: {resolution: seconds}}", {"ort": 1},
+             required=False),
+        Rule("backend_errors", _mapping_of(lambda v: isinstance(v, str)), "{backend: why it failed}", ["x"],
+             required=False),
+    ),
+    "latency": (
+        Rule("median_ms", lambda v: finite_number(v) and v > 0, "the median latency in ms (a number > 0)", 0),
+        Rule("iqr_ms", lambda v: finite_number(v) and v >= 0, "the interquartile range in ms (a number >= 0)", None),
+        Rule("round_medians_ms", lambda v: isinstance(v, list) and all(finite_number(x) and x > 0 for x in v),
+             "a list of per-round medians in ms (numbers > 0)", ["1"], required=False),
+    ),
+}
+
+
+def validate_results(doc: Any, source: str) -> None:
+    """:data:`RESULTS_RULES` on a parsed ``results.json``; a DataError naming the file, the model and the key."""
+    check_entry(doc, RESULTS_RULES["file"], "the file", source)
+    check_entry(doc["config"], RESULTS_RULES["config"], "config", source)
+    for i, r in enumerate(doc["results"]):
+        name = r.get("name") if isinstance(r, Mapping) else None
+        where = f"result {name!r}" if nonempty_str(name) else f"result #{i}"
+        check_entry(r, RESULTS_RULES["result"], where, source)
+        for backend, per_res in r.get("latency_ms", {}).items():
+            for res, stat in per_res.items():
+                if not str(res).isdigit():
+                    raise DataError(f"{source}: {where}: latency_ms[{backend!r}] has the resolution {show(res)}; "
+                                    "expected resolutions in pixels ('224', '512' ...)")
+                check_entry(stat, RESULTS_RULES["latency"], f"{where}: latency_ms[{backend!r}][{res!r}]", source)
 
 CROSS_RUN = "†"
 
@@ -34,11 +98,7 @@ def load_runs(paths: list[str]) -> list[dict]:
             doc = json.loads(path.read_text())
         except ValueError as e:
             raise UsageError(f"--tables {p}: {path} is not a `regla bench` results.json ({e})") from None
-        config = doc.get("config") if isinstance(doc, dict) else None
-        if not (isinstance(config, dict) and {"resolutions", "backends"} <= config.keys()
-                and isinstance(doc.get("results"), list)):
-            raise UsageError(f"--tables {p}: {path} is not a `regla bench` results.json (no results and config "
-                             "with resolutions and backends)")
+        validate_results(doc, str(path))
         doc["_source"] = str(path)
         docs.append(doc)
     if not docs:

@@ -41,6 +41,21 @@ def add_train_arguments(p: argparse.ArgumentParser, kind: str, demo_help: str) -
     p.add_argument("--resume", metavar="RUN_DIR|CKPT", help="continue a run")
     p.add_argument("--demo", action="store_true", help=demo_help)
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    add_strict_argument(p)
+
+
+def add_strict_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the data if any entry would be skipped (an unreadable image; in training also a "
+                        "degenerate box, an image without a usable annotation); default: skip, count and name them")
+
+
+def report_skips(skips: Any, command: str) -> None:
+    """One stderr line per reason for what a reader skipped (the full list is in the JSON written)."""
+    from ..data.errors import listed
+
+    for reason, names in skips.entries.items():
+        print(f"{command}: skipped {len(names)} ({reason}): {listed(names)}", file=sys.stderr)
 
 
 def add_weights_arguments(p: argparse.ArgumentParser, kind: str) -> None:
@@ -209,7 +224,7 @@ def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind
     from ..runs.harness import batch_too_large
     from .backbone import create_features
 
-    task = make_task(show_bar=not args.no_progress)
+    task = make_task(show_bar=not args.no_progress, strict=args.strict)
     check_output(cfg, args.resume, task.command)
     task.prepare(cfg)  # bad data stops here, before the run starts
     create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too

@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_weights_arguments(ev, KIND)
     ev.add_argument("--output", help="folder for results.json (COCO format) and scores.json (default: beside "
                                      "the weights)")
+    common.add_strict_argument(ev)
     pr = sub.add_parser("predict", help="draw the detections of one image to a PNG")
     common.add_weights_arguments(pr, KIND)
     pr.add_argument("image", help="an image file")
@@ -129,15 +130,18 @@ def evaluate(args: argparse.Namespace) -> int:
 
     cfg = common.eval_config(schema(), args, KIND)
     out = common.eval_outputs(args, EVAL_FILES, EVAL_WRITER)
-    _, val_set = DetTask().datasets(cfg, train=False)
+    _, val_set = DetTask(strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
         raise common.UsageError("regla det eval: the recipe sets no val_ann (give --set val_ann=... and val_images)")
+    common.report_skips(val_set.skipped, "regla det eval")
     names = _class_names_of(cfg, args.weights)
     cat_ids = map_classes(names, val_set.class_names, val_set.cat_ids, args.weights, cfg["val_ann"])
     model, _ = _trained_model(cfg, args.weights, names)
     scores, per_class, results = evaluate_detector(model, val_set, cfg.get("eval_images"),
                                                    show_bar=not args.no_progress, cat_ids=cat_ids)
-    common.write_reports(out, EVAL_WRITER, {**scores, "per_class": per_class}, {"results.json": json.dumps(results)})
+    counts = {"images": min(len(val_set), cfg.get("eval_images") or len(val_set)), **val_set.skipped.summary()}
+    common.write_reports(out, EVAL_WRITER, {**scores, **counts, "per_class": per_class},
+                         {"results.json": json.dumps(results)})
     for key, value in scores.items():
         print(f"{key:>10}: {value:6.2f}")
     print(f"written {out / 'results.json'} (COCO format) and {out / 'scores.json'} (with per-category AP50)")
@@ -145,10 +149,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .predict import draw_detections, read_image, write_png
+    from .predict import check_image_size, detector_resize, draw_detections, read_image, write_png
 
     cfg = common.eval_config(schema(), args, KIND)
     image = read_image(args.image)
+    hw = tuple(image.shape[-2:])
+    check_image_size(args.image, hw, detector_resize(hw, cfg["min_size"], cfg["max_size"]),
+                     f"short side {cfg['min_size']}, long side at most {cfg['max_size']}")
     out = common.predict_output(args, f"{Path(args.image).stem}_det.png", PREDICT_WRITER)
     model, names = _trained_model(cfg, args.weights)
     drawn, count = draw_detections(model, image, names, args.score_thresh)

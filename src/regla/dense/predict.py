@@ -16,6 +16,11 @@ from torch import nn
 from ..data.errors import DataError
 from ..outputs import PNG_WRITER_KEY, atomic_write_bytes
 
+#: The smallest image side ``predict`` takes: below it there is nothing a model trained on photos can find.
+MIN_SIDE = 16
+#: The backbones' coarsest features are 1/32 of the input: each side of the resized image must reach this.
+STRIDE = 32
+
 
 def read_image(path: str | Path) -> torch.Tensor:
     """An image file as a uint8 CHW tensor (RGB); a DataError naming the file when it cannot be read."""
@@ -24,8 +29,26 @@ def read_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+    except (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e.__class__.__name__}: {e}") from None
+
+
+def check_image_size(path: str | Path, hw: tuple[int, int], resized: tuple[int, int], resize: str) -> None:
+    """Refuse a tiny image (a side below :data:`MIN_SIDE`) or one so elongated that the model's test resize
+    (``resize`` describes it) leaves a side below :data:`STRIDE` px, before any model is built."""
+    (h, w), (rh, rw) = hw, resized
+    if min(h, w) < MIN_SIDE:
+        raise DataError(f"image {path} is {w}x{h} px; expected at least {MIN_SIDE} px on each side")
+    if min(rh, rw) < STRIDE:
+        raise DataError(f"image {path} is {w}x{h} px: the model's test resize ({resize}) makes it {rw}x{rh}, below "
+                        f"the {STRIDE} px its coarsest features need on each side; crop it into less elongated parts")
+
+
+def detector_resize(hw: tuple[int, int], min_size: int, max_size: int) -> tuple[int, int]:
+    """The size torchvision's ``GeneralizedRCNNTransform`` resizes an image of size ``hw`` to."""
+    h, w = hw
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return int(h * scale), int(w * scale)
 
 
 def png_info(writer: str) -> Any:

@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev = sub.add_parser("eval", help="mIoU of trained weights")
     common.add_weights_arguments(ev, KIND)
     ev.add_argument("--output", help="folder for scores.json (default: beside the weights)")
+    common.add_strict_argument(ev)
     pr = sub.add_parser("predict", help="the colour label map of one image, as a PNG")
     common.add_weights_arguments(pr, KIND)
     pr.add_argument("image", help="an image file")
@@ -82,14 +83,16 @@ def evaluate(args: argparse.Namespace) -> int:
 
     cfg = common.eval_config(schema(), args, KIND)
     out = common.eval_outputs(args, ("scores.json",), EVAL_WRITER)
-    _, val_set = SegTask(show_bar=not args.no_progress).datasets(cfg, train=False)
+    _, val_set = SegTask(show_bar=not args.no_progress, strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
         raise common.UsageError("regla seg eval: the recipe sets no val_labels (give --set val_labels=... and "
                                 "val_images)")
+    common.report_skips(val_set.skipped, "regla seg eval")
     model = _trained_model(cfg, args.weights)
     meter = evaluate_segmenter(model, val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
                                cfg["test_stride"], cfg.get("eval_images"), show_bar=not args.no_progress)
-    scores = seg_scores(meter, cfg.get("class_names"))
+    counts = {"images": min(len(val_set), cfg.get("eval_images") or len(val_set)), **val_set.skipped.summary()}
+    scores = {**seg_scores(meter, cfg.get("class_names")), **counts}
     common.write_reports(out, EVAL_WRITER, scores)
     for key in ("mIoU", "mAcc", "aAcc"):
         print(f"{key:>5}: {scores[key]:6.2f}")
@@ -101,12 +104,15 @@ def predict(args: argparse.Namespace) -> int:
     import torch
 
     from .backbone import norm_stats
-    from .predict import colour_labels, read_image, write_png
+    from .predict import check_image_size, colour_labels, read_image, write_png
     from .segmenter import infer_logits
-    from .transforms import SegTestTransform
+    from .transforms import SegTestTransform, rescale_size
 
     cfg = common.eval_config(schema(), args, KIND)
     image = read_image(args.image)
+    hw = tuple(image.shape[-2:])
+    check_image_size(args.image, hw, rescale_size(*hw, cfg["scale"]),
+                     f"long side at most {max(cfg['scale'])}, short side at most {min(cfg['scale'])}")
     out = common.predict_output(args, f"{Path(args.image).stem}_seg.png", PREDICT_WRITER)
     model = _trained_model(cfg, args.weights)
     x, _ = SegTestTransform(*norm_stats(cfg), cfg["scale"])(image, None)

@@ -9,7 +9,9 @@ and logs are the harness's.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +43,40 @@ def require_paths(cfg: dict[str, Any], keys: tuple[str, ...], command: str) -> N
                          f"--set {unset[0]}=PATH)")
 
 
+#: The run folder's record of every entry the readers skipped.
+SKIPPED_FILE = "skipped.json"
+
+
+class _SkipReport:
+    """What :class:`DetTask` and :class:`SegTask` share: the skipped entries of their two sets, in the metrics
+    rows and ``skipped.json``."""
+
+    train_set: Any
+    val_set: Any
+    run_dir: Path
+    rank: int = 0
+    _skips_written: bool = False
+
+    def _sets(self) -> dict[str, Any]:
+        return {split: ds for split, ds in (("train", self.train_set), ("val", self.val_set)) if ds is not None}
+
+    def log_skips(self) -> None:
+        for ds in self._sets().values():
+            ds.skipped.log(_logger)
+
+    def annotate(self, row: dict[str, Any]) -> None:
+        """``skipped_train`` / ``skipped_val`` in the row; ``skipped.json`` written once (rank 0)."""
+        from ..outputs import atomic_write_text
+
+        sets = self._sets()
+        for split, ds in sets.items():
+            row[f"skipped_{split}"] = len(ds.skipped)
+        if self.rank == 0 and not self._skips_written and hasattr(self, "run_dir"):
+            doc = {split: {"source": ds.skipped.source, **ds.skipped.summary()} for split, ds in sets.items()}
+            atomic_write_text(Path(self.run_dir) / SKIPPED_FILE, json.dumps(doc, indent=2) + "\n")
+            self._skips_written = True
+
+
 def _to(value: Any, device: torch.device) -> Any:
     return value.as_subclass(torch.Tensor).to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
 
@@ -52,14 +88,14 @@ def _loader(dataset: Any, cfg: dict[str, Any], rank: int, world_size: int, **kwa
                       pin_memory=torch.cuda.is_available(), persistent_workers=False, **kwargs)
 
 
-class DetTask:
+class DetTask(_SkipReport):
     """Mask R-CNN training and COCO evaluation (``bbox_AP`` decides the best checkpoint)."""
 
     command = "regla det train"
     score_key = "bbox_AP"
 
-    def __init__(self, show_bar: bool = False) -> None:
-        self.show_bar = show_bar
+    def __init__(self, show_bar: bool = False, strict: bool = False) -> None:
+        self.show_bar, self.strict = show_bar, strict
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
         self.cfg: dict[str, Any] = {}
@@ -71,6 +107,7 @@ class DetTask:
     def prepare(self, cfg: dict[str, Any]) -> None:
         """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
         self.train_set, self.val_set = self.datasets(cfg)
+        self.log_skips()
 
     def datasets(self, cfg: dict[str, Any], train: bool = True) -> tuple[CocoInstances | None, CocoInstances | None]:
         """The training and validation sets of the recipe (None where not needed or not given)."""
@@ -78,11 +115,11 @@ class DetTask:
         if train:
             require_paths(cfg, ("train_images", "train_ann"), self.command)
             train_set = CocoInstances(cfg["train_images"], cfg["train_ann"], det_train_transforms(cfg["flip"]),
-                                      train=True)
+                                      train=True, strict=self.strict)
         val_set = None
         if cfg.get("val_ann"):
             require_paths(cfg, ("val_images",), self.command)
-            val_set = CocoInstances(cfg["val_images"], cfg["val_ann"], det_test_transforms())
+            val_set = CocoInstances(cfg["val_images"], cfg["val_ann"], det_test_transforms(), strict=self.strict)
         if train_set is not None and val_set is not None and train_set.class_names != val_set.class_names:
             raise DataError(f"{cfg['val_ann']} and {cfg['train_ann']} list different categories "
                             f"({len(val_set.class_names)} vs {len(train_set.class_names)}); they must be the same")
@@ -98,7 +135,7 @@ class DetTask:
     def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
         if self.train_set is None:
             self.prepare(cfg)
-        train_set = self.train_set
+        train_set, self.rank = self.train_set, rank
         self.cfg, self.class_names = cfg, train_set.class_names
         model, self.load_report = build_detector(cfg, self.num_classes(cfg, train_set), log=rank == 0)
         loader = _loader(train_set, cfg, rank, world_size, collate_fn=detection_collate)
@@ -129,14 +166,14 @@ class DetTask:
         return model.state_dict()
 
 
-class SegTask:
+class SegTask(_SkipReport):
     """Semantic FPN training and mIoU evaluation (``mIoU`` decides the best checkpoint)."""
 
     command = "regla seg train"
     score_key = "mIoU"
 
-    def __init__(self, show_bar: bool = False) -> None:
-        self.show_bar = show_bar
+    def __init__(self, show_bar: bool = False, strict: bool = False) -> None:
+        self.show_bar, self.strict = show_bar, strict
         self.train_set: SegmentationFolder | None = None
         self.val_set: SegmentationFolder | None = None
         self.cfg: dict[str, Any] = {}
@@ -147,13 +184,14 @@ class SegTask:
     def prepare(self, cfg: dict[str, Any]) -> None:
         """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
         self.train_set, self.val_set = self.datasets(cfg)
+        self.log_skips()
 
     def datasets(self, cfg: dict[str, Any],
                  train: bool = True) -> tuple[SegmentationFolder | None, SegmentationFolder | None]:
         """The training and validation sets of the recipe (None where not needed or not given)."""
         mean, std = norm_stats(cfg)
         common = dict(num_classes=cfg["num_classes"], reduce_zero_label=cfg["reduce_zero_label"],
-                      check=cfg["check_labels"], show_bar=self.show_bar)
+                      check=cfg["check_labels"], show_bar=self.show_bar, strict=self.strict)
         train_set = None
         if train:
             require_paths(cfg, ("train_images", "train_labels"), self.command)
@@ -171,7 +209,7 @@ class SegTask:
         self.cfg = cfg
         if self.train_set is None:
             self.prepare(cfg)
-        train_set = self.train_set
+        train_set, self.rank = self.train_set, rank
         model, self.load_report = build_segmenter(cfg, cfg["num_classes"], log=rank == 0)
         loader = _loader(train_set, cfg, rank, world_size, drop_last=len(train_set) >= cfg["batch_size"])
         extra = {"num_classes": cfg["num_classes"],

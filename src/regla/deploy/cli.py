@@ -9,6 +9,7 @@ to :func:`regla.cli.main`, which reports them in one line (exit 2 bad input, 1 e
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import UsageError
@@ -161,6 +162,16 @@ def output_path(args: argparse.Namespace, hw: tuple[int, int]) -> Path:
     return path
 
 
+def report_skipped(agreement: dict) -> None:
+    """Name, on stderr, the image files of the calibration and check sets that could not be read."""
+    from ..data.errors import listed
+
+    for part, files in agreement.get("skipped_files", {}).items():
+        if files:
+            print(f"regla export: skipped {len(files)} unreadable {part} image(s) (not used): {listed(files)}",
+                  file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Export ``args.model``; print where it went and how closely it matches PyTorch."""
     hw = img_size_of(args.img_size)
@@ -194,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"against fp32 PyTorch on {a['images']} real images ({a['images_source']}): top-1 agreement "
               f"{a['top1_agreement']:.2%}, logit cosine mean {a['cosine_mean']:.4f} (min {a['cosine_min']:.4f}) "
               f"-> {result.agreement_path}")
+        report_skipped(a)
     elif args.format == "coreml":
         print("Core ML packages run only on macOS/iOS: measure latency in Xcode (see docs/deployment.md)")
     return 0

@@ -415,7 +415,10 @@ class RealImageCheck:
         ref = self.reference()
         out = np.concatenate([np.asarray(run_exported(b)) for b in self.images.batches(16)])
         stats = {**agreement(ref, out), "images_source": self.images.source,
-                 "calibration_images": len(self.calibration), "calibration_source": self.calibration.source}
+                 "calibration_images": len(self.calibration), "calibration_source": self.calibration.source,
+                 "skipped": len(self.calibration.skipped) + len(self.images.skipped),
+                 "skipped_files": {"calibration": list(self.calibration.skipped),
+                                   "check": list(self.images.skipped)}}
         if stats["top1_agreement"] < self.min_agreement or stats["cosine_mean"] < self.min_cosine:
             raise ExportError(f"{what} agrees with fp32 PyTorch on {stats['top1_agreement']:.1%} of "
                               f"{stats['images']} real images (cosine {stats['cosine_mean']:.4f}); required: "

@@ -12,6 +12,7 @@ folder (Fig. 3), across ranks under DDP. ``export_state`` is the plain backbone:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from .student import DistillStudent, create_backbone
 from .teachers import Teacher, build_teacher, resample_grid, resolve_teachers
 
 __all__ = ["DistillTask"]
+
+_logger = logging.getLogger("regla.distill")
 
 
 def _core(model: nn.Module) -> DistillStudent:
@@ -62,6 +65,7 @@ class DistillTask:
         self.device = torch.device("cpu")
         self.total_steps = 1
         self.knn_loaders: tuple[Any, Any, int] | None = None
+        self.knn_skipped: dict[str, str] = {}  # unreadable KNN images met so far -> the decoder's error
 
     # --- build ---------------------------------------------------------------------------------------------------
 
@@ -212,7 +216,21 @@ class DistillTask:
         s = knn_scores(bank, bank_y, queries, query_y, ks, self.cfg["knn_temperature"], classes)
         out = {"knn_top1": s[f"top1_k{ks[0]}"], "knn_top5": s[f"top5_k{ks[0]}"]}
         out.update({f"knn_top1_k{k}": s[f"top1_k{k}"] for k in ks[1:]})
+        out["knn_skipped"] = self._note_skipped(bank_loader, query_loader)
         return out
+
+    def _note_skipped(self, *loaders: Any) -> int:
+        """How many bank and query images could not be read (every rank's); each named once in the log."""
+        from regla.eval.samples import gather_skipped
+
+        skipped = gather_skipped({k: v for loader in loaders for k, v in loader.skipped.items()})
+        new = [f for f in skipped if f not in self.knn_skipped]
+        if new:
+            _logger.warning("KNN evaluation: skipped %d unreadable image(s) of knn_bank / knn_queries: %s",
+                            len(new), ", ".join(f"{f} ({skipped[f]})" for f in new[:5]) + (" ..." if len(new) > 5
+                                                                                          else ""))
+        self.knn_skipped.update(skipped)
+        return len(skipped)
 
     def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
         size = cfg["img_size"]

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and, without --checkpoint, "
                                                            "of the initialisation")
     parser.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on the first unreadable image (default: skip it, count and name it)")
 
 
 def _folder(path: str, flag: str) -> Path:
@@ -134,9 +136,10 @@ class _Subset:
 
 def folder_batches(folder: Path, class_map: dict[str, int], config: dict[str, Any], *, batch_size: int,
                    workers: int, device: Any, rank: int = 0, world: int = 1, per_class: int | None = None,
-                   seed: int = 0) -> Any:
+                   seed: int = 0, strict: bool = False) -> Any:
     """``(images, labels)`` batches of a folder of class folders (this rank's shard) with the evaluation transform
-    of ``config`` (a timm data config); ``per_class``: only that many images per class (seeded)."""
+    of ``config`` (a timm data config); ``per_class``: only that many images per class (seeded). Unreadable images
+    are left out and recorded in the result's ``skipped`` (``strict``: the first one is an error)."""
     from timm.data import create_dataset
 
     from .samples import CountingBatches, build_loader, wrap_dataset
@@ -146,13 +149,14 @@ def folder_batches(folder: Path, class_map: dict[str, int], config: dict[str, An
     if per_class:
         view = _Subset(view, few_shot_indices([t for _, t in ds.reader.samples], per_class, seed))
     return CountingBatches(build_loader(view, config, batch_size=batch_size, workers=workers, device=device,
-                                        rank=rank, world=world))
+                                        rank=rank, world=world), strict=strict)
 
 
 def _loader(args: argparse.Namespace, folder: Path, class_map: dict[str, int], config: dict[str, Any], d: Any,
             per_class: int | None = None):
     return folder_batches(folder, class_map, config, batch_size=args.batch_size, workers=args.workers,
-                          device=d.device, rank=d.rank, world=d.world_size, per_class=per_class, seed=args.seed)
+                          device=d.device, rank=d.rank, world=d.world_size, per_class=per_class, seed=args.seed,
+                          strict=getattr(args, "strict", False))
 
 
 def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,6 +168,7 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
 
     from .cli import settings_fields
     from .knn import extract_features, knn_scores
+    from .samples import gather_skipped
     from .settings import resolve_settings
 
     bank_dir, query_dir, classes = _check(args)
@@ -175,10 +180,11 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
         class_map = class_map_for(classes)
         model = model.to(d.device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp or "")
-        bank, bank_labels = extract_features(model, _loader(args, bank_dir, class_map, config, d,
-                                                            args.bank_per_class), d.device, args.pool, dtype)
-        queries, query_labels = extract_features(model, _loader(args, query_dir, class_map, config, d), d.device,
-                                                 args.pool, dtype)
+        bank_batches = _loader(args, bank_dir, class_map, config, d, args.bank_per_class)
+        query_batches = _loader(args, query_dir, class_map, config, d)
+        bank, bank_labels = extract_features(model, bank_batches, d.device, args.pool, dtype)
+        queries, query_labels = extract_features(model, query_batches, d.device, args.pool, dtype)
+        skipped = {"bank": gather_skipped(bank_batches.skipped), "queries": gather_skipped(query_batches.skipped)}
         scores = knn_scores(bank, bank_labels, queries, query_labels, args.k, args.temperature, len(classes),
                             args.query_chunk, args.bank_chunk)
     finally:
@@ -189,8 +195,21 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
     return {**scores, "model": args.model or info.model, "checkpoint": args.checkpoint, "k": sorted(set(args.k)),
             "temperature": args.temperature, "pool": args.pool, "bank_per_class": args.bank_per_class,
             "classes": len(classes), "bank_dir": str(bank_dir),
+            "skipped": sum(len(v) for v in skipped.values()), "skipped_bank": len(skipped["bank"]),
+            "skipped_queries": len(skipped["queries"]), "skipped_files": {k: dict(v) for k, v in skipped.items()},
             "queries_dir": str(query_dir), "processes": d.world_size, "device": str(d.device),
             **settings_fields(config, sources)}
+
+
+def report_skipped(files: dict[str, dict[str, str]], limit: int = 20) -> None:
+    """Name the unreadable files of the bank and the queries on stderr (the first ``limit`` of each)."""
+    for part, errors in files.items():
+        if errors:
+            print(f"regla knn: skipped {len(errors)} unreadable {part} image(s) (not counted):", file=sys.stderr)
+            for path, error in list(errors.items())[:limit]:
+                print(f"  {path}: {error}", file=sys.stderr)
+            if len(errors) > limit:
+                print(f"  ... and {len(errors) - limit} more (all in the JSON's skipped_files)", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,8 +218,11 @@ def run(args: argparse.Namespace) -> int:
     m = knn_cli(args)
     if int(os.environ.get("RANK", "0")) == 0:
         scores = "  ".join(f"k={k}: top-1 {m[f'top1_k{k}']:.2f}% top-5 {m[f'top5_k{k}']:.2f}%" for k in m["k"])
-        print(f"{m['model']} KNN (T={m['temperature']}) on {m['n']} queries, bank of {m['bank']}: {scores}",
+        skipped = (f" ({m['skipped_bank']} bank and {m['skipped_queries']} query image(s) unreadable, skipped)"
+                   if m["skipped"] else "")
+        print(f"{m['model']} KNN (T={m['temperature']}) on {m['n']} queries, bank of {m['bank']}{skipped}: {scores}",
               file=sys.stdout)
+        report_skipped(m["skipped_files"])
         print(json.dumps(m))
         if args.json_out:
             atomic_write_text(args.json_out, json.dumps({"written_by": "regla knn", **m}, indent=2) + "\n")

@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from regla.data.errors import DataError
+from regla.data.rules import Rule, check_entry, finite_number, is_int, show
 from regla.outputs import atomic_write_text
 
 _logger = logging.getLogger("regla.runs")
@@ -29,6 +31,47 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+#: The fields every ``metrics.jsonl`` row has (what ``regla plot`` reads), as rules; the tests are generated from
+#: these. Every value the plot draws (``lr``, ``train_*``, ``val_*``, ``best_<metric>``, ``<metric>`` and
+#: ``<metric>_ema``) must be a finite number or null (:func:`read_rows`).
+ROW_RULES = (
+    Rule("epoch", lambda v: is_int(v) and v >= 0, "the epoch number (an integer >= 0)", "1"),
+    Rule("lr", lambda v: v is None or finite_number(v), "the learning rate (a number or null)", "high",
+         required=False),
+)
+
+
+def _drawn(key: str, metrics: set[str]) -> bool:
+    """Whether ``regla plot`` draws the column ``key`` (``metrics``: the run's ``best_<metric>`` names)."""
+    return key == "lr" or key.startswith(("train_", "val_", "best_")) or key.removesuffix("_ema") in metrics
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``, checked: one JSON object per line (an unfinished last line, from a killed run,
+    is ignored), :data:`ROW_RULES`, and every drawn value a finite number or null; a DataError naming the line."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                continue
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); expected one JSON object per "
+                            "line") from None
+        check_entry(row, ROW_RULES, f"line {n}", str(path))
+        rows.append((n, row))
+    metrics = {k[len("best_"):] for _, r in rows for k in r if k.startswith("best_")}
+    for n, row in rows:
+        for key, value in row.items():
+            if _drawn(key, metrics) and not (value is None or finite_number(value)):
+                raise DataError(f"{path}: line {n}: {key!r} is {show(value)}; expected a number or null")
+    return [r for _, r in rows]
 
 
 class MetricsLogger:

@@ -4,7 +4,8 @@ Works for every trainer on the harness (``regla train``, ``distill``, ``det``, `
 ``train_*`` loss part and ``val_loss``; the score panel draws the metric the run keeps ``best_<metric>`` of (top-1,
 KNN top-1, box AP, mIoU ...) and its EMA twin.
 
-The inputs are checked before drawing (each RUN_DIR holds a ``metrics.jsonl``; the output place is writable); the
+The inputs are checked before drawing (each RUN_DIR holds a ``metrics.jsonl`` whose rows are JSON objects with an
+``epoch`` and numbers where the plot draws them, :func:`regla.runs.logs.read_rows`; the output place is writable); the
 PNG is written atomically, and ``-o DIR`` writes ``DIR/curves.png`` (the folder rule of :mod:`regla.outputs`).
 """
 
@@ -58,7 +59,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from regla.runs.logs import read_jsonl
+    from regla.runs.logs import read_rows
 
     from ..outputs import PNG_WRITER_KEY, atomic_write_bytes
 
@@ -66,7 +67,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     score_names = set()
     try:
         for run in run_dirs:
-            rows = read_jsonl(run / "metrics.jsonl")
+            rows = read_rows(run / "metrics.jsonl")
             if not rows:
                 raise UsageError(f"{run}: no metrics.jsonl rows (is it a regla run folder?)")
             name = run.name
@@ -95,11 +96,14 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
 
 
 def check_run_dirs(paths: list[str]) -> list[Path]:
-    """Each RUN_DIR exists and holds a ``metrics.jsonl``."""
+    """Each RUN_DIR exists and holds a ``metrics.jsonl`` whose rows pass :func:`regla.runs.logs.read_rows`."""
+    from regla.runs.logs import read_rows
+
     runs = [existing_dir(p, "RUN_DIR") for p in paths]
     for run in runs:
         if not (run / "metrics.jsonl").is_file():
             raise UsageError(f"RUN_DIR {run}: no metrics.jsonl (is it a regla run folder?)")
+        read_rows(run / "metrics.jsonl")
     return runs
 
 

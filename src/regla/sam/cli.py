@@ -123,6 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="evaluate the first N images (by id) only")
     p.add_argument("--output", "-o", default="sam_eval", metavar="DIR",
                    help="folder for scores.json, results.json, points.json (default sam_eval/)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the set if an image is unreadable (default: skip it, count and name it in "
+                        "scores.json)")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one), cpu, cuda, cuda:N, mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_arguments(p)
@@ -359,7 +362,12 @@ def run_eval(args: argparse.Namespace) -> int:
     prompts, out = _check_eval_args(args)
     _check_model_args(args)
     device = _resolve_device(args.device)
-    data = load_eval_data(args.val_images, args.val_ann, args.boxes, args.score_thr or 0.0, args.max_images)
+    data = load_eval_data(args.val_images, args.val_ann, args.boxes, args.score_thr or 0.0, args.max_images,
+                          strict=args.strict)
+    for reason, names in data.skipped.entries.items():
+        from ..data.errors import listed
+
+        print(f"regla sam eval: skipped {len(names)} ({reason}): {listed(names)}", file=sys.stderr)
     sam = _build(args).to(device)
     started = time.perf_counter()
     result = evaluate_zero_shot(SamMasks(sam), data, prompts, show_bar=not args.no_progress)

@@ -29,6 +29,8 @@ import numpy as np
 
 from ..data.coco import check_coco, load_coco, usable
 from ..data.errors import DataError, listed
+from ..data.images import decode
+from ..data.skips import Skips
 from ..errors import UsageError
 from .prompt import interior_point, mask_iou
 
@@ -101,6 +103,7 @@ class EvalData:
     detections: dict[int, list[dict[str, Any]]] | None = None  # image id -> results scoring >= the threshold
     boxes_file: str | None = None
     score_thr: float = 0.0
+    skipped: Skips | None = None  # entries left out (unreadable images, degenerate boxes)
 
     @property
     def cat_ids(self) -> list[int]:
@@ -145,45 +148,37 @@ def _is_result(e: Any) -> bool:
 
 
 def load_eval_data(val_images: str | Path, val_ann: str | Path, boxes: str | Path | None = None,
-                   score_thr: float = 0.0, max_images: int | None = None) -> EvalData:
-    """Read and check everything the evaluation needs (before any model is built); one-line errors otherwise."""
+                   score_thr: float = 0.0, max_images: int | None = None, strict: bool = False) -> EvalData:
+    """Read and check everything the evaluation needs (before any model is built); one-line errors otherwise.
+
+    The annotations are validated and checked against the folder by the COCO reader of the dense tasks
+    (:func:`regla.data.coco.load_coco`, :func:`~regla.data.coco.check_coco`: sizes, paths inside the folder).
+    Unreadable images are skipped and recorded in ``EvalData.skipped`` (``strict``: refused); annotations with a
+    degenerate box stay in the ground truth and are not prompted (:func:`~regla.data.coco.usable`). A set whose
+    evaluated images hold no usable ground-truth instance is refused: there is
+    nothing to score."""
     from ..preflight import existing_dir, existing_file
 
     image_dir = existing_dir(val_images, "--val-images")
     ann = existing_file(val_ann, "--val-ann")
-    coco = load_coco(ann)
-    check_coco(coco, image_dir, ann)
+    skips = Skips(str(ann), strict)
+    coco = load_coco(ann)  # the ground truth as COCO's protocol scores it
     ids = sorted(coco.imgs)[:max_images]
-    _check_image_sizes(coco, image_dir, ids)
+    unreadable = check_coco(coco, image_dir, ann, skips, image_ids=ids)
+    ids = [i for i in ids if i not in unreadable]
+    if not ids:
+        raise DataError(f"{ann}: none of the {len(unreadable)} image(s) to evaluate can be read ({skips.first()})")
+    instances = sum(usable(a) for i in ids for a in coco.imgToAnns.get(i, []))
+    if not instances:
+        raise DataError(f"{ann}: no ground truth: the {len(ids)} readable image(s) evaluated hold no usable "
+                        "instance (non-crowd, box width and height >= 1), so there is nothing to score")
     detections = read_detections(existing_file(boxes, "--boxes"), coco, score_thr) if boxes is not None else None
-    return EvalData(coco, image_dir, ids, detections, str(boxes) if boxes is not None else None, score_thr)
-
-
-def _check_image_sizes(coco: Any, image_dir: Path, ids: Sequence[int]) -> None:
-    """Each image's size (read from its header) is the one its annotation entry states."""
-    from PIL import Image, UnidentifiedImageError
-
-    wrong = []
-    for i in ids:
-        info = coco.imgs[i]
-        try:
-            with Image.open(image_dir / info["file_name"]) as im:
-                w, h = im.size
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"cannot read image {image_dir / info['file_name']}: {e}") from None
-        stated = (info.get("width", w), info.get("height", h))
-        if stated != (w, h):
-            wrong.append(f"{info['file_name']} is {w}x{h}, not {stated[0]}x{stated[1]}")
-    if wrong:
-        raise DataError(f"{len(wrong)} image(s) in {image_dir} differ in size from the annotations: {listed(wrong)}")
+    return EvalData(coco, image_dir, ids, detections, str(boxes) if boxes is not None else None, score_thr, skips)
 
 
 def _read_rgb(data: EvalData, image_id: int) -> np.ndarray:
     """The image as stored (no EXIF rotation: COCO's annotations are in the stored pixels), as RGB uint8."""
-    from PIL import Image
-
-    with Image.open(data.image_dir / data.coco.imgs[image_id]["file_name"]) as im:
-        return np.asarray(im.convert("RGB"))
+    return decode(data.image_dir / data.coco.imgs[image_id]["file_name"], f"image id {image_id}")
 
 
 @dataclass
@@ -275,7 +270,7 @@ def evaluate_zero_shot(source: MaskSource, data: EvalData, prompts: Sequence[str
             results += _box_results(source, data, image_id, boxes, cats, det_scores)
         if with_mask:
             points += _point_records(source, image_id, [a for a, _ in with_mask], [m for _, m in with_mask])
-    scores: dict[str, Any] = {"images": len(data.image_ids)}
+    scores: dict[str, Any] = {"images": len(data.image_ids), **(data.skipped or Skips("")).summary()}
     if "box" in prompts:
         scores.update(box_source="detector" if data.detections is not None else "ground truth",
                       box_masks=len(results), boxes_dropped_empty=dropped)
