@@ -63,8 +63,7 @@ def test_interleaving_rotates_order():
 def test_bench_smoke(tmp_path, capsys):
     out = tmp_path / "bench"
     out.mkdir()
-    (out / "notes.txt").write_text("the user's own file")  # an existing output folder: only results are replaced
-    (out / "results.json").write_text("{}")
+    (out / "notes.txt").write_text("the user's own file")  # an existing output folder: the user's files are kept
     argv = ["bench", "--models", "shvit_s1,mobilenetv4_conv_small", "--resolutions", "64", "--threads", "1",
             "--warmup", "1", "--min-runs", "2", "--max-runs", "3", "--rounds", "1", "--target-time", "0.01",
             "--output", str(out)]

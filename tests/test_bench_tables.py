@@ -82,3 +82,29 @@ def test_tables_of_a_folder_without_results_is_exit_2(tmp_path, capsys):
     assert main(["bench", "--tables", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "no results.json" in err and str(tmp_path) in err
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the benchmark ran")
+
+
+@pytest.mark.parametrize("name,content", [("results.json", "{}"), ("results.csv", "my table\n"),
+                                          ("results.md", "# my notes\n"), ("latency_vs_resolution.png", "x")])
+def test_bench_never_replaces_a_result_file_it_did_not_write(name, content, tmp_path, capsys, monkeypatch):
+    """Before any timing: a result file name in --output that no earlier ``regla bench`` run wrote is refused."""
+    monkeypatch.setattr("regla.bench.runner.run_bench", _never)
+    (tmp_path / name).write_text(content)
+    assert main(["bench", "--models", "shvit_s1", "--resolutions", "64", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{name} exists and is not a result of an earlier regla bench run" in err
+    assert (tmp_path / name).read_text() == content
+
+
+def test_bench_reuses_the_folder_of_an_earlier_run(runs, capsys):
+    """A folder whose results.json is an earlier run's (the bench schema) takes the next run's result files."""
+    from regla.bench.cli import output_folder
+
+    folder = runs[0]
+    (folder / "results.csv").write_text("an earlier run's table\n")
+    (folder / "notes.txt").write_text("the user's own notes: never touched, not refused")
+    assert output_folder(str(folder)) == folder

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from ..outputs import check_writable
 from ..preflight import float_range, int_range
 
 DEFAULT_RESOLUTIONS = (224, 512)
@@ -109,13 +108,37 @@ def _command_line() -> str:
     return "regla bench" + "".join(" " + shlex.quote(a) for a in tail)
 
 
+#: What the side-by-side run writes into ``--output`` (report.write_outputs)
+RESULT_FILES = ("results.json", "results.csv", "results.md", "latency_vs_resolution.png", "accuracy_vs_latency.png",
+                "latency_by_backend.png")
+
+
 def output_folder(path: str) -> Path:
-    """The ``--output`` folder, checked before any work: not a file, writable, with free space."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output {out}: is a file; regla bench writes a folder of results (choose a folder)")
-    check_writable(out / "results.json")
+    """The ``--output`` folder, checked before any work: not a file, writable, with free space, and every file of
+    :data:`RESULT_FILES` already in it an earlier ``regla bench`` run's (a folder whose ``results.json`` is one)."""
+    from ..outputs import check_new_output, check_output_folder
+
+    out = check_output_folder(path, RESULT_FILES)
+    earlier = out / "results.json"
+    ours = earlier.is_file() and _is_bench_results(earlier)
+    for name in RESULT_FILES:
+        check_new_output(out / name, lambda _p: ours, what="a result of an earlier regla bench run (its results.json "
+                         "is not one)" if not ours else "")
     return out
+
+
+def _is_bench_results(path: Path) -> bool:
+    """Whether ``path`` is a ``results.json`` that ``regla bench`` wrote (its schema, :data:`tables.RESULTS_RULES`)."""
+    import json
+
+    from ..errors import ReglaError
+    from .tables import validate_results
+
+    try:
+        validate_results(json.loads(path.read_text(encoding="utf-8")), str(path))
+    except (OSError, ValueError, ReglaError):
+        return False
+    return True
 
 
 def config_of(args: argparse.Namespace):

@@ -89,8 +89,10 @@ def summarize_profile(events: list[dict], runs: int, depth: int = 2) -> dict:
 
 
 def format_profile(label: str, res: int, prof: dict, top: int = 12) -> str:
-    """Two short text tables: the heaviest operator types and blocks."""
-    lines = [f"{label} at {res} px: {prof['total_kernel_ms']:.1f} ms of ONNX Runtime kernel time per run"]
+    """Two short text tables: the heaviest operator types and blocks (``label`` names the profiler: eager's says
+    ``torch.profiler``, else ONNX Runtime's)."""
+    runtime = "PyTorch eager" if "torch.profiler" in label else "ONNX Runtime"
+    lines = [f"{label} at {res} px: {prof['total_kernel_ms']:.1f} ms of {runtime} kernel time per run"]
     lines.append(f"  {'op type':<28}{'nodes':>6}{'ms':>9}{'share':>8}")
     for e in prof["by_op_type"][:top]:
         lines.append(f"  {e['name']:<28}{e['nodes']:>6}{e['ms']:>9.2f}{100 * e['share']:>7.1f}%")
