@@ -207,6 +207,7 @@ CASES: dict[str, Case] = {
     "eval --device tpu": case(*EVAL, "--device", "tpu", says="tpu"),
     "eval --device cuda:99": case(*EVAL, "--device", "cuda:99", says="cuda:99"),
     "eval --amp bad": case(*EVAL, "--amp", "fp8", says="invalid choice"),
+    "eval --layout nhwc": case(*EVAL, "--layout", "nhwc", says="invalid choice"),
     "eval --json under a file": case(*EVAL, "--json", "{file}/m.json", says="{file}"),
     # regla knn
     "knn --bank missing": case(*KNN, "--bank", "{missing}", says="folder does not exist"),
