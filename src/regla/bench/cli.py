@@ -121,9 +121,9 @@ def output_folder(path: str) -> Path:
     out = check_output_folder(path, RESULT_FILES)
     earlier = out / "results.json"
     ours = earlier.is_file() and _is_bench_results(earlier)
+    what = "a result of an earlier regla bench run (its results.json is not one)"
     for name in RESULT_FILES:
-        check_new_output(out / name, lambda _p: ours, what="a result of an earlier regla bench run (its results.json "
-                         "is not one)" if not ours else "")
+        check_new_output(out / name, lambda _p: ours, what=what)
     return out
 
 
