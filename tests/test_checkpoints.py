@@ -21,7 +21,7 @@ from regla.checkpoints import (
     read_weights,
     save_weights,
 )
-from regla.runs.state import TRAIN_FORMAT
+from regla.runs.checkpoint_sets import TRAIN_FORMAT
 from train_helpers import make_folder
 
 NAME, CLASSES, SIZE = "regla_t", 3, 64
@@ -120,7 +120,7 @@ def test_create_model_from_weights_and_export_use_the_same_tensors(files, layout
 
 @pytest.mark.parametrize("layout", [x for x in LAYOUTS if not x.startswith("fused")])
 def test_train_initial_checkpoint_uses_the_same_tensors(files, layout):
-    from regla.runs import state as ckpt_mod
+    from regla.runs import checkpoint_sets as ckpt_mod
 
     paths, _, ema = files
     model = timm.create_model(NAME, num_classes=CLASSES)
@@ -129,7 +129,7 @@ def test_train_initial_checkpoint_uses_the_same_tensors(files, layout):
 
 
 def test_fused_weights_cannot_start_training(files):
-    from regla.runs import state as ckpt_mod
+    from regla.runs import checkpoint_sets as ckpt_mod
 
     paths, _, _ = files
     with pytest.raises(CheckpointError, match="does not fit"):

@@ -286,8 +286,8 @@ def test_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
     """A run stopped right after its first checkpoint and resumed equals an uninterrupted one: heads, statistics
     and their update count, backbone; with teacher dropping (random) and random crops and flips on."""
     from regla.runs import harness
+    from regla.runs.checkpoint_sets import load_checkpoint
     from regla.runs.harness import run
-    from regla.runs.state import load_checkpoint
 
     recipe = dict(epochs=3, teacher_drop=0.5, hflip=0.5, scale=[0.5, 1.0], sync_bn=False, warmup_epochs=1)
     full = run(DistillTask(), cfg_for(setup, output=str(tmp_path / "full"), **recipe), show_bar=False)

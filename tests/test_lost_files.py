@@ -366,7 +366,7 @@ def test_other_teacher_weights_get_their_own_cache(sam_images, tmp_path):
 def test_same_seed_same_student_whether_or_not_the_run_filled_the_cache(sam_images, tmp_path, capsys):
     """The teacher is built (random weights: no checkpoint) only by the run that fills the cache; its draws must
     not move the student's."""
-    from regla.runs.state import load_checkpoint
+    from regla.runs.checkpoint_sets import load_checkpoint
 
     argv = ["sam", "distill", "--data", str(sam_images), "--teacher", "regla_t_sam", "--student", "regla_t_sam",
             "--img-size", "64", "--cache", str(tmp_path / "cache"), "--no-progress", "--set", "epochs=1",

@@ -21,9 +21,9 @@ from regla.checkpoints import CheckpointError
 from regla.config import Schema
 from regla.errors import Stopped
 from regla.runs import engine
+from regla.runs.checkpoint_sets import load_checkpoint
 from regla.runs.config import RUN_FIELDS, RUN_RULES, run_fields
 from regla.runs.harness import RunError, build_optimizer_and_schedule, run
-from regla.runs.state import load_checkpoint
 from regla.runs.task import Built
 
 

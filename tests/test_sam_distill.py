@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from regla.errors import Stopped, UsageError
 from regla.runs import engine
+from regla.runs.checkpoint_sets import load_checkpoint
 from regla.runs.harness import run
-from regla.runs.state import load_checkpoint
 from regla.sam.build import build_image_encoder, build_sam, load_sam_weights
 from regla.sam.distill import SCHEMA, EmbeddingCache, SamDistillTask, list_images
 

@@ -63,7 +63,7 @@ def test_regla_train_under_torchrun_with_sync_bn_and_resume(tmp_path):
     states, then a resumed epoch."""
     import yaml
 
-    from regla.runs.state import load_checkpoint
+    from regla.runs.checkpoint_sets import load_checkpoint
     from train_helpers import make_folder, tiny_recipe
 
     data = make_folder(tmp_path / "data", classes=3, train_per_class=8, val_per_class=3)
@@ -106,7 +106,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
 
     import yaml
 
-    from regla.runs.state import load_checkpoint
+    from regla.runs.checkpoint_sets import load_checkpoint
     from train_helpers import make_folder, tiny_recipe
 
     data = make_folder(tmp_path / "data", classes=3, train_per_class=8, val_per_class=2)

@@ -16,7 +16,7 @@ import torch
 from regla.checkpoints import read_weights
 from regla.errors import EXIT_SIGINT, EXIT_SIGTERM, Stopped
 from regla.runs import harness as trainer
-from regla.runs.state import COMMIT_LOG, load_checkpoint
+from regla.runs.checkpoint_sets import COMMIT_LOG, load_checkpoint
 from regla.train.trainer import train
 from train_helpers import make_folder, tiny_recipe
 

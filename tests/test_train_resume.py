@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from regla.runs.state import load_checkpoint
+from regla.runs.checkpoint_sets import load_checkpoint
 from regla.train.trainer import train
 from train_helpers import make_folder, tiny_recipe
 

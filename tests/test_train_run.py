@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from regla.runs.checkpoint_sets import CheckpointError, load_checkpoint
 from regla.runs.harness import RunError
-from regla.runs.state import CheckpointError, load_checkpoint
 from regla.train.trainer import train
 from train_helpers import MODEL, SIZE, eval_args, make_folder, tiny_recipe
 
@@ -87,7 +87,7 @@ def test_corrupt_checkpoint_is_reported_and_nothing_is_overwritten(run, tmp_path
 
 def test_checkpoint_from_another_architecture_is_refused(run, tmp_path, capsys):
     from regla.cli import main
-    from regla.runs.state import load_weights
+    from regla.runs.checkpoint_sets import load_weights
     from regla.train.modeling import create_student
 
     data, result, cfg = run

@@ -10,8 +10,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from regla.runs.ddp import count_sync_bn, wrap_ddp
-from regla.runs.dist import setup_distributed
+from regla.runs.distributed import count_sync_bn, setup_distributed, wrap_ddp
 from regla.runs.engine import StepContext, backward, forward_loss
 from regla.train.modeling import create_student
 from regla.train.task import build_criterion

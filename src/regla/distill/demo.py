@@ -129,7 +129,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Teachers (cached), distillation on the harness, the KNN table and ``demo.json``."""
     from regla.config import dump
     from regla.outputs import atomic_write_text
-    from regla.runs.dist import resolve_device
+    from regla.runs.distributed import resolve_device
     from regla.runs.harness import run
     from regla.train.demo import DEMO_RECIPE, write_digits
 

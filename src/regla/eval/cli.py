@@ -188,7 +188,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     Raises :class:`~regla.errors.UsageError` subclasses for bad input (flags, paths, weights, data) before any
     model is built where it can, and :class:`~regla.eval.samples.TransformError` for a transform failure.
     """
-    from regla.runs.dist import setup_distributed
+    from regla.runs.distributed import setup_distributed
     from regla.train.data import check_class_folders
 
     check_args(args)

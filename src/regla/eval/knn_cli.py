@@ -163,7 +163,7 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation (also used by tests): ``top1_k20`` ... in percent, ``n``, ``bank`` and the settings."""
     import torch
 
-    from regla.runs.dist import setup_distributed
+    from regla.runs.distributed import setup_distributed
     from regla.train.data import class_map_for
 
     from .cli import settings_fields

@@ -125,8 +125,8 @@ def resolve_recipe(schema: Any, config: str | None, overrides: list[str] | None 
 
     from regla.errors import UsageError
 
+    from .checkpoint_sets import load_checkpoint
     from .harness import resume_dir, resume_path
-    from .state import load_checkpoint
 
     base = dict(base or {})
     if resume:

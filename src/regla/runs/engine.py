@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .state import unwrap
+from .checkpoint_sets import unwrap
 
 #: ``step(model, batch, device) -> (loss, parts)``: a task's loss of one micro-batch.
 StepFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, Any]]"]

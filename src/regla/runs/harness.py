@@ -4,9 +4,9 @@ Every trainer (``regla train``, ``regla distill``, ``regla det train``, ``regla 
 process or under ``torchrun`` on any number of GPUs and nodes (NCCL on GPU, gloo on CPU). The harness owns the run
 folder (a new run never overwrites one that holds checkpoints nor a folder holding the user's files; a resume
 continues in its own folder; one live run per folder, by a lock held for the run's life: :mod:`regla.runs.folder`;
-a batch larger than the training set is refused), DDP and SyncBN,
-AMP, the timm optimizer and schedule, EMA, the progress bar, CSV/JSONL/TensorBoard logs, atomic checkpoint sets
-(:mod:`regla.runs.state`), exact resume to the batch, and SIGINT/SIGTERM (a resumable checkpoint, exit 130/143).
+a batch larger than the training set is refused), DDP and SyncBN, AMP, the timm optimizer and schedule, EMA, the
+progress bar, CSV/JSONL/TensorBoard logs, atomic checkpoint sets (:mod:`regla.runs.checkpoint_sets`), exact resume
+to the batch, and SIGINT/SIGTERM (a resumable checkpoint, exit 130/143).
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from regla.config import dump
 from regla.errors import UsageError
 from regla.outputs import atomic_write_text
 
-from . import state as ckpt_mod
+from . import checkpoint_sets as ckpt_mod
 from .config import scaled_lr
-from .ddp import wrap_ddp
-from .dist import Dist, amp_dtype, setup_determinism, setup_distributed
+from .distributed import Dist, amp_dtype, setup_determinism, setup_distributed, wrap_ddp
 from .engine import EpochPosition, StepContext, train_one_epoch
 from .folder import RunLock, check_run_dir
 from .logs import MetricsLogger

@@ -1,5 +1,5 @@
 """The classifier ``regla train`` trains: timm ``create_model`` with the recipe's options (SyncBN and DDP are the
-harness's, :mod:`regla.runs.ddp`)."""
+harness's, :mod:`regla.runs.distributed`)."""
 
 from __future__ import annotations
 

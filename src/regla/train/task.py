@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from regla.checkpoints import CheckpointError, WeightsInfo, info_from_train_checkpoint, read_weights
+from regla.runs.checkpoint_sets import load_weights
 from regla.runs.harness import RunError
-from regla.runs.state import load_weights
 from regla.runs.task import Built
 
 from .data import Datasets, build_datasets, build_eval_loader, build_train_loader, read_skipped
@@ -97,7 +97,7 @@ class ClassificationTask:
 
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         """Validation loss, top-1 and top-5 over the whole validation set (shards summed over ranks)."""
-        from regla.runs.dist import amp_dtype
+        from regla.runs.distributed import amp_dtype
 
         m = evaluate(model, self.val_loader, self.device, amp_dtype=amp_dtype(self.cfg),
                      channels_last=self.cfg["channels_last"])
