@@ -14,7 +14,7 @@ from regla.distill.losses import aggregate_teachers, standardize, teacher_loss
 from regla.distill.task import DistillTask
 from regla.distill.teachers import REGISTRY
 from regla.eval.knn_cli import few_shot_indices
-from train_helpers import make_folder
+from train_helpers import make_folder, save_hook
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "distill"
@@ -285,7 +285,6 @@ def test_regla_distill_checks_teacher_checkpoints_first(setup, tmp_path, capsys)
 def test_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
     """A run stopped right after its first checkpoint and resumed equals an uninterrupted one: heads, statistics
     and their update count, backbone; with teacher dropping (random) and random crops and flips on."""
-    from regla.runs import harness
     from regla.runs.checkpoint_sets import load_checkpoint
     from regla.runs.harness import run
 
@@ -300,12 +299,8 @@ def test_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
             raise Killed
 
     cfg = cfg_for(setup, output=str(tmp_path / "killed"), **recipe)
-    harness._SAVE_HOOK[0] = kill_after_first_set
-    try:
-        with pytest.raises(Killed):
-            run(DistillTask(), dict(cfg), show_bar=False)
-    finally:
-        harness._SAVE_HOOK[0] = None
+    with save_hook(kill_after_first_set), pytest.raises(Killed):
+        run(DistillTask(), dict(cfg), show_bar=False)
     assert load_checkpoint(tmp_path / "killed" / "last.pth")["epoch"] == 1  # it did stop after one epoch
     resumed = run(DistillTask(), dict(cfg), resume=str(tmp_path / "killed"), show_bar=False)
     a, b = load_checkpoint(full.run_dir / "last.pth"), load_checkpoint(resumed.run_dir / "last.pth")

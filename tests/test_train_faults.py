@@ -15,10 +15,9 @@ import torch
 
 from regla.checkpoints import read_weights
 from regla.errors import EXIT_SIGINT, EXIT_SIGTERM, Stopped
-from regla.runs import harness as trainer
 from regla.runs.checkpoint_sets import COMMIT_LOG, load_checkpoint
 from regla.train.trainer import train
-from train_helpers import make_folder, tiny_recipe
+from train_helpers import make_folder, save_hook, tiny_recipe
 
 EPOCHS = 2
 FAULT_SAVE = 1  # the first epoch's save: it always writes the whole set (last and best, .pth and .safetensors)
@@ -42,11 +41,8 @@ def reference(tmp_path_factory):
             saves[0] += 1
         steps.append((saves[0], what))
 
-    trainer._SAVE_HOOK[0] = record
-    try:
+    with save_hook(record):
         full = train(tiny_recipe(data, root / "full", **FAST), show_bar=False)
-    finally:
-        trainer._SAVE_HOOK[0] = None
     fault_steps = [what for n, what in steps if n == FAULT_SAVE]
     return data, load_checkpoint(full.run_dir / "last.pth"), fault_steps
 
@@ -75,12 +71,8 @@ def fail_at(step: str, error: Exception):
 
 
 def run_with_fault(data, out, hook) -> None:
-    trainer._SAVE_HOOK[0] = hook
-    try:
-        with pytest.raises((Injected, OSError)):
-            train(tiny_recipe(data, out, **FAST), show_bar=False)
-    finally:
-        trainer._SAVE_HOOK[0] = None
+    with save_hook(hook), pytest.raises((Injected, OSError)):
+        train(tiny_recipe(data, out, **FAST), show_bar=False)
 
 
 def one_epoch(data, out):

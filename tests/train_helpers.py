@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,16 @@ def criterion_step(criterion):
         x, y = batch
         return criterion(x, model(x), y), {}
     return step
+
+
+@contextlib.contextmanager
+def save_hook(hook):
+    """Every checkpoint-set write of the harness calls ``hook(step)`` at each step of its protocol (fault injection
+    through the public :func:`regla.runs.checkpoint_sets.save_checkpoint` and its ``hook`` argument)."""
+    import pytest
+
+    from regla.runs import checkpoint_sets
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint_sets, "save_checkpoint", functools.partial(checkpoint_sets.save_checkpoint, hook=hook))
+        yield

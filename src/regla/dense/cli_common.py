@@ -161,12 +161,12 @@ def load_trained(model: Any, path: str | Path) -> None:
 
 
 def device_of(cfg: Mapping[str, Any]) -> Any:
+    """The recipe's device (``auto``: :func:`regla.runs.distributed.resolve_device`)."""
     import torch
 
-    name = cfg["device"]
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    return torch.device(name)
+    from ..runs.distributed import resolve_device
+
+    return torch.device(resolve_device(cfg["device"]))
 
 
 def present_classes(per_class: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:

@@ -34,8 +34,6 @@ from regla.checkpoints import (
 )
 from regla.outputs import atomic_write_bytes
 
-from .config import SCHEDULE_KEYS
-
 __all__ = ["CheckpointError", "load_checkpoint", "load_weights", "recover", "restore", "save_checkpoint"]
 
 FORMAT = TRAIN_FORMAT
@@ -211,11 +209,6 @@ def recover(run_dir: Path) -> list[str]:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a ``regla train`` checkpoint (:func:`regla.checkpoints.read_train_checkpoint`)."""
     return read_train_checkpoint(path)
-
-
-def schedule_changed(ckpt: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
-    """Recipe keys that shape the LR schedule and differ between the checkpoint and this run."""
-    return [k for k in SCHEDULE_KEYS if ckpt["cfg"].get(k) != cfg.get(k)]
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

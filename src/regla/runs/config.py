@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from regla.config import Field
+from regla.errors import UsageError
+from regla.outputs import check_writable
 from regla.preflight import DEVICE_PATTERN as _DEVICE
+
+from .folder import check_run_dir, resume_dir, resume_path
 
 PROB = dict(ge=0.0, le=1.0)  # a probability
 
@@ -68,6 +73,12 @@ SCHEDULE_KEYS = ("epochs", "sched", "decay_milestones", "decay_rate", "warmup_ep
                  "grad_accum")
 
 
+def schedule_changed(saved: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
+    """Recipe keys that shape the LR schedule (:data:`SCHEDULE_KEYS`) and differ between a checkpoint's recipe
+    (``saved``) and this run's."""
+    return [k for k in SCHEDULE_KEYS if saved.get(k) != cfg.get(k)]
+
+
 def run_fields(**defaults: Any) -> dict[str, Field]:
     """:data:`RUN_FIELDS` with other defaults (a trainer's recipe), e.g. ``run_fields(epochs=12, lr=2e-4)``."""
     unknown = sorted(set(defaults) - set(RUN_FIELDS))
@@ -121,12 +132,7 @@ def resolve_recipe(schema: Any, config: str | None, overrides: list[str] | None 
     """A command's recipe: defaults < ``base`` (a demo) < the resumed run's recipe < ``config`` < ``flags`` <
     ``--set`` overrides. A resume without ``-c`` continues the recipe saved in its checkpoint; its ``output`` is
     ``output`` or the resumed folder (the folder may have moved)."""
-    from pathlib import Path
-
-    from regla.errors import UsageError
-
-    from .checkpoint_sets import load_checkpoint
-    from .harness import resume_dir, resume_path
+    from .checkpoint_sets import load_checkpoint  # torch: only for a resume (``--print-config`` needs none)
 
     base = dict(base or {})
     if resume:
@@ -145,13 +151,6 @@ def check_output(cfg: dict[str, Any], resume: str | None, command: str | None = 
     """The run folder (``output``, or ``runs/<model>``) can be created and written, before any work starts; and
     it is the run's to write (:func:`regla.runs.folder.check_run_dir`: no other live run, none of the user's files,
     made by ``command`` if it is resumed)."""
-    from pathlib import Path
-
-    from regla.errors import UsageError
-    from regla.outputs import check_writable
-
-    from .folder import check_run_dir
-
     if cfg["output"] or not resume:
         run_dir = Path(cfg["output"] or Path("runs") / str(cfg.get("model", "run"))).expanduser()
         if run_dir.exists() and not run_dir.is_dir():

@@ -33,6 +33,9 @@ class Dist:
 
 
 def resolve_device(name: str) -> str:
+    """The one meaning of ``device: auto`` for every command: the CUDA GPU if PyTorch sees one, else the CPU (an
+    Apple GPU is used only when named: ``mps``). Other names are returned as they are (checked by
+    :func:`regla.preflight.check_device`)."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name

@@ -25,7 +25,8 @@ from typing import IO, Any
 
 from regla.errors import UsageError
 
-__all__ = ["LOCK", "RUN_FILES", "RunLock", "check_run_dir", "foreign_files", "lock_holder", "recorded_command"]
+__all__ = ["LOCK", "RUN_FILES", "RunLock", "check_run_dir", "foreign_files", "lock_holder", "recorded_command",
+           "resume_dir", "resume_path"]
 
 #: The lock file: ``{"command", "pid", "host"}`` of the run that holds (or last held) the folder.
 LOCK = ".regla-run.lock"
@@ -82,6 +83,18 @@ def lock_holder(run_dir: Path) -> str | None:
     except OSError:
         return None
     return None
+
+
+def resume_path(resume: str | Path) -> Path:
+    """The checkpoint a ``--resume`` names: ``DIR/last.pth`` for a run folder, else the file itself."""
+    path = Path(resume).expanduser()
+    return path / "last.pth" if path.is_dir() else path
+
+
+def resume_dir(resume: str | Path) -> Path:
+    """The run folder a ``--resume`` names (the folder itself, or the checkpoint's folder)."""
+    path = Path(resume).expanduser()
+    return path if path.is_dir() else path.parent
 
 
 def check_run_dir(run_dir: Path, command: str | None, resume: bool) -> None:

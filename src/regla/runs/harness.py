@@ -25,10 +25,10 @@ from regla.errors import UsageError
 from regla.outputs import atomic_write_text
 
 from . import checkpoint_sets as ckpt_mod
-from .config import scaled_lr
+from .config import scaled_lr, schedule_changed
 from .distributed import Dist, amp_dtype, setup_determinism, setup_distributed, wrap_ddp
 from .engine import EpochPosition, StepContext, train_one_epoch
-from .folder import RunLock, check_run_dir
+from .folder import RunLock, check_run_dir, resume_dir, resume_path
 from .logs import MetricsLogger
 from .signals import StopSignals
 from .task import Built, Task
@@ -64,22 +64,6 @@ class Parts:
     lr: float
     num_epochs: int
     updates_per_epoch: int
-
-
-#: Fault-injection point of the tests: a callable given each step of the checkpoint-set protocol.
-_SAVE_HOOK: list[Any] = [None]
-
-
-def resume_path(resume: str | Path) -> Path:
-    """The checkpoint a ``--resume`` names: ``DIR/last.pth`` for a run folder, else the file itself."""
-    path = Path(resume).expanduser()
-    return path / "last.pth" if path.is_dir() else path
-
-
-def resume_dir(resume: str | Path) -> Path:
-    """The run folder a ``--resume`` names (the folder itself, or the checkpoint's folder)."""
-    path = Path(resume).expanduser()
-    return path if path.is_dir() else path.parent
 
 
 def default_run_dir(cfg: dict[str, Any]) -> Path:
@@ -252,7 +236,7 @@ def _resume_into(parts: Parts, ckpt: dict[str, Any], cfg: dict[str, Any], d: Dis
                  resume) -> tuple[int, dict, dict | None]:
     """Restore a checkpoint into ``parts``; returns the epoch to start from, the best score and, for a run stopped
     inside an epoch, where in it to continue."""
-    changed = ckpt_mod.schedule_changed(ckpt, cfg)
+    changed = schedule_changed(ckpt["cfg"], cfg)
     if changed and d.primary:
         _logger.warning("resuming with a changed schedule (%s): the LR follows the new recipe from epoch %d",
                         ", ".join(changed), ckpt["epoch"] + 1)
@@ -383,7 +367,7 @@ def _save(task: Task, parts: Parts, cfg: dict[str, Any], run_dir: Path, epoch: i
         source = parts.ema.module if parts.ema is not None else parts.model
         weights = task.export_state(source)
         info = task.weights_info(source, cfg) if weights is not None else None
-        ckpt_mod.save_checkpoint(state, run_dir, is_best, weights=weights, info=info, hook=_SAVE_HOOK[0])
+        ckpt_mod.save_checkpoint(state, run_dir, is_best, weights=weights, info=info)
     if d.distributed:
         dist.barrier()
 

@@ -342,13 +342,9 @@ def _check_eval_args(args: argparse.Namespace) -> tuple[list[str], Path]:
 
 def _resolve_device(name: str) -> str:
     from ..preflight import check_device
+    from ..runs.distributed import resolve_device
 
-    check_device(name)
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(check_device(name))
 
 
 def run_eval(args: argparse.Namespace) -> int:
