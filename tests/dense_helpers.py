@@ -15,7 +15,7 @@ def voc_root(tmp_path_factory: Any) -> Path:
     return write_voc_demo(tmp_path_factory.mktemp("voc") / "voc_demo")
 
 
-def det_cfg(root: Path, **overrides: Any) -> dict[str, Any]:
+def det_cfg(root: Path, **overrides: Any) -> Any:
     """A tiny Mask R-CNN recipe on the VOC photo (regla_t, 32-channel FPN, 256 px)."""
     from regla.dense.config import DET_SCHEMA
 
@@ -23,10 +23,10 @@ def det_cfg(root: Path, **overrides: Any) -> dict[str, Any]:
         backbone="regla_t", train_images=str(root / "images"), train_ann=str(root / "instances.json"),
         val_images=str(root / "images"), val_ann=str(root / "instances.json"), fpn_channels=32, min_size=256,
         max_size=352, batch_size=1, workers=0, lr=1e-3, iters_per_epoch=2, freeze_bn=False), "test")
-    return DET_SCHEMA.merge(cfg, overrides, "test")
+    return DET_SCHEMA.recipe(DET_SCHEMA.merge(cfg, overrides, "test"), "test")
 
 
-def seg_cfg(root: Path, **overrides: Any) -> dict[str, Any]:
+def seg_cfg(root: Path, **overrides: Any) -> Any:
     """A tiny Semantic FPN recipe on the VOC photo (regla_t, 32/16-channel FPN/head, 128 px crops)."""
     from regla.dense.config import SEG_SCHEMA
 
@@ -35,17 +35,17 @@ def seg_cfg(root: Path, **overrides: Any) -> dict[str, Any]:
         val_images=str(root / "images"), val_labels=str(root / "labels"), num_classes=21, fpn_channels=32,
         head_channels=16, scale=[512, 128], crop_size=128, batch_size=2, workers=0, lr=1e-3, iters_per_epoch=2),
         "test")
-    return SEG_SCHEMA.merge(cfg, overrides, "test")
+    return SEG_SCHEMA.recipe(SEG_SCHEMA.merge(cfg, overrides, "test"), "test")
 
 
-def fit(task: Any, cfg: dict[str, Any], steps: int, built: Any = None) -> tuple[Any, list[float]]:
+def fit(task: Any, cfg: Any, steps: int, built: Any = None) -> tuple[Any, list[float]]:
     """``steps`` AdamW steps of ``task`` on the CPU (epochs of the task's loader, ``set_epoch`` called); returns
     the built task and the losses."""
     from timm.optim import create_optimizer_v2
 
     built = built or task.build(cfg, torch.device("cpu"), 0, 1)
     model = built.model.train()
-    opt = create_optimizer_v2(model, opt=cfg["opt"], lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = create_optimizer_v2(model, opt=cfg.run.opt, lr=cfg.run.lr, weight_decay=cfg.run.weight_decay)
     losses: list[float] = []
     epoch = 0
     while len(losses) < steps:

@@ -194,7 +194,7 @@ def test_predict_writes_a_png(voc: Path, tmp_path: Path, kind: str) -> None:
     cfg = det_cfg(voc, mask_head_channels=16, box_head_dim=64) if kind == "det" else seg_cfg(voc)
     model = build_detector(cfg, 21)[0] if kind == "det" else build_segmenter(cfg, 21)[0]
     torch.save(model.state_dict(), tmp_path / "weights.pth")
-    keep = {k: v for k, v in cfg.items() if k not in ("output",)}
+    keep = {k: v for k, v in cfg.flat().items() if k not in ("output",)}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(keep))
     out = tmp_path / "pred.png"
     assert main([kind, "predict", str(voc / "images" / "voc.png"), "--weights", str(tmp_path / "weights.pth"),
@@ -254,7 +254,7 @@ def test_eval_writes_scores(voc: Path, tmp_path: Path, kind: str, capsys: pytest
     cfg = det_cfg(voc, mask_head_channels=16, box_head_dim=64) if kind == "det" else seg_cfg(voc)
     model = build_detector(cfg, 21)[0] if kind == "det" else build_segmenter(cfg, 21)[0]
     torch.save(model.state_dict(), tmp_path / "weights.pth")
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.flat()))
     assert main([kind, "eval", "--weights", str(tmp_path / "weights.pth"), "--device", "cpu", "--no-progress"]) == 0
     scores = json.loads((tmp_path / "scores.json").read_text())
     if kind == "det":

@@ -213,10 +213,10 @@ TABLE8 = {  # row: (teachers, what the row adds to the one before)
 
 
 def test_table8_rows_change_what_their_labels_say():
-    rows = {r: build_config(str(CONFIGS / f"table8_row{r}.yaml")) for r in TABLE8}
+    rows = {r: build_config(str(CONFIGS / f"table8_row{r}.yaml")).flat() for r in TABLE8}  # the YAML form
     assert rows[1]["onlycos"] is False and rows[1]["addcls"] is False and rows[1]["sync_bn"] is False
     assert rows[1]["teacher_drop"] == 0.5 and rows[1]["standardize"] is True
-    default = build_config(None)
+    default = build_config(None).flat()
     for r, (teachers, change) in TABLE8.items():
         assert rows[r]["teachers"] == teachers and rows[r]["model"] == "regla_m" and rows[r]["epochs"] == 100
         if r > 1:
@@ -230,10 +230,10 @@ def test_table8_rows_change_what_their_labels_say():
 def test_phase_recipes_build():
     from regla.train.config import build_config as train_config
 
-    phase1 = build_config(str(CONFIGS / "regla_m_in21k.yaml"))
+    phase1 = build_config(str(CONFIGS / "regla_m_in21k.yaml")).flat()
     assert phase1["epochs"] == 30 and phase1["teachers"] == ["7tea"] and phase1["model"] == "regla_m"
-    assert build_config(str(CONFIGS / "regla_x_in21k.yaml"))["model"] == "regla_x"
-    phase2 = train_config(str(CONFIGS / "regla_m_in1k_ft.yaml"))
+    assert build_config(str(CONFIGS / "regla_x_in21k.yaml")).task.model == "regla_x"
+    phase2 = train_config(str(CONFIGS / "regla_m_in1k_ft.yaml")).flat()
     assert phase2["epochs"] == 200 and phase2["model"] == "regla_m" and phase2["initial_checkpoint"]
 
 
@@ -300,9 +300,9 @@ def test_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
 
     cfg = cfg_for(setup, output=str(tmp_path / "killed"), **recipe)
     with save_hook(kill_after_first_set), pytest.raises(Killed):
-        run(DistillTask(), dict(cfg), show_bar=False)
+        run(DistillTask(), cfg, show_bar=False)
     assert load_checkpoint(tmp_path / "killed" / "last.pth")["epoch"] == 1  # it did stop after one epoch
-    resumed = run(DistillTask(), dict(cfg), resume=str(tmp_path / "killed"), show_bar=False)
+    resumed = run(DistillTask(), cfg, resume=str(tmp_path / "killed"), show_bar=False)
     a, b = load_checkpoint(full.run_dir / "last.pth"), load_checkpoint(resumed.run_dir / "last.pth")
     assert a["epoch"] == b["epoch"] == 3 and int(a["model"]["stat_updates"]) == 9
     for name, tensor in a["model"].items():

@@ -53,7 +53,7 @@ class Regression:
 
     def build(self, cfg, device, rank, world_size) -> Built:
         ds = torch.utils.data.TensorDataset(self.x, self.y)
-        loader = torch.utils.data.DataLoader(ds, batch_size=cfg["batch_size"], shuffle=True)
+        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.run.batch_size, shuffle=True)
         return Built(model=Net(), train_loader=loader, extra={"toy": [1, 2]}, arch={"model": "toy", "w": self.width})
 
     def step(self, model, batch, device):
@@ -75,9 +75,9 @@ class Regression:
         return None
 
 
-SCHEMA = Schema({"model": RUN_FIELDS["output"].__class__(str, "toy"),
-                 **run_fields(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0, model_ema=False, workers=0,
-                              sched="cosine", min_lr=0.0)}, rules=RUN_RULES)
+SCHEMA = Schema({"model": RUN_FIELDS["output"].__class__(str, "toy")},
+                run_fields(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0, model_ema=False, workers=0,
+                           sched="cosine", min_lr=0.0), rules=RUN_RULES)
 
 
 def recipe(out, **kw):
@@ -144,7 +144,7 @@ def test_warmup_updates_and_multistep_follow_mmdet():
     cfg = recipe("unused", epochs=12, sched="multistep", decay_milestones="[8,11]", decay_rate=0.1,
                  warmup_updates=500, warmup_lr=0.0, lr=2e-4)
     model = nn.Linear(2, 2)
-    _, sched, n = build_optimizer_and_schedule(cfg, model, 2e-4, updates_per_epoch=1000)
+    _, sched, n = build_optimizer_and_schedule(cfg.run, model, 2e-4, updates_per_epoch=1000)
     lr = lambda t: sched._get_lr(t)[0]  # noqa: E731
     assert n == 12 and lr(250) == pytest.approx(1e-4) and lr(500) == pytest.approx(2e-4)
     assert lr(7999) == pytest.approx(2e-4)  # 8 whole epochs at the base LR, as mmdet's `step: [8, 11]`
@@ -153,5 +153,5 @@ def test_warmup_updates_and_multistep_follow_mmdet():
 
 def test_multistep_on_epochs_decays_after_the_milestone_epoch():
     cfg = recipe("unused", epochs=12, sched="multistep", decay_milestones="[8,11]", sched_on_updates=False, lr=1.0)
-    _, sched, _ = build_optimizer_and_schedule(cfg, nn.Linear(2, 2), 1.0, updates_per_epoch=10)
+    _, sched, _ = build_optimizer_and_schedule(cfg.run, nn.Linear(2, 2), 1.0, updates_per_epoch=10)
     assert [round(sched._get_lr(e)[0], 6) for e in (7, 8, 10, 11)] == [1.0, 0.1, 0.1, 0.01]

@@ -16,6 +16,7 @@ import torch
 from regla.checkpoints import read_weights
 from regla.errors import EXIT_SIGINT, EXIT_SIGTERM, Stopped
 from regla.runs.checkpoint_sets import COMMIT_LOG, load_checkpoint
+from regla.train.config import data_settings
 from regla.train.trainer import train
 from train_helpers import make_folder, save_hook, tiny_recipe
 
@@ -202,9 +203,10 @@ def test_safetensors_carry_model_classes_and_input_size(reference, tmp_path):
     cfg = tiny_recipe(data, out, **dict(FAST, epochs=1))
     train(cfg, show_bar=False)
     info = read_weights(out / "best.safetensors").info
-    assert info.model == cfg["model"] and info.num_classes == 2 and info.class_names == ["class_0", "class_1"]
-    assert info.input_size == (3, cfg["img_size"], cfg["img_size"]) and info.crop_pct == cfg["crop_pct"]
-    assert info.mean == tuple(cfg["mean"]) and info.fused is False
+    t = data_settings(cfg).task  # the transform keys the run recorded (the model's pretrained_cfg)
+    assert info.model == t.model and info.num_classes == 2 and info.class_names == ["class_0", "class_1"]
+    assert info.input_size == (3, t.img_size, t.img_size) and info.crop_pct == t.crop_pct
+    assert info.mean == tuple(t.mean) and info.fused is False
     assert (out / "best.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 

@@ -56,7 +56,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     done_before_kill = load_checkpoint(tmp_path / "killed" / "last.pth")["epoch"]
     assert 1 <= done_before_kill < 3, "the run was not interrupted"
 
-    resumed = train(dict(cfg), resume=tmp_path / "killed", show_bar=False)
+    resumed = train(cfg, resume=tmp_path / "killed", show_bar=False)
     a = load_checkpoint(full.run_dir / "last.pth")
     b = load_checkpoint(resumed.run_dir / "last.pth")
     assert a["epoch"] == b["epoch"] == 3
@@ -78,7 +78,7 @@ def test_resume_restores_optimizer_scheduler_and_rng(tmp_path):
     assert ck["optimizer"]["state"], "optimizer moments are saved"
     assert ck["scheduler"] is not None and len(ck["rng"]) == 1
     assert {"python", "numpy", "torch"} <= set(ck["rng"][0])
-    again = train(dict(cfg, epochs=2), resume=tmp_path / "run", show_bar=False)
+    again = train(cfg.replace(epochs=2), resume=tmp_path / "run", show_bar=False)
     assert again.last["epoch"] == 2
 
 

@@ -60,7 +60,7 @@ def test_new_run_refuses_to_overwrite_a_finished_run(run):
     data, result, cfg = run
     before = (result.run_dir / "last.pth").read_bytes()
     with pytest.raises(RunError, match="already holds a run"):
-        train(dict(cfg), show_bar=False)
+        train(cfg, show_bar=False)
     assert (result.run_dir / "last.pth").read_bytes() == before
 
 
@@ -97,7 +97,7 @@ def test_checkpoint_from_another_architecture_is_refused(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"trained as '{MODEL}'" in err and other in err
     assert (result.run_dir / "last.pth").read_bytes() == before
-    foreign = create_student(dict(cfg, model=other), 3)
+    foreign = create_student(cfg.replace(model=other), 3)
     with pytest.raises(CheckpointError, match="does not fit"):
         load_weights(foreign, load_checkpoint(result.run_dir / "last.pth")["model"], "last.pth")
     assert main(["eval", "--data", str(data), "--checkpoint", str(result.run_dir / "last.pth"),
@@ -174,8 +174,9 @@ def test_systems_options_run_together(tmp_path):
     result = train(cfg, show_bar=False)
     rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all(r["train_loss"] == r["train_loss"] for r in rows)
-    assert rows[0]["lr"] == pytest.approx(cfg["warmup_lr"])  # per-epoch schedule: the warm-up epoch ...
-    assert rows[1]["lr"] == pytest.approx(cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]))  # ... mid-cosine
+    r = cfg.run
+    assert rows[0]["lr"] == pytest.approx(r.warmup_lr)  # per-epoch schedule: the warm-up epoch ...
+    assert rows[1]["lr"] == pytest.approx(r.min_lr + 0.5 * (r.lr - r.min_lr))  # ... mid-cosine
 
 
 def test_eval_under_torchrun_counts_each_image_once(run, tmp_path):

@@ -19,7 +19,7 @@ from train_helpers import MODEL, criterion_step, ddp_batch, ddp_recipe
 
 def main(out: str) -> None:
     cfg = ddp_recipe()
-    d = setup_distributed(cfg)
+    d = setup_distributed(cfg.run.device)
     assert d.distributed and d.world_size == 2 and dist.get_backend() == "gloo"
     x, y = ddp_batch()
     half = x.shape[0] // 2

@@ -268,15 +268,15 @@ def _tensor_share(obj: Mapping) -> float:
 def info_from_train_checkpoint(obj: Mapping[str, Any]) -> WeightsInfo:
     """What a ``regla train`` checkpoint records about its model and data (also the metadata of the
     ``.safetensors`` written beside it)."""
-    cfg, arch = obj.get("cfg") or {}, obj.get("arch") or {}
+    saved, arch = obj.get("cfg") or {}, obj.get("arch") or {}
     class_map = obj.get("class_map")
     names = [n for n, _ in sorted(class_map.items(), key=lambda kv: kv[1])] if class_map else None
-    size = cfg.get("img_size")
+    size = saved.get("img_size")
     return WeightsInfo(
         model=arch.get("model"), num_classes=arch.get("num_classes"), class_names=names,
         input_size=(int(arch.get("in_chans", 3)), int(size), int(size)) if size else None,
-        mean=tuple(cfg["mean"]) if cfg.get("mean") else None, std=tuple(cfg["std"]) if cfg.get("std") else None,
-        interpolation=cfg.get("interpolation"), crop_pct=cfg.get("crop_pct"),
+        mean=tuple(saved["mean"]) if saved.get("mean") else None, std=tuple(saved["std"]) if saved.get("std") else None,
+        interpolation=saved.get("interpolation"), crop_pct=saved.get("crop_pct"),
         distillation=arch.get("distillation"), fused=False)
 
 
@@ -360,7 +360,8 @@ def load_into(model: nn.Module, weights: Weights | Mapping[str, torch.Tensor], s
 
 
 def infer_num_classes(state: Mapping[str, torch.Tensor], classifier: str | tuple[str, ...] | None) -> int | None:
-    """The number of classes of the classifier named by a timm ``pretrained_cfg['classifier']``, from its weights.
+    """The number of classes of the classifier named by a timm ``pretrained_cfg`` entry ``classifier``, from its
+    weights.
 
     Looks for the 2-D weight of that module, or of a module under it (a fused or nested head); ``None`` if absent.
     """

@@ -1,10 +1,23 @@
-"""One typed schema for recipes and ``--set`` overrides, shared by every trainer (train now; distill, det, seg next).
+"""Typed recipes: one schema for recipe files and ``--set`` overrides, shared by every trainer.
 
 A :class:`Schema` maps option names to :class:`Field` specs (type, default, range or choices, nullable, list item
-type and length, an extra check) plus cross-field rules. It turns YAML values and ``--set key=value`` strings into
-a plain validated ``dict``, and every error is a one-line :class:`ConfigError` (a
+type and length, an extra check) in two sections, plus cross-field rules. It turns YAML values and ``--set
+key=value`` strings into a :class:`Recipe`, and every error is a one-line :class:`ConfigError` (a
 :class:`~regla.errors.UsageError`, exit code 2) naming where the value came from, the key, the value and what is
-allowed. Unknown keys get a "did you mean".
+allowed. Unknown keys get a "did you mean"; a renamed key (:attr:`Schema.renamed`) names its new name.
+
+**The shape of a recipe.** A resolved recipe is a frozen :class:`Recipe` of two frozen dataclasses, built by the
+schema from its fields:
+
+* ``recipe.run``: the run section every trainer shares, read by the run harness (optimizer, schedule, EMA, AMP,
+  systems, output: ``recipe.run.lr``, ``recipe.run.epochs``); its fields are ``regla.runs.config.RUN_FIELDS``;
+* ``recipe.task``: the trainer's own section, defined in its package (``recipe.task.model``,
+  ``recipe.task.data_dir``): classification in ``regla.train.config``, distillation in ``regla.distill.config``,
+  detection and segmentation in ``regla.dense.config``, SAM distillation and the SAM demo in ``regla.sam``.
+
+A key lives in exactly one section, so recipe files, ``--set key=value``, ``--print-config`` and the run folder's
+``config.yaml`` stay flat (``epochs: 12`` and ``model: regla_t`` side by side): :meth:`Recipe.flat` is that form
+(also what a checkpoint records), :meth:`Recipe.replace` changes keys by their flat names (checked again).
 
 YAML is read with two fixes over PyYAML's YAML 1.1: ``4e-3`` is a float (YAML 1.2; 1.1 reads it as a string), and
 in a flow mapping an unquoted ``{early_block:dw7}`` is the entry ``early_block: dw7`` (1.1 reads the key
@@ -19,7 +32,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +40,7 @@ import yaml
 
 from .errors import UsageError
 
-__all__ = ["ConfigError", "Field", "Rule", "Schema", "parse_override", "yaml_load"]
+__all__ = ["ConfigError", "Field", "Recipe", "Rule", "Schema", "parse_override", "section_type", "yaml_load"]
 
 
 class ConfigError(UsageError):
@@ -95,8 +108,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping"}
 
-#: A cross-field rule: returns what is wrong with a whole config (one line), or None.
-Rule = Callable[[Mapping[str, Any]], "str | None"]
+#: A cross-field rule: returns what is wrong with a whole recipe (one line), or None.
+Rule = Callable[["Recipe"], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -209,22 +222,76 @@ def _scalar(kind: type, value: Any) -> Any:
     return float(number)
 
 
-class Schema:
-    """Fields plus cross-field rules; builds plain validated dicts from defaults, recipes and overrides."""
+_PY_TYPES = {bool: bool, int: int, float: float, str: str, list: list, dict: dict}
 
-    def __init__(self, fields: Mapping[str, Field], rules: Sequence[Rule] = (), command: str = "regla train"):
-        self.fields = dict(fields)
+
+def section_type(name: str, specs: Mapping[str, Field]) -> type:
+    """A frozen dataclass with one attribute per field, annotated with the field's type (``X | None`` when
+    nullable); no defaults: the schema supplies every value."""
+    def annotation(spec: Field) -> Any:
+        kind = _PY_TYPES[spec.type]
+        return kind | None if spec.nullable else kind
+
+    return make_dataclass(name, [(k, annotation(f)) for k, f in specs.items()], frozen=True)
+
+
+def _values(section: Any) -> dict[str, Any]:
+    return {f.name: getattr(section, f.name) for f in fields(section)}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A resolved, checked recipe: the run section (``run``) and the task section (``task``); see the module
+    docstring. ``schema`` made it (and checks :meth:`replace`)."""
+
+    run: Any
+    task: Any
+    schema: Schema = field(repr=False, compare=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Every key and value in one mapping, in the schema's order (the YAML form; a fresh copy)."""
+        values = {**_values(self.task), **_values(self.run)}
+        return {k: copy.deepcopy(values[k]) for k in self.schema.fields}
+
+    def replace(self, source: str = "recipe", **changes: Any) -> Recipe:
+        """A copy with ``changes`` (flat key names, dotted ones set one entry of a mapping) checked by the schema."""
+        return self.schema.recipe(self.schema.merge(self.flat(), changes, source), source)
+
+
+class Schema:
+    """A run section and a task section of fields, plus cross-field rules; builds :class:`Recipe` objects from
+    defaults, recipe files and overrides.
+
+    ``renamed`` maps an old key to its new name: a recipe that still uses the old one is refused with a message
+    naming the new one. ``name`` names the task section's dataclass (``ClassificationSection`` ...).
+    """
+
+    def __init__(self, task: Mapping[str, Field], run: Mapping[str, Field], rules: Sequence[Rule] = (),
+                 command: str = "regla train", name: str = "Task", renamed: Mapping[str, str] | None = None,
+                 order: str = "task-first"):
+        both = sorted(set(task) & set(run))
+        if both:
+            raise ValueError(f"keys in both sections: {both}")
+        self.task_fields, self.run_fields = dict(task), dict(run)
+        # the flat order of --print-config and config.yaml (the order each command printed before the sections)
+        self.fields = {**task, **run} if order == "task-first" else {**run, **task}
         self.rules = list(rules)
         self.command = command  # named in messages: `COMMAND --print-config` lists the keys
+        self.renamed = dict(renamed or {})
+        self.task_type = section_type(f"{name}Section", task)
+        self.run_type = section_type("RunSection", run)
 
     def defaults(self) -> dict[str, Any]:
         """A fresh copy of every field's default."""
         return {k: copy.deepcopy(f.default) for k, f in self.fields.items()}
 
     def field(self, key: str, source: str) -> Field:
-        """The field of ``key``; an unknown key is a ConfigError with the closest known keys."""
+        """The field of ``key``; an unknown key is a ConfigError with the closest known keys (or the new name of a
+        renamed one)."""
         if key in self.fields:
             return self.fields[key]
+        if key in self.renamed:
+            raise ConfigError(f"{source}: option {key!r} is now called {self.renamed[key]!r}; rename it")
         close = difflib.get_close_matches(key, list(self.fields), n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"{source}: unknown option {key!r}{hint} (`{self.command} --print-config` lists the keys)")
@@ -263,10 +330,10 @@ class Schema:
 
     def build(self, config: str | None, overrides: Sequence[str] | None = None,
               base: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None,
-              configs_dir: str = "") -> dict[str, Any]:
+              configs_dir: str = "") -> Recipe:
         """Defaults < ``base`` (demo / resumed run) < recipe file < ``flags`` (shortcut options) < ``key=value``.
 
-        Returns a plain dict with every key, each value checked; raises :class:`ConfigError`.
+        Returns the :class:`Recipe`, each value checked; raises :class:`ConfigError`.
         """
         cfg = self.merge(self.defaults(), base or {}, "built-in recipe")
         source = "built-in recipe"
@@ -278,20 +345,27 @@ class Schema:
         for text in overrides or []:
             key, value = parse_override(text)
             cfg, source = self.merge(cfg, {key: value}, f"--set {text}"), "the recipe with its overrides"
-        self.validate(cfg, source)
-        return cfg
+        return self.recipe(cfg, source)
 
-    def validate(self, cfg: Mapping[str, Any], source: str = "recipe") -> None:
-        """Check every field of a complete config, then the cross-field rules."""
-        missing = [k for k in self.fields if k not in cfg]
+    def recipe(self, values: Mapping[str, Any], source: str = "recipe") -> Recipe:
+        """The :class:`Recipe` of a complete flat mapping: every field checked, then the cross-field rules."""
+        missing = [k for k in self.fields if k not in values]
         if missing:
             raise ConfigError(f"{source}: missing option(s) {', '.join(missing)}")
-        for key in self.fields:
-            self.coerce(key, cfg[key], source)
+        for key in values:
+            self.field(key, source)  # an unknown key
+        checked = {key: self.coerce(key, values[key], source) for key in self.fields}
+        out = Recipe(run=self.run_type(**{k: checked[k] for k in self.run_fields}),
+                     task=self.task_type(**{k: checked[k] for k in self.task_fields}), schema=self)
         for rule in self.rules:
-            problem = rule(cfg)
+            problem = rule(out)
             if problem:
                 raise ConfigError(f"{source}: {problem}")
+        return out
+
+    def validate(self, values: Mapping[str, Any] | Recipe, source: str = "recipe") -> None:
+        """Check a complete recipe (a :class:`Recipe` or its flat mapping): every value, then the rules."""
+        self.recipe(values.flat() if isinstance(values, Recipe) else values, source)
 
 
 def _show(value: Any) -> str:
@@ -344,6 +418,6 @@ def load_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
     return {**parent, **data}
 
 
-def dump(cfg: Mapping[str, Any]) -> str:
-    """A recipe as YAML text (saved in each run folder as ``config.yaml``)."""
-    return yaml.safe_dump(dict(cfg), sort_keys=False)
+def dump(recipe: Recipe | Mapping[str, Any]) -> str:
+    """A recipe in its flat YAML form (``--print-config``; saved in each run folder as ``config.yaml``)."""
+    return yaml.safe_dump(recipe.flat() if isinstance(recipe, Recipe) else dict(recipe), sort_keys=False)

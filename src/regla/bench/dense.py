@@ -120,8 +120,7 @@ def build_det(backbone: str) -> tuple[nn.Module, bool]:
     from ..dense.config import DET_SCHEMA
     from ..dense.detector import build_detector
 
-    cfg = DET_SCHEMA.merge(DET_SCHEMA.defaults(), {"backbone": backbone, "detections_per_img": DETECTIONS},
-                           "regla bench")
+    cfg = DET_SCHEMA.build(None, base={"backbone": backbone, "detections_per_img": DETECTIONS})
     model, _ = build_detector(cfg, DET_CLASSES, log=False)
     model.roi_heads.score_thresh = 0.0
     fused = _fuse(model.backbone.body)
@@ -133,7 +132,7 @@ def build_seg(backbone: str) -> tuple[nn.Module, bool]:
     from ..dense.config import SEG_SCHEMA
     from ..dense.segmenter import build_segmenter
 
-    cfg = SEG_SCHEMA.merge(SEG_SCHEMA.defaults(), {"backbone": backbone}, "regla bench")
+    cfg = SEG_SCHEMA.build(None, base={"backbone": backbone})
     model, _ = build_segmenter(cfg, SEG_CLASSES, log=False)
     fused = _fuse(model.body)
     return model.eval(), fused

@@ -21,6 +21,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..checkpoints import CheckpointError, LoadReport, load_into, read_weights
+from ..config import Recipe
 from ..errors import UsageError
 
 _logger = logging.getLogger("regla.dense")
@@ -60,13 +61,13 @@ def create_features(name: str, drop_path: float = 0.0, model_kwargs: Mapping[str
     return _features(name, {**kwargs, "out_indices": indices})
 
 
-def norm_stats(cfg: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def norm_stats(cfg: Recipe) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The recipe's mean/std, else those of the backbone's timm pretrained config (ImageNet's by default)."""
     import timm
 
-    pcfg = timm.models.get_pretrained_cfg(cfg["backbone"])
-    mean = cfg.get("mean") or getattr(pcfg, "mean", None) or (0.485, 0.456, 0.406)
-    std = cfg.get("std") or getattr(pcfg, "std", None) or (0.229, 0.224, 0.225)
+    pcfg = timm.models.get_pretrained_cfg(cfg.task.backbone)
+    mean = cfg.task.mean or getattr(pcfg, "mean", None) or (0.485, 0.456, 0.406)
+    std = cfg.task.std or getattr(pcfg, "std", None) or (0.229, 0.224, 0.225)
     return tuple(mean), tuple(std)
 
 
@@ -127,13 +128,13 @@ def freeze_bn_stats(module: nn.Module) -> None:
             m.eval()
 
 
-def build_body(cfg: Mapping[str, Any], log: bool = True) -> tuple[nn.Module, LoadReport | None]:
+def build_body(cfg: Recipe, log: bool = True) -> tuple[nn.Module, LoadReport | None]:
     """The backbone of a dense recipe (``backbone``, ``backbone_kwargs``, ``drop_path``, ``pretrained``)."""
-    body = create_features(cfg["backbone"], drop_path=cfg.get("drop_path", 0.0),
-                           model_kwargs=cfg.get("backbone_kwargs"))
+    body = create_features(cfg.task.backbone, drop_path=cfg.task.drop_path,
+                           model_kwargs=cfg.task.backbone_kwargs)
     report = None
-    if cfg.get("pretrained"):
-        report = init_from_classifier(body, cfg["pretrained"])
+    if cfg.task.pretrained:
+        report = init_from_classifier(body, cfg.task.pretrained)
         if log:
-            _logger.info("backbone %s: %s", cfg["backbone"], report.summary())
+            _logger.info("backbone %s: %s", cfg.task.backbone, report.summary())
     return body, report

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import Schema
+from ..config import Recipe, Schema, dump
 from ..errors import RunFailure, UsageError
 from ..outputs import atomic_write_text, check_new_output, check_report_folder, check_writable, write_report_files
 from ..preflight import check_device, existing_file
@@ -76,26 +76,24 @@ def resolve_config(schema: Schema, args: argparse.Namespace, kind: str,
                           configs_dir=kind)
 
 
-def preflight(cfg: dict[str, Any], train: bool = True) -> None:
+def preflight(cfg: Recipe, train: bool = True) -> None:
     """Device, backbone name, the checkpoint file and the output folder, before any work."""
     from ..preflight import require_model
 
-    check_device(cfg["device"])
-    require_model(cfg["backbone"], "backbone")
-    if cfg.get("pretrained"):
-        existing_file(cfg["pretrained"], "pretrained")
-    if train and cfg.get("output"):
-        check_writable(Path(cfg["output"]) / "last.pth")
+    check_device(cfg.run.device)
+    require_model(cfg.task.backbone, "backbone")
+    if cfg.task.pretrained:
+        existing_file(cfg.task.pretrained, "pretrained")
+    if train and cfg.run.output:
+        check_writable(Path(cfg.run.output) / "last.pth")
 
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
-def print_config(cfg: Mapping[str, Any]) -> int:
-    import yaml
-
-    print(yaml.safe_dump(dict(cfg), sort_keys=False), end="")
+def print_config(cfg: Recipe) -> int:
+    print(dump(cfg), end="")
     return 0
 
 
@@ -126,7 +124,7 @@ def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> dict[str
                              f"--config (configs/{kind}/NAME.yaml)")
         base = {k: v for k, v in base.items() if k in schema.fields}
     cfg = resolve_config(schema, args, kind, base)
-    cfg["pretrained"] = None  # the trained weights replace the classification checkpoint
+    cfg = cfg.replace(pretrained=None)  # the trained weights replace the classification checkpoint
     preflight(cfg, train=False)
     return cfg
 
@@ -160,13 +158,13 @@ def load_trained(model: Any, path: str | Path) -> None:
     load_into(model, read_weights(path), strict=True, allow_fused=False)
 
 
-def device_of(cfg: Mapping[str, Any]) -> Any:
+def device_of(cfg: Recipe) -> Any:
     """The recipe's device (``auto``: :func:`regla.runs.distributed.resolve_device`)."""
     import torch
 
     from ..runs.distributed import resolve_device
 
-    return torch.device(resolve_device(cfg["device"]))
+    return torch.device(resolve_device(cfg.run.device))
 
 
 def present_classes(per_class: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
@@ -225,15 +223,15 @@ def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind
     from .backbone import create_features
 
     task = make_task(show_bar=not args.no_progress, strict=args.strict)
-    check_output(cfg, args.resume, task.command)
+    check_output(cfg.run, cfg.task.backbone, args.resume, task.command)
     task.prepare(cfg)  # bad data stops here, before the run starts
-    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
-    why = batch_too_large(len(task.train_set), cfg["batch_size"])
+    create_features(cfg.task.backbone, model_kwargs=cfg.task.backbone_kwargs)  # a backbone without features_only too
+    why = batch_too_large(len(task.train_set), cfg.run.batch_size)
     if why:
         raise UsageError(f"{task.command}: {why}")
     from ..runs.harness import run as run_harness
 
-    result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
+    result = run_harness(task, cfg, cfg.task.backbone, resume=args.resume, show_bar=not args.no_progress)
     if args.demo:
         return demo_report(Path(result.run_dir), result.last, demo_targets, f"regla {kind} train --demo",
                            getattr(task, "per_class", None))

@@ -1,5 +1,6 @@
-"""Recipes of ``regla det train`` and ``regla seg train``: the harness's keys (``regla.runs.config.RUN_FIELDS``)
-with the defaults of the peers' protocols, plus each task's own keys, in one typed :class:`~regla.config.Schema`.
+"""Recipes of ``regla det train`` and ``regla seg train``: the harness's run section (``regla.runs.config.RUN_FIELDS``)
+with the defaults of the peers' protocols, plus each task's own section (``recipe.task``: :data:`DET_FIELDS`,
+:data:`SEG_FIELDS`), in one typed :class:`~regla.config.Schema` each.
 
 * Mask R-CNN 1x (mmdet ``mask_rcnn_r50_fpn_1x_coco`` as iFormer's detection configs set it, which ReGLA §4.2.1
   follows): AdamW lr 2e-4, weight decay 0.05, 12 epochs, lr x0.1 after epochs 8 and 11, 500-iteration linear
@@ -16,7 +17,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import Field, Schema
+from ..config import Field, Recipe, Schema
 from ..runs.config import RUN_FIELDS, RUN_RULES
 
 __all__ = ["DET_DEFAULTS", "DET_SCHEMA", "SEG_DEFAULTS", "SEG_SCHEMA", "samples_per_epoch"]
@@ -91,42 +92,46 @@ def _with_defaults(fields: Mapping[str, Field], defaults: Mapping[str, Any]) -> 
     return {k: dataclasses.replace(f, default=defaults[k]) if k in defaults else f for k, f in fields.items()}
 
 
-def _sizes(cfg: Mapping[str, Any]) -> str | None:
-    if cfg["min_size"] > cfg["max_size"]:
-        return f"min_size ({cfg['min_size']}) must not exceed max_size ({cfg['max_size']})"
+def _sizes(recipe: Recipe) -> str | None:
+    t = recipe.task
+    if t.min_size > t.max_size:
+        return f"min_size ({t.min_size}) must not exceed max_size ({t.max_size})"
     return None
 
 
-def _ratios(cfg: Mapping[str, Any]) -> str | None:
-    lo, hi = cfg["ratio_range"]
-    return f"ratio_range {cfg['ratio_range']}: the first value must not exceed the second" if lo > hi else None
+def _ratios(recipe: Recipe) -> str | None:
+    lo, hi = recipe.task.ratio_range
+    return f"ratio_range {[lo, hi]}: the first value must not exceed the second" if lo > hi else None
 
 
-def _class_names(cfg: Mapping[str, Any]) -> str | None:
-    names = cfg["class_names"]
-    if names is not None and len(names) != cfg["num_classes"]:
-        return f"class_names lists {len(names)} names but num_classes is {cfg['num_classes']} (one name per class)"
+def _class_names(recipe: Recipe) -> str | None:
+    names, n = recipe.task.class_names, recipe.task.num_classes
+    if names is not None and len(names) != n:
+        return f"class_names lists {len(names)} names but num_classes is {n} (one name per class)"
     return None
 
 
-def _slide_covers(cfg: Mapping[str, Any]) -> str | None:
+def _slide_covers(recipe: Recipe) -> str | None:
     """Sliding-window inference must cover every pixel: a stride above the crop leaves gaps (0/0 logits there)."""
-    if cfg["test_mode"] == "slide" and cfg["test_stride"] > cfg["crop_size"]:
-        return (f"test_stride = {cfg['test_stride']} > crop_size = {cfg['crop_size']}: sliding windows would leave "
+    t = recipe.task
+    if t.test_mode == "slide" and t.test_stride > t.crop_size:
+        return (f"test_stride = {t.test_stride} > crop_size = {t.crop_size}: sliding windows would leave "
                 f"pixels uncovered; set test_stride <= crop_size (mmseg uses about 2/3 of it)")
     return None
 
 
-def _schema(own: Mapping[str, Field], defaults: Mapping[str, Any], rules: list, command: str) -> Schema:
-    return Schema(_with_defaults({**RUN_FIELDS, **own}, defaults), [*RUN_RULES, *rules], command=command)
+def _schema(own: Mapping[str, Field], defaults: Mapping[str, Any], rules: list, command: str, name: str) -> Schema:
+    return Schema(_with_defaults(own, defaults), _with_defaults(RUN_FIELDS, defaults), [*RUN_RULES, *rules],
+                  command=command, name=name, order="run-first")
 
 
-DET_SCHEMA = _schema(DET_FIELDS, DET_DEFAULTS, [_sizes], "regla det train")
-SEG_SCHEMA = _schema(SEG_FIELDS, SEG_DEFAULTS, [_ratios, _class_names, _slide_covers], "regla seg train")
+DET_SCHEMA = _schema(DET_FIELDS, DET_DEFAULTS, [_sizes], "regla det train", "Detection")
+SEG_SCHEMA = _schema(SEG_FIELDS, SEG_DEFAULTS, [_ratios, _class_names, _slide_covers], "regla seg train",
+                     "Segmentation")
 
 
-def samples_per_epoch(cfg: Mapping[str, Any], world_size: int) -> int | None:
+def samples_per_epoch(recipe: Recipe, world_size: int) -> int | None:
     """Samples of one epoch over all ranks: ``iters_per_epoch`` x global batch (None: one pass over the data)."""
-    if not cfg.get("iters_per_epoch"):
+    if not recipe.task.iters_per_epoch:
         return None
-    return cfg["iters_per_epoch"] * cfg["batch_size"] * cfg.get("grad_accum", 1) * world_size
+    return recipe.task.iters_per_epoch * recipe.run.batch_size * recipe.run.grad_accum * world_size

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config import Recipe
 from ..preflight import float_range
 from . import cli_common as common
 
@@ -77,7 +78,7 @@ def train(args: argparse.Namespace) -> int:
     return common.train_command(args, schema(), DetTask, KIND, demo_base, DEMO_TARGETS)
 
 
-def _class_names_of(cfg: dict[str, Any], weights: str) -> list[str]:
+def _class_names_of(cfg: Recipe, weights: str) -> list[str]:
     """The detector's class names: those saved in the weights, else the val set's (sorted category ids)."""
     from ..checkpoints import read_weights
 
@@ -85,8 +86,8 @@ def _class_names_of(cfg: dict[str, Any], weights: str) -> list[str]:
     if names is None:
         from ..data.coco import load_coco
 
-        common.existing_file(cfg["val_ann"] or "", "val_ann")
-        coco = load_coco(cfg["val_ann"])
+        common.existing_file(cfg.task.val_ann or "", "val_ann")
+        coco = load_coco(cfg.task.val_ann)
         names = [coco.cats[c]["name"] for c in sorted(coco.cats)]
     return list(names)
 
@@ -114,12 +115,12 @@ def map_classes(model_names: list[str], data_names: list[str], data_ids: list[in
     return mapping
 
 
-def _trained_model(cfg: dict[str, Any], weights: str, names: list[str] | None = None) -> tuple[Any, list[str]]:
+def _trained_model(cfg: Recipe, weights: str, names: list[str] | None = None) -> tuple[Any, list[str]]:
     """The detector of ``cfg`` with ``weights`` loaded, and its class names (from the weights, else the data)."""
     from .detector import build_detector
 
     names = names if names is not None else _class_names_of(cfg, weights)
-    model, _ = build_detector(cfg, cfg.get("num_classes") or len(names) + 1, log=False)
+    model, _ = build_detector(cfg, cfg.task.num_classes or len(names) + 1, log=False)
     common.load_trained(model, weights)
     return model.to(common.device_of(cfg)).eval(), names
 
@@ -135,11 +136,11 @@ def evaluate(args: argparse.Namespace) -> int:
         raise common.UsageError("regla det eval: the recipe sets no val_ann (give --set val_ann=... and val_images)")
     common.report_skips(val_set.skipped, "regla det eval")
     names = _class_names_of(cfg, args.weights)
-    cat_ids = map_classes(names, val_set.class_names, val_set.cat_ids, args.weights, cfg["val_ann"])
+    cat_ids = map_classes(names, val_set.class_names, val_set.cat_ids, args.weights, cfg.task.val_ann)
     model, _ = _trained_model(cfg, args.weights, names)
-    scores, per_class, results = evaluate_detector(model, val_set, cfg.get("eval_images"),
+    scores, per_class, results = evaluate_detector(model, val_set, cfg.task.eval_images,
                                                    show_bar=not args.no_progress, cat_ids=cat_ids)
-    counts = {"images": min(len(val_set), cfg.get("eval_images") or len(val_set)), **val_set.skipped.summary()}
+    counts = {"images": min(len(val_set), cfg.task.eval_images or len(val_set)), **val_set.skipped.summary()}
     common.write_reports(out, EVAL_WRITER, {**scores, **counts, "per_class": per_class},
                          {"results.json": json.dumps(results)})
     for key, value in scores.items():
@@ -154,8 +155,8 @@ def predict(args: argparse.Namespace) -> int:
     cfg = common.eval_config(schema(), args, KIND)
     image = read_image(args.image)
     hw = tuple(image.shape[-2:])
-    check_image_size(args.image, hw, detector_resize(hw, cfg["min_size"], cfg["max_size"]),
-                     f"short side {cfg['min_size']}, long side at most {cfg['max_size']}")
+    check_image_size(args.image, hw, detector_resize(hw, cfg.task.min_size, cfg.task.max_size),
+                     f"short side {cfg.task.min_size}, long side at most {cfg.task.max_size}")
     out = common.predict_output(args, f"{Path(args.image).stem}_det.png", PREDICT_WRITER)
     model, names = _trained_model(cfg, args.weights)
     drawn, count = draw_detections(model, image, names, args.score_thresh)

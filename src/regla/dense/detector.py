@@ -11,7 +11,7 @@ in docs/dense.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import initLevelMapper
 
+from ..config import Recipe
 from .backbone import BackboneFPN, build_body, norm_stats
 
 LEVELS = ["0", "1", "2", "3"]
@@ -96,23 +97,24 @@ def mask_rcnn(backbone: BackboneFPN, num_classes: int | None, mean: Sequence[flo
     return model
 
 
-def build_detector(cfg: Mapping[str, Any], num_classes: int, log: bool = True) -> tuple[nn.Module, Any]:
+def build_detector(cfg: Recipe, num_classes: int, log: bool = True) -> tuple[nn.Module, Any]:
     """The Mask R-CNN of a ``regla det`` recipe and the backbone's load report (None without ``pretrained``)."""
     body, report = build_body(cfg, log)
     mean, std = norm_stats(cfg)
-    backbone = BackboneFPN(body, cfg["fpn_channels"], extra_pool=True, freeze_bn=cfg["freeze_bn"])
+    backbone = BackboneFPN(body, cfg.task.fpn_channels, extra_pool=True, freeze_bn=cfg.task.freeze_bn)
     heads = {}
-    if cfg["box_head_dim"] != 1024:  # torchvision's (and mmdet's) default: two 1024-wide FC layers
-        heads["box_head"] = TwoMLPHead(backbone.out_channels * 7 * 7, cfg["box_head_dim"])
-        heads["box_predictor"] = FastRCNNPredictor(cfg["box_head_dim"], num_classes)
-    if cfg["mask_head_channels"] != 256:  # default: four 256-channel 3x3 convs
-        heads["mask_head"] = MaskRCNNHeads(backbone.out_channels, [cfg["mask_head_channels"]] * 4, 1)
-        heads["mask_predictor"] = MaskRCNNPredictor(cfg["mask_head_channels"], cfg["mask_head_channels"], num_classes)
-    model = mask_rcnn(backbone, num_classes if not heads else None, mean, std, min_size=cfg["min_size"],
-                      max_size=cfg["max_size"], rpn_post_nms_top_n_train=cfg["rpn_post_nms_top_n_train"],
-                      sampling_ratio=cfg["roi_sampling_ratio"], aligned=cfg["roi_aligned"], rpn_l1=cfg["rpn_l1"],
-                      box_detections_per_img=cfg["detections_per_img"], mask_roi_size=cfg["mask_roi_size"],
-                      box_batch_size_per_image=cfg["roi_batch_size"],
-                      box_positive_fraction=cfg["roi_positive_fraction"], **heads)
+    if cfg.task.box_head_dim != 1024:  # torchvision's (and mmdet's) default: two 1024-wide FC layers
+        heads["box_head"] = TwoMLPHead(backbone.out_channels * 7 * 7, cfg.task.box_head_dim)
+        heads["box_predictor"] = FastRCNNPredictor(cfg.task.box_head_dim, num_classes)
+    if cfg.task.mask_head_channels != 256:  # default: four 256-channel 3x3 convs
+        heads["mask_head"] = MaskRCNNHeads(backbone.out_channels, [cfg.task.mask_head_channels] * 4, 1)
+        width = cfg.task.mask_head_channels
+        heads["mask_predictor"] = MaskRCNNPredictor(width, width, num_classes)
+    model = mask_rcnn(backbone, num_classes if not heads else None, mean, std, min_size=cfg.task.min_size,
+                      max_size=cfg.task.max_size, rpn_post_nms_top_n_train=cfg.task.rpn_post_nms_top_n_train,
+                      sampling_ratio=cfg.task.roi_sampling_ratio, aligned=cfg.task.roi_aligned, rpn_l1=cfg.task.rpn_l1,
+                      box_detections_per_img=cfg.task.detections_per_img, mask_roi_size=cfg.task.mask_roi_size,
+                      box_batch_size_per_image=cfg.task.roi_batch_size,
+                      box_positive_fraction=cfg.task.roi_positive_fraction, **heads)
     return model, report
 

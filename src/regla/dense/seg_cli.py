@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config import Recipe
 from . import cli_common as common
 
 KIND = "seg"
@@ -69,10 +70,10 @@ def train(args: argparse.Namespace) -> int:
     return common.train_command(args, schema(), SegTask, KIND, demo_base, DEMO_TARGETS)
 
 
-def _trained_model(cfg: dict[str, Any], weights: str) -> Any:
+def _trained_model(cfg: Recipe, weights: str) -> Any:
     from .segmenter import build_segmenter
 
-    model, _ = build_segmenter(cfg, cfg["num_classes"], log=False)
+    model, _ = build_segmenter(cfg, cfg.task.num_classes, log=False)
     common.load_trained(model, weights)
     return model.to(common.device_of(cfg)).eval()
 
@@ -89,10 +90,10 @@ def evaluate(args: argparse.Namespace) -> int:
                                 "val_images)")
     common.report_skips(val_set.skipped, "regla seg eval")
     model = _trained_model(cfg, args.weights)
-    meter = evaluate_segmenter(model, val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
-                               cfg["test_stride"], cfg.get("eval_images"), show_bar=not args.no_progress)
-    counts = {"images": min(len(val_set), cfg.get("eval_images") or len(val_set)), **val_set.skipped.summary()}
-    scores = {**seg_scores(meter, cfg.get("class_names")), **counts}
+    meter = evaluate_segmenter(model, val_set, cfg.task.num_classes, cfg.task.test_mode, cfg.task.crop_size,
+                               cfg.task.test_stride, cfg.task.eval_images, show_bar=not args.no_progress)
+    counts = {"images": min(len(val_set), cfg.task.eval_images or len(val_set)), **val_set.skipped.summary()}
+    scores = {**seg_scores(meter, cfg.task.class_names), **counts}
     common.write_reports(out, EVAL_WRITER, scores)
     for key in ("mIoU", "mAcc", "aAcc"):
         print(f"{key:>5}: {scores[key]:6.2f}")
@@ -111,16 +112,16 @@ def predict(args: argparse.Namespace) -> int:
     cfg = common.eval_config(schema(), args, KIND)
     image = read_image(args.image)
     hw = tuple(image.shape[-2:])
-    check_image_size(args.image, hw, rescale_size(*hw, cfg["scale"]),
-                     f"long side at most {max(cfg['scale'])}, short side at most {min(cfg['scale'])}")
+    check_image_size(args.image, hw, rescale_size(*hw, cfg.task.scale),
+                     f"long side at most {max(cfg.task.scale)}, short side at most {min(cfg.task.scale)}")
     out = common.predict_output(args, f"{Path(args.image).stem}_seg.png", PREDICT_WRITER)
     model = _trained_model(cfg, args.weights)
-    x, _ = SegTestTransform(*norm_stats(cfg), cfg["scale"])(image, None)
+    x, _ = SegTestTransform(*norm_stats(cfg), cfg.task.scale)(image, None)
     device = next(model.parameters()).device
     with torch.no_grad():
-        logits = infer_logits(model, x[None].to(device), tuple(image.shape[-2:]), cfg["test_mode"],
-                              cfg["crop_size"], cfg["test_stride"])
+        logits = infer_logits(model, x[None].to(device), tuple(image.shape[-2:]), cfg.task.test_mode,
+                              cfg.task.crop_size, cfg.task.test_stride)
     pred = logits.argmax(1)[0].cpu()
-    write_png(colour_labels(pred, cfg["num_classes"]), out, PREDICT_WRITER)
+    write_png(colour_labels(pred, cfg.task.num_classes), out, PREDICT_WRITER)
     print(f"label map of {len(pred.unique())} class(es) written to {out}")
     return 0

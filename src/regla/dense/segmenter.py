@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from ..config import Recipe
 from .backbone import build_body, freeze_bn_stats
 
 IGNORE_INDEX = 255
@@ -109,9 +109,9 @@ def _slide(model: nn.Module, image: torch.Tensor, crop: int, stride: int) -> tor
     return total / count
 
 
-def build_segmenter(cfg: Mapping[str, Any], num_classes: int, log: bool = True) -> tuple[SemanticFPN, Any]:
+def build_segmenter(cfg: Recipe, num_classes: int, log: bool = True) -> tuple[SemanticFPN, Any]:
     """The Semantic FPN of a ``regla seg`` recipe and the backbone's load report (None without ``pretrained``)."""
     body, report = build_body(cfg, log)
-    model = SemanticFPN(body, num_classes, cfg["fpn_channels"], cfg["head_channels"], cfg["dropout"],
-                        freeze_bn=cfg["freeze_bn"])
+    model = SemanticFPN(body, num_classes, cfg.task.fpn_channels, cfg.task.head_channels, cfg.task.dropout,
+                        freeze_bn=cfg.task.freeze_bn)
     return model, report

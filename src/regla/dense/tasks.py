@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..checkpoints import WeightsInfo
+from ..config import Recipe
 from ..data.ade import SegmentationFolder
 from ..data.coco import CocoInstances, detection_collate
 from ..data.errors import DataError
@@ -35,9 +36,9 @@ from .transforms import SegTestTransform, SegTrainTransform, det_test_transforms
 _logger = logging.getLogger("regla.dense")
 
 
-def require_paths(cfg: dict[str, Any], keys: tuple[str, ...], command: str) -> None:
+def require_paths(cfg: Recipe, keys: tuple[str, ...], command: str) -> None:
     """Each of ``keys`` set in the recipe; else a UsageError naming them."""
-    unset = [k for k in keys if not cfg.get(k)]
+    unset = [k for k in keys if not getattr(cfg.task, k)]
     if unset:
         raise UsageError(f"{command}: the recipe does not set {', '.join(unset)} (give them in the YAML or with "
                          f"--set {unset[0]}=PATH)")
@@ -81,10 +82,10 @@ def _to(value: Any, device: torch.device) -> Any:
     return value.as_subclass(torch.Tensor).to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
 
 
-def _loader(dataset: Any, cfg: dict[str, Any], rank: int, world_size: int, **kwargs: Any) -> DataLoader:
-    sampler = EpochSampler(len(dataset), rank, world_size, cfg["seed"], samples_per_epoch(cfg, world_size))
-    workers = cfg["workers"]
-    return DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=workers,
+def _loader(dataset: Any, cfg: Recipe, rank: int, world_size: int, **kwargs: Any) -> DataLoader:
+    sampler = EpochSampler(len(dataset), rank, world_size, cfg.run.seed, samples_per_epoch(cfg, world_size))
+    workers = cfg.run.workers
+    return DataLoader(dataset, batch_size=cfg.run.batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False, **kwargs)
 
 
@@ -98,41 +99,41 @@ class DetTask(_SkipReport):
         self.show_bar, self.strict = show_bar, strict
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
-        self.cfg: dict[str, Any] = {}
+        self.cfg: Recipe | None = None
         self.load_report = None
         self.class_names: list[str] = []
         #: the last evaluation's per-category AP50 ({"bbox_AP50": {name: AP50}, "segm_AP50": {...}})
         self.per_class: dict[str, dict[str, Any]] = {}
 
-    def prepare(self, cfg: dict[str, Any]) -> None:
+    def prepare(self, cfg: Recipe) -> None:
         """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
         self.train_set, self.val_set = self.datasets(cfg)
         self.log_skips()
 
-    def datasets(self, cfg: dict[str, Any], train: bool = True) -> tuple[CocoInstances | None, CocoInstances | None]:
+    def datasets(self, cfg: Recipe, train: bool = True) -> tuple[CocoInstances | None, CocoInstances | None]:
         """The training and validation sets of the recipe (None where not needed or not given)."""
         train_set = None
         if train:
             require_paths(cfg, ("train_images", "train_ann"), self.command)
-            train_set = CocoInstances(cfg["train_images"], cfg["train_ann"], det_train_transforms(cfg["flip"]),
+            train_set = CocoInstances(cfg.task.train_images, cfg.task.train_ann, det_train_transforms(cfg.task.flip),
                                       train=True, strict=self.strict)
         val_set = None
-        if cfg.get("val_ann"):
+        if cfg.task.val_ann:
             require_paths(cfg, ("val_images",), self.command)
-            val_set = CocoInstances(cfg["val_images"], cfg["val_ann"], det_test_transforms(), strict=self.strict)
+            val_set = CocoInstances(cfg.task.val_images, cfg.task.val_ann, det_test_transforms(), strict=self.strict)
         if train_set is not None and val_set is not None and train_set.class_names != val_set.class_names:
-            raise DataError(f"{cfg['val_ann']} and {cfg['train_ann']} list different categories "
+            raise DataError(f"{cfg.task.val_ann} and {cfg.task.train_ann} list different categories "
                             f"({len(val_set.class_names)} vs {len(train_set.class_names)}); they must be the same")
         return train_set, val_set
 
-    def num_classes(self, cfg: dict[str, Any], dataset: CocoInstances) -> int:
-        n = cfg.get("num_classes") or len(dataset.cat_ids) + 1
+    def num_classes(self, cfg: Recipe, dataset: CocoInstances) -> int:
+        n = cfg.task.num_classes or len(dataset.cat_ids) + 1
         if n < len(dataset.cat_ids) + 1:
             raise UsageError(f"num_classes = {n} but {dataset.ann_file} has {len(dataset.cat_ids)} categories "
                              f"(num_classes counts the background: at least {len(dataset.cat_ids) + 1})")
         return n
 
-    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
+    def build(self, cfg: Recipe, device: torch.device, rank: int, world_size: int) -> Built:
         if self.train_set is None:
             self.prepare(cfg)
         train_set, self.rank = self.train_set, rank
@@ -156,10 +157,10 @@ class DetTask(_SkipReport):
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         if self.val_set is None:
             return {}
-        scores, self.per_class, _ = evaluate_detector(model, self.val_set, self.cfg.get("eval_images"), self.show_bar)
+        scores, self.per_class, _ = evaluate_detector(model, self.val_set, self.cfg.task.eval_images, self.show_bar)
         return scores
 
-    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
+    def weights_info(self, model: nn.Module, cfg: Recipe) -> WeightsInfo | None:
         return WeightsInfo(num_classes=len(self.class_names) + 1, class_names=self.class_names)
 
     def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -176,43 +177,43 @@ class SegTask(_SkipReport):
         self.show_bar, self.strict = show_bar, strict
         self.train_set: SegmentationFolder | None = None
         self.val_set: SegmentationFolder | None = None
-        self.cfg: dict[str, Any] = {}
+        self.cfg: Recipe | None = None
         self.load_report = None
         #: the last evaluation's per-class IoU ({"IoU": {name: IoU or None}}; names from ``class_names``)
         self.per_class: dict[str, dict[str, Any]] = {}
 
-    def prepare(self, cfg: dict[str, Any]) -> None:
+    def prepare(self, cfg: Recipe) -> None:
         """Read and check the data now (the CLI calls this before starting the run; :meth:`build` otherwise)."""
         self.train_set, self.val_set = self.datasets(cfg)
         self.log_skips()
 
-    def datasets(self, cfg: dict[str, Any],
+    def datasets(self, cfg: Recipe,
                  train: bool = True) -> tuple[SegmentationFolder | None, SegmentationFolder | None]:
         """The training and validation sets of the recipe (None where not needed or not given)."""
         mean, std = norm_stats(cfg)
-        common = dict(num_classes=cfg["num_classes"], reduce_zero_label=cfg["reduce_zero_label"],
-                      check=cfg["check_labels"], show_bar=self.show_bar, strict=self.strict)
+        common = dict(num_classes=cfg.task.num_classes, reduce_zero_label=cfg.task.reduce_zero_label,
+                      check=cfg.task.check_labels, show_bar=self.show_bar, strict=self.strict)
         train_set = None
         if train:
             require_paths(cfg, ("train_images", "train_labels"), self.command)
-            tf = SegTrainTransform(mean, std, cfg["scale"], cfg["ratio_range"], cfg["crop_size"],
-                                   cfg["cat_max_ratio"], cfg["flip"], cfg["photometric"])
-            train_set = SegmentationFolder(cfg["train_images"], cfg["train_labels"], transforms=tf, **common)
+            tf = SegTrainTransform(mean, std, cfg.task.scale, cfg.task.ratio_range, cfg.task.crop_size,
+                                   cfg.task.cat_max_ratio, cfg.task.flip, cfg.task.photometric)
+            train_set = SegmentationFolder(cfg.task.train_images, cfg.task.train_labels, transforms=tf, **common)
         val_set = None
-        if cfg.get("val_labels"):
+        if cfg.task.val_labels:
             require_paths(cfg, ("val_images",), self.command)
-            val_set = SegmentationFolder(cfg["val_images"], cfg["val_labels"],
-                                         transforms=SegTestTransform(mean, std, cfg["scale"]), **common)
+            val_set = SegmentationFolder(cfg.task.val_images, cfg.task.val_labels,
+                                         transforms=SegTestTransform(mean, std, cfg.task.scale), **common)
         return train_set, val_set
 
-    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
+    def build(self, cfg: Recipe, device: torch.device, rank: int, world_size: int) -> Built:
         self.cfg = cfg
         if self.train_set is None:
             self.prepare(cfg)
         train_set, self.rank = self.train_set, rank
-        model, self.load_report = build_segmenter(cfg, cfg["num_classes"], log=rank == 0)
-        loader = _loader(train_set, cfg, rank, world_size, drop_last=len(train_set) >= cfg["batch_size"])
-        extra = {"num_classes": cfg["num_classes"],
+        model, self.load_report = build_segmenter(cfg, cfg.task.num_classes, log=rank == 0)
+        loader = _loader(train_set, cfg, rank, world_size, drop_last=len(train_set) >= cfg.run.batch_size)
+        extra = {"num_classes": cfg.task.num_classes,
                  "backbone_load": self.load_report.summary() if self.load_report else None}
         return Built(model=model, train_loader=loader, extra=extra)
 
@@ -225,14 +226,14 @@ class SegTask(_SkipReport):
         if self.val_set is None:
             return {}
         cfg = self.cfg
-        meter = evaluate_segmenter(model, self.val_set, cfg["num_classes"], cfg["test_mode"], cfg["crop_size"],
-                                   cfg["test_stride"], cfg.get("eval_images"), self.show_bar)
-        scores = dict(seg_scores(meter, cfg.get("class_names")))
+        meter = evaluate_segmenter(model, self.val_set, cfg.task.num_classes, cfg.task.test_mode, cfg.task.crop_size,
+                                   cfg.task.test_stride, cfg.task.eval_images, self.show_bar)
+        scores = dict(seg_scores(meter, cfg.task.class_names))
         self.per_class = {"IoU": scores.pop("per_class_IoU")}
         return scores
 
-    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
-        return WeightsInfo(num_classes=cfg["num_classes"])
+    def weights_info(self, model: nn.Module, cfg: Recipe) -> WeightsInfo | None:
+        return WeightsInfo(num_classes=cfg.task.num_classes)
 
     def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return model.state_dict()

@@ -69,9 +69,9 @@ def model_norm(model) -> tuple[tuple[float, ...], tuple[float, ...], str]:
     """Mean, std and interpolation of ``model``'s pretrained config (ImageNet's when it has none)."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return (tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD)),
-            cfg.get("interpolation", "bicubic") or "bicubic")
+    defaults = getattr(model, "pretrained_cfg", None) or {}
+    return (tuple(defaults.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(defaults.get("std", IMAGENET_DEFAULT_STD)),
+            defaults.get("interpolation", "bicubic") or "bicubic")
 
 
 def read_images(files: Sequence[Path], hw: tuple[int, int], norm: tuple = (), source: str = "") -> ImageSet:

@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any
 
+from regla.config import Recipe
 from regla.errors import UsageError
 from regla.preflight import check_device, existing_dir, require_model
 
@@ -83,22 +84,22 @@ def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None)
                           output=args.output, configs_dir="distill")
 
 
-def preflight(cfg: dict[str, Any], resume: str | None) -> None:
+def preflight(cfg: Recipe, resume: str | None) -> None:
     """Model, device, folders and every teacher's checkpoint file, before anything is built."""
     from regla.runs.config import check_output
 
     from .release import check_checkpoint
     from .teachers import resolve_teachers
 
-    require_model(cfg["model"])
-    check_device(cfg["device"])
-    if cfg["data_dir"]:
-        existing_dir(cfg["data_dir"], "data_dir")
-    for key in ("knn_bank", "knn_queries"):
-        if cfg[key]:
-            existing_dir(cfg[key], key)
-    check_output(cfg, resume, "regla distill")
-    for spec in resolve_teachers(cfg["teachers"], cfg["teacher_checkpoints"]):
+    require_model(cfg.task.model)
+    check_device(cfg.run.device)
+    if cfg.task.data_dir:
+        existing_dir(cfg.task.data_dir, "data_dir")
+    for key, folder in (("knn_bank", cfg.task.knn_bank), ("knn_queries", cfg.task.knn_queries)):
+        if folder:
+            existing_dir(folder, key)
+    check_output(cfg.run, cfg.task.model, resume, "regla distill")
+    for spec in resolve_teachers(cfg.task.teachers, cfg.task.teacher_checkpoints):
         require_model(spec.model)
         check_checkpoint(spec)
 
@@ -121,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
     from .task import DistillTask
 
-    result = run_task(DistillTask(), cfg, resume=args.resume, show_bar=not args.no_progress)
+    result = run_task(DistillTask(), cfg, cfg.task.model, resume=args.resume, show_bar=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         knn = result.last.get("knn_top1")
-        shown = f", KNN (k={cfg['knn_k'][0]}) top-1 {knn:.2f}%" if knn is not None else ""
+        shown = f", KNN (k={cfg.task.knn_k[0]}) top-1 {knn:.2f}%" if knn is not None else ""
         print(f"done: {result.epochs} epochs{shown}; student weights {result.run_dir / 'last.safetensors'}")
     return 0

@@ -1,4 +1,5 @@
-"""``regla distill`` recipes: the run harness's keys plus the distillation keys, one typed schema (regla.config).
+"""``regla distill`` recipes: the run harness's section plus the distillation section (``recipe.task``:
+:data:`DISTILL_FIELDS`), one typed schema (regla.config).
 
 Every Table 8 switch is a key (docs/distillation.md maps each row to a recipe in configs/distill/):
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from regla.config import ConfigError, Field, Schema, dump
+from regla.config import ConfigError, Field, Recipe, Schema, dump
 from regla.runs.config import RUN_RULES, run_fields
 
 __all__ = ["DISTILL_FIELDS", "SCHEMA", "build_config"]
@@ -77,30 +78,31 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _knn_pair(cfg: dict[str, Any]) -> str | None:
-    if bool(cfg["knn_bank"]) != bool(cfg["knn_queries"]):
+def _knn_pair(recipe: Recipe) -> str | None:
+    if bool(recipe.task.knn_bank) != bool(recipe.task.knn_queries):
         return "knn_bank and knn_queries go together (the KNN bank and the images it classifies)"
     return None
 
 
-def _momentum_order(cfg: dict[str, Any]) -> str | None:
-    if cfg["tnorm_momentum_end"] > cfg["tnorm_momentum_start"]:
+def _momentum_order(recipe: Recipe) -> str | None:
+    if recipe.task.tnorm_momentum_end > recipe.task.tnorm_momentum_start:
         return "tnorm_momentum_end must not exceed tnorm_momentum_start (a decreasing cosine schedule)"
     return None
 
 
-def _some_loss(cfg: dict[str, Any]) -> str | None:
-    if cfg["cos_weight"] == 0 and (cfg["sl1_weight"] == 0 or (cfg["onlycos"] and cfg["onlycos_tokens"] == "all")):
+def _some_loss(recipe: Recipe) -> str | None:
+    t = recipe.task
+    if t.cos_weight == 0 and (t.sl1_weight == 0 or (t.onlycos and t.onlycos_tokens == "all")):
         return "cos_weight and sl1_weight leave no loss"
     return None
 
 
-SCHEMA = Schema({**run_fields(**RUN_DEFAULTS), **DISTILL_FIELDS},
-                rules=(*RUN_RULES, _knn_pair, _momentum_order, _some_loss))
+SCHEMA = Schema(DISTILL_FIELDS, run_fields(**RUN_DEFAULTS), rules=(*RUN_RULES, _knn_pair, _momentum_order, _some_loss),
+                command="regla distill", name="Distillation", order="run-first")
 
 
 def build_config(config: str | None = None, overrides: list[str] | None = None,
-                 base: dict[str, Any] | None = None) -> dict[str, Any]:
+                 base: dict[str, Any] | None = None) -> Recipe:
     """Defaults < ``base`` < recipe (a path, or a name under ``configs/distill/``; ``base:`` chains) < ``--set``."""
     return SCHEMA.build(config, overrides, base=base, configs_dir="distill")
 

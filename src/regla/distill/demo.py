@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from regla.config import Recipe
+
 _logger = logging.getLogger("regla.distill")
 
 #: The two teachers: name -> regla train overrides and the teacher entry of the distillation recipe.
@@ -99,19 +101,19 @@ def knn_row(model: torch.nn.Module, pool: str, mean, std, digits: Path, device: 
     return row
 
 
-def evaluate_all(cfg: dict[str, Any], run_dir: Path, teachers: dict[str, dict[str, Any]], digits: Path,
+def evaluate_all(cfg: Recipe, run_dir: Path, teachers: dict[str, dict[str, Any]], digits: Path,
                  device: torch.device) -> dict[str, dict[str, float]]:
     """The demo table: distilled student, the student at random initialisation, each teacher."""
     import timm
 
     from regla.checkpoints import create_model_from_weights
 
-    size = cfg["img_size"]
+    size = cfg.task.img_size
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    student, _, _ = create_model_from_weights(run_dir / "last.safetensors", cfg["model"], num_classes=0)
+    student, _, _ = create_model_from_weights(run_dir / "last.safetensors", cfg.task.model, num_classes=0)
     table = {"student": knn_row(student, "avg", mean, std, digits, device, size)}
-    torch.manual_seed(cfg["seed"])
-    table["random_init"] = knn_row(timm.create_model(cfg["model"], num_classes=0), "avg", mean, std, digits, device,
+    torch.manual_seed(cfg.run.seed)
+    table["random_init"] = knn_row(timm.create_model(cfg.task.model, num_classes=0), "avg", mean, std, digits, device,
                                    size)
     for name, t in teachers.items():
         model, _, _ = create_model_from_weights(t["checkpoint"], t["model"], **t["model_kwargs"])
@@ -148,8 +150,8 @@ def run_demo(args: argparse.Namespace) -> int:
     teachers = {name: teacher_entry(name, d) for name, d in runs.items()}
     cfg = resolve_config(args, base={**base, "teachers": list(teachers.values())})
     preflight(cfg, args.resume)
-    result = run(DistillTask(), cfg, resume=args.resume, show_bar=show_bar)
-    device = torch.device(resolve_device(cfg["device"]))
+    result = run(DistillTask(), cfg, cfg.task.model, resume=args.resume, show_bar=show_bar)
+    device = torch.device(resolve_device(cfg.run.device))
     table = evaluate_all(cfg, result.run_dir, teachers, digits, device)
     print_table(table)
     out = {**table, "seconds": round(time.time() - start, 1), "teachers": teachers,

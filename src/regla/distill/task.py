@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from regla.checkpoints import WeightsInfo
+from regla.config import Recipe
 from regla.errors import UsageError
 from regla.runs.task import Built
 
@@ -60,7 +61,7 @@ class DistillTask:
     score_key = "knn_top1"
 
     def __init__(self) -> None:
-        self.cfg: dict[str, Any] = {}
+        self.cfg: Recipe | None = None
         self.teachers: dict[str, Teacher] = {}
         self.device = torch.device("cpu")
         self.total_steps = 1
@@ -69,89 +70,89 @@ class DistillTask:
 
     # --- build ---------------------------------------------------------------------------------------------------
 
-    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
+    def build(self, cfg: Recipe, device: torch.device, rank: int, world_size: int) -> Built:
         """Teachers first (every checkpoint is loaded and checked before anything else), then student and data."""
         self.cfg, self.device = cfg, device
-        specs = resolve_teachers(cfg["teachers"], cfg["teacher_checkpoints"])
+        specs = resolve_teachers(cfg.task.teachers, cfg.task.teacher_checkpoints)
         self.teachers = {s.name: build_teacher(s, device) for s in specs}
-        backbone = create_backbone(cfg["model"], drop_path_rate=cfg["drop_path"], **cfg["model_kwargs"])
+        backbone = create_backbone(cfg.task.model, drop_path_rate=cfg.task.drop_path, **cfg.task.model_kwargs)
         mean, std = self._norm(backbone)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         widths = {n: self._widths(t) for n, t in self.teachers.items()}
-        student = DistillStudent(backbone, widths, cfg["ladder_stages"], cfg["grid_stride"], cfg["head_hidden"],
-                                 cfg["head_last_hidden"])
-        student.freeze_unused(cfg["img_size"])
+        student = DistillStudent(backbone, widths, cfg.task.ladder_stages, cfg.task.grid_stride, cfg.task.head_hidden,
+                                 cfg.task.head_last_hidden)
+        student.freeze_unused(cfg.task.img_size)
         loader = self._train_loader(cfg, device, world_size, mean, std)
-        self.total_steps = max(cfg["epochs"] * len(loader), 1)
+        self.total_steps = max(cfg.run.epochs * len(loader), 1)
         self.knn_loaders = self._knn(cfg, device, rank, world_size, mean, std)
         extra = {"teachers": {n: {"model": t.spec.model, "resolution": t.spec.resolution, "patch_dim": widths[n][0],
                                   "cls_dim": widths[n][1], "checkpoint": t.spec.checkpoint}
                               for n, t in self.teachers.items()},
-                 "student": cfg["model"], "mean": list(mean), "std": list(std)}
-        arch = {"model": cfg["model"], "teachers": {n: list(w) for n, w in widths.items()}, "stages": student.stages,
-                "grid_stride": cfg["grid_stride"], "head_hidden": cfg["head_hidden"],
-                "head_last_hidden": cfg["head_last_hidden"]}
+                 "student": cfg.task.model, "mean": list(mean), "std": list(std)}
+        arch = {"model": cfg.task.model, "teachers": {n: list(w) for n, w in widths.items()}, "stages": student.stages,
+                "grid_stride": cfg.task.grid_stride, "head_hidden": cfg.task.head_hidden,
+                "head_last_hidden": cfg.task.head_last_hidden}
         return Built(model=student, train_loader=loader, extra=extra, arch=arch)
 
     def _norm(self, backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        pcfg = getattr(backbone, "pretrained_cfg", None) or {}
-        mean = tuple(self.cfg["mean"] or pcfg.get("mean") or (0.485, 0.456, 0.406))
-        std = tuple(self.cfg["std"] or pcfg.get("std") or (0.229, 0.224, 0.225))
+        defaults = getattr(backbone, "pretrained_cfg", None) or {}
+        mean = tuple(self.cfg.task.mean or defaults.get("mean") or (0.485, 0.456, 0.406))
+        std = tuple(self.cfg.task.std or defaults.get("std") or (0.229, 0.224, 0.225))
         return mean, std
 
     @torch.no_grad()
     def _widths(self, teacher: Teacher) -> tuple[int, int | None]:
         """(patch width, class-token width or None) of a teacher, from one probe image."""
-        size = self.cfg["img_size"]
+        size = self.cfg.task.img_size
         cls, grid = teacher(torch.zeros(1, 3, size, size, device=self.device), self.mean, self.std)
-        if not self.cfg["addcls"]:
+        if not self.cfg.task.addcls:
             return grid.shape[1], None
         return grid.shape[1], (grid.shape[1] if cls is None else cls.shape[1])
 
-    def _train_loader(self, cfg: dict[str, Any], device: torch.device, world_size: int, mean: tuple, std: tuple):
+    def _train_loader(self, cfg: Recipe, device: torch.device, world_size: int, mean: tuple, std: tuple):
         from timm.data import create_dataset, create_loader
 
         from regla.train.data import SkipUnreadable, check_class_folders
 
-        if not cfg["data_dir"]:
+        if not cfg.task.data_dir:
             raise UsageError("no training images: set data_dir (a folder of images in class folders)")
-        folder = _image_folder(cfg["data_dir"], "data_dir", cfg["train_split"])
+        folder = _image_folder(cfg.task.data_dir, "data_dir", cfg.task.train_split)
         check_class_folders(folder)
         dataset = SkipUnreadable(create_dataset("", root=str(folder), search_split=False, is_training=True))
-        if len(dataset) < cfg["batch_size"] * world_size:
-            raise UsageError(f"{folder}: {len(dataset)} images, fewer than one batch ({cfg['batch_size']} x "
+        if len(dataset) < cfg.run.batch_size * world_size:
+            raise UsageError(f"{folder}: {len(dataset)} images, fewer than one batch ({cfg.run.batch_size} x "
                              f"{world_size} processes)")
         return create_loader(
-            dataset, input_size=(3, cfg["img_size"], cfg["img_size"]), batch_size=cfg["batch_size"],
-            is_training=True, scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]), hflip=cfg["hflip"],
-            color_jitter=cfg["color_jitter"], auto_augment=None, re_prob=0.0, interpolation=cfg["interpolation"],
-            mean=mean, std=std, num_workers=cfg["workers"], distributed=world_size > 1, use_prefetcher=False,
+            dataset, input_size=(3, cfg.task.img_size, cfg.task.img_size), batch_size=cfg.run.batch_size,
+            is_training=True, scale=tuple(cfg.task.scale), ratio=tuple(cfg.task.ratio), hflip=cfg.task.hflip,
+            color_jitter=cfg.task.color_jitter, auto_augment=None, re_prob=0.0, interpolation=cfg.task.interpolation,
+            mean=mean, std=std, num_workers=cfg.run.workers, distributed=world_size > 1, use_prefetcher=False,
             pin_memory=device.type == "cuda", persistent_workers=False)
 
-    def _knn(self, cfg: dict[str, Any], device: torch.device, rank: int, world: int, mean: tuple, std: tuple):
+    def _knn(self, cfg: Recipe, device: torch.device, rank: int, world: int, mean: tuple, std: tuple):
         """The bank and query loaders (this rank's shards) and the number of classes, or None without a bank."""
-        if not cfg["knn_bank"]:
+        if not cfg.task.knn_bank:
             return None
         from regla.eval.knn_cli import folder_batches
         from regla.train.data import DataError, check_class_folders, class_map_for
 
-        bank_dir = _image_folder(cfg["knn_bank"], "knn_bank")
-        query_dir = _image_folder(cfg["knn_queries"], "knn_queries")
+        bank_dir = _image_folder(cfg.task.knn_bank, "knn_bank")
+        query_dir = _image_folder(cfg.task.knn_queries, "knn_queries")
         classes = check_class_folders(bank_dir)
         unknown = sorted(set(check_class_folders(query_dir)) - set(classes))
         if unknown:
             raise DataError(f"knn_queries {query_dir}: class(es) not in the bank: {', '.join(unknown[:10])}")
         class_map = class_map_for(classes)
-        config = {"input_size": (3, cfg["img_size"], cfg["img_size"]), "interpolation": cfg["interpolation"],
-                  "mean": mean, "std": std, "crop_pct": cfg["knn_crop_pct"], "crop_mode": "center"}
+        config = {"input_size": (3, cfg.task.img_size, cfg.task.img_size), "interpolation": cfg.task.interpolation,
+                  "mean": mean, "std": std, "crop_pct": cfg.task.knn_crop_pct, "crop_mode": "center"}
 
         def loader(folder: Path, per_class: int | None):
-            return folder_batches(folder, class_map, config, batch_size=cfg["knn_batch_size"] or cfg["batch_size"],
-                                  workers=min(cfg["workers"], 4), device=device, rank=rank, world=world,
-                                  per_class=per_class, seed=cfg["seed"])
+            return folder_batches(folder, class_map, config, batch_size=cfg.task.knn_batch_size or cfg.run.batch_size,
+                                  workers=min(cfg.run.workers, 4), device=device, rank=rank, world=world,
+                                  per_class=per_class, seed=cfg.run.seed)
 
-        return loader(bank_dir, cfg["knn_bank_per_class"]), loader(query_dir, None), len(classes)
+        return loader(bank_dir, cfg.task.knn_bank_per_class), loader(query_dir, None), len(classes)
 
     # --- one step ------------------------------------------------------------------------------------------------
 
@@ -169,7 +170,7 @@ class DistillTask:
             target = {"patch": resample_grid(patches, grid).flatten(2).transpose(1, 2)}
             if want_cls:
                 target["cls"] = cls
-            if self.cfg["standardize"]:
+            if self.cfg.task.standardize:
                 stats = student.stats[name]
                 target = {k: standardize(v, *stats.of(k), momentum) for k, v in target.items()}
             out[name] = target
@@ -177,8 +178,8 @@ class DistillTask:
 
     def momentum(self, student: DistillStudent) -> float:
         """This step's EMA momentum of the statistics (UNIC's cosine schedule over the whole run)."""
-        return cosine_momentum(int(student.stat_updates), self.total_steps, self.cfg["tnorm_momentum_start"],
-                               self.cfg["tnorm_momentum_end"])
+        return cosine_momentum(int(student.stat_updates), self.total_steps, self.cfg.task.tnorm_momentum_start,
+                               self.cfg.task.tnorm_momentum_end)
 
     def step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -212,8 +213,8 @@ class DistillTask:
         backbone = _core(model).backbone
         bank, bank_y = extract_features(backbone, bank_loader, self.device, "avg")
         queries, query_y = extract_features(backbone, query_loader, self.device, "avg")
-        ks = self.cfg["knn_k"]
-        s = knn_scores(bank, bank_y, queries, query_y, ks, self.cfg["knn_temperature"], classes)
+        ks = self.cfg.task.knn_k
+        s = knn_scores(bank, bank_y, queries, query_y, ks, self.cfg.task.knn_temperature, classes)
         out = {"knn_top1": s[f"top1_k{ks[0]}"], "knn_top5": s[f"top5_k{ks[0]}"]}
         out.update({f"knn_top1_k{k}": s[f"top1_k{k}"] for k in ks[1:]})
         out["knn_skipped"] = self._note_skipped(bank_loader, query_loader)
@@ -232,11 +233,11 @@ class DistillTask:
         self.knn_skipped.update(skipped)
         return len(skipped)
 
-    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
-        size = cfg["img_size"]
+    def weights_info(self, model: nn.Module, cfg: Recipe) -> WeightsInfo | None:
+        size = cfg.task.img_size
         mean, std = self._norm(_core(model).backbone)
-        return WeightsInfo(model=cfg["model"], num_classes=0, input_size=(3, size, size), mean=tuple(mean),
-                           std=tuple(std), interpolation=cfg["interpolation"], crop_pct=cfg["knn_crop_pct"],
+        return WeightsInfo(model=cfg.task.model, num_classes=0, input_size=(3, size, size), mean=tuple(mean),
+                           std=tuple(std), interpolation=cfg.task.interpolation, crop_pct=cfg.task.knn_crop_pct,
                            fused=False)
 
     def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:

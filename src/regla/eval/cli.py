@@ -145,12 +145,12 @@ def _evaluate(args: argparse.Namespace, d: Any, folder: Path, classes: list[str]
 
     model, weights, report = create_model_from_weights(args.checkpoint, args.model, args.num_classes,
                                                        prefer_ema=not args.no_ema, fuse=args.fuse)
-    model_cfg, num_classes = _model_cfg(model), getattr(model, "num_classes", None)
+    pretrained, num_classes = _model_cfg(model), getattr(model, "num_classes", None)
     flags = {"img_size": args.img_size, "crop_pct": args.crop_pct, "interpolation": args.interpolation}
-    config, sources = resolve_settings(flags, weights.info, model_cfg)
+    config, sources = resolve_settings(flags, weights.info, pretrained)
     class_map = None
     if classes is not None:
-        class_map = map_classes(folder, classes, class_names_of(weights.info, model_cfg, num_classes), num_classes)
+        class_map = map_classes(folder, classes, class_names_of(weights.info, pretrained, num_classes), num_classes)
     dataset = _make_dataset(args, folder, class_map)
     loader = build_loader(dataset, config, batch_size=args.batch_size, workers=args.workers, device=d.device,
                           rank=d.rank, world=d.world_size)
@@ -164,7 +164,7 @@ def _evaluate(args: argparse.Namespace, d: Any, folder: Path, classes: list[str]
     if m["n"] == 0:
         first = next(iter(skipped), "-")
         raise DataError(f"{folder}: no image could be read ({len(skipped)} unreadable, first {first})")
-    m.update(model=args.model or weights.info.model or model_cfg.get("architecture"),
+    m.update(model=args.model or weights.info.model or pretrained.get("architecture"),
              checkpoint=str(args.checkpoint), weights=weights.container or "state dict", ema=weights.ema,
              fused=bool(args.fuse or report.fused), **settings_fields(config, sources),
              classes=len(class_map) if class_map else num_classes,
@@ -195,7 +195,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     check_dataset(args.dataset)
     folder = Path(args.data) if args.dataset else eval_folder(args.data, args.split)
     classes = None if args.dataset else check_class_folders(folder)
-    d = setup_distributed({"device": args.device})  # "auto": a GPU if there is one
+    d = setup_distributed(args.device)  # "auto": a GPU if there is one
     try:
         return _evaluate(args, d, folder, classes)
     finally:

@@ -172,7 +172,7 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
     from .settings import resolve_settings
 
     bank_dir, query_dir, classes = _check(args)
-    d = setup_distributed({"device": args.device})
+    d = setup_distributed(args.device)
     try:
         model, info = _build_model(args)
         flags = {"img_size": args.img_size, "crop_pct": args.crop_pct, "interpolation": args.interpolation}

@@ -1,8 +1,11 @@
-"""The recipe keys every trainer shares: optimizer, schedule, EMA, systems and output (read by the harness).
+"""The run section every trainer shares: optimizer, schedule, EMA, AMP, systems and output (read by the harness).
 
-A trainer's schema is ``Schema({**task_fields, **run_fields(epochs=12, ...)}, rules=(*RUN_RULES, ...))``: the
-harness reads only these keys, so one recipe vocabulary covers ``regla train``, ``distill``, ``det`` and ``seg``.
+A trainer's schema is ``Schema(TASK_FIELDS, run_fields(epochs=12, ...), rules=(*RUN_RULES, ...))``: its recipes
+are ``recipe.run`` (these keys, a :data:`RunSection`) and ``recipe.task`` (the trainer's own). The harness reads
+only ``recipe.run``, so one recipe vocabulary covers ``regla train``, ``distill``, ``det``, ``seg`` and ``sam``.
 Names follow timm's ``train.py`` (``create_optimizer_v2`` / ``create_scheduler_v2`` arguments).
+
+Imports inside ``regla.runs`` point one way: ``harness`` -> ``config`` -> ``folder`` / ``checkpoint_sets``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from regla.config import Field
+from regla.config import Field, Recipe, Schema, section_type
 from regla.errors import UsageError
 from regla.outputs import check_writable
 from regla.preflight import DEVICE_PATTERN as _DEVICE
@@ -67,16 +70,19 @@ RUN_FIELDS: dict[str, Field] = {
     "log_every": Field(int, 50, ge=1),
 }
 
+#: The run section's type (a frozen dataclass, one attribute per key of :data:`RUN_FIELDS`): ``recipe.run``.
+RunSection = section_type("RunSection", RUN_FIELDS)
+
 #: Keys that shape the LR schedule: a resume that changes one keeps the new recipe's schedule (with a warning).
 SCHEDULE_KEYS = ("epochs", "sched", "decay_milestones", "decay_rate", "warmup_epochs", "warmup_updates", "warmup_lr",
                  "min_lr", "cooldown_epochs", "sched_on_updates", "lr", "lr_base", "lr_base_batch", "batch_size",
                  "grad_accum")
 
 
-def schedule_changed(saved: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
-    """Recipe keys that shape the LR schedule (:data:`SCHEDULE_KEYS`) and differ between a checkpoint's recipe
-    (``saved``) and this run's."""
-    return [k for k in SCHEDULE_KEYS if saved.get(k) != cfg.get(k)]
+def schedule_changed(saved: Mapping[str, Any], run: Any) -> list[str]:
+    """Recipe keys that shape the LR schedule (:data:`SCHEDULE_KEYS`) and differ between a checkpoint's (flat)
+    recipe ``saved`` and this run's section ``run``."""
+    return [k for k in SCHEDULE_KEYS if saved.get(k) != getattr(run, k)]
 
 
 def run_fields(**defaults: Any) -> dict[str, Field]:
@@ -87,48 +93,51 @@ def run_fields(**defaults: Any) -> dict[str, Field]:
     return {k: dataclasses.replace(f, default=defaults[k]) if k in defaults else f for k, f in RUN_FIELDS.items()}
 
 
-def _warmup_fits(cfg: Mapping[str, Any]) -> str | None:
-    if cfg["warmup_epochs"] > cfg["epochs"] and not cfg["warmup_updates"]:
-        return (f"warmup_epochs = {cfg['warmup_epochs']} > epochs = {cfg['epochs']}: the warm-up must fit in the run "
+def _warmup_fits(recipe: Recipe) -> str | None:
+    r = recipe.run
+    if r.warmup_epochs > r.epochs and not r.warmup_updates:
+        return (f"warmup_epochs = {r.warmup_epochs} > epochs = {r.epochs}: the warm-up must fit in the run "
                 "(set warmup_epochs <= epochs, e.g. --set warmup_epochs=1)")
     return None
 
 
-def _min_lr_below_lr(cfg: Mapping[str, Any]) -> str | None:
-    if cfg["lr"] is not None and cfg["min_lr"] > cfg["lr"]:
-        return f"min_lr = {cfg['min_lr']:g} > lr = {cfg['lr']:g}: the schedule would rise; set min_lr <= lr"
+def _min_lr_below_lr(recipe: Recipe) -> str | None:
+    r = recipe.run
+    if r.lr is not None and r.min_lr > r.lr:
+        return f"min_lr = {r.min_lr:g} > lr = {r.lr:g}: the schedule would rise; set min_lr <= lr"
     return None
 
 
-def _milestones_fit(cfg: Mapping[str, Any]) -> str | None:
-    if cfg["sched"] != "multistep":
+def _milestones_fit(recipe: Recipe) -> str | None:
+    r = recipe.run
+    if r.sched != "multistep":
         return None
-    ms = cfg["decay_milestones"]
+    ms = r.decay_milestones
     if not ms:
         return "sched = multistep needs decay_milestones (epochs where the LR drops), e.g. [8, 11]"
-    if sorted(ms) != list(ms) or ms[-1] > cfg["epochs"]:
-        return f"decay_milestones = {ms}: expected increasing epochs within the run's {cfg['epochs']}"
+    if sorted(ms) != list(ms) or ms[-1] > r.epochs:
+        return f"decay_milestones = {ms}: expected increasing epochs within the run's {r.epochs}"
     return None
 
 
 RUN_RULES = (_warmup_fits, _min_lr_below_lr, _milestones_fit)
 
 
-def scaled_lr(cfg: Mapping[str, Any], world_size: int) -> float:
+def scaled_lr(run: Any, world_size: int) -> float:
     """Learning rate for this run: ``lr`` if given, else ``lr_base * global_batch / lr_base_batch``.
 
     The global batch counts every process and accumulation step. iFormer trains with 4e-3 at 4096 images
     (8 GPUs x 512), RepViT/RepNeXt scale 1e-3 per 512 images (main.py: ``lr * batch_size * world_size / 512``).
     """
-    if cfg["lr"] is not None:
-        return float(cfg["lr"])
-    global_batch = cfg["batch_size"] * cfg["grad_accum"] * world_size
-    return float(cfg["lr_base"]) * global_batch / float(cfg["lr_base_batch"])
+    if run.lr is not None:
+        return float(run.lr)
+    global_batch = run.batch_size * run.grad_accum * world_size
+    return float(run.lr_base) * global_batch / float(run.lr_base_batch)
 
 
-def resolve_recipe(schema: Any, config: str | None, overrides: list[str] | None = None,
+def resolve_recipe(schema: Schema, config: str | None, overrides: list[str] | None = None,
                    flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None,
-                   resume: str | None = None, output: str | None = None, configs_dir: str = "") -> dict[str, Any]:
+                   resume: str | None = None, output: str | None = None, configs_dir: str = "") -> Recipe:
     """A command's recipe: defaults < ``base`` (a demo) < the resumed run's recipe < ``config`` < ``flags`` <
     ``--set`` overrides. A resume without ``-c`` continues the recipe saved in its checkpoint; its ``output`` is
     ``output`` or the resumed folder (the folder may have moved)."""
@@ -141,18 +150,18 @@ def resolve_recipe(schema: Any, config: str | None, overrides: list[str] | None 
         if not config:
             saved = load_checkpoint(resume_path(resume))["cfg"]
             base = {k: v for k, v in saved.items() if k in schema.fields and k != "output"}
-    cfg = schema.build(config, overrides, base=base, flags=flags, configs_dir=configs_dir)
+    recipe = schema.build(config, overrides, base=base, flags=flags, configs_dir=configs_dir)
     if resume:
-        cfg["output"] = output or str(resume_dir(resume))
-    return cfg
+        recipe = recipe.replace(output=output or str(resume_dir(resume)))
+    return recipe
 
 
-def check_output(cfg: dict[str, Any], resume: str | None, command: str | None = None) -> None:
-    """The run folder (``output``, or ``runs/<model>``) can be created and written, before any work starts; and
+def check_output(run: Any, name: str, resume: str | None, command: str | None = None) -> None:
+    """The run folder (``run.output``, or ``runs/<name>``) can be created and written, before any work starts; and
     it is the run's to write (:func:`regla.runs.folder.check_run_dir`: no other live run, none of the user's files,
     made by ``command`` if it is resumed)."""
-    if cfg["output"] or not resume:
-        run_dir = Path(cfg["output"] or Path("runs") / str(cfg.get("model", "run"))).expanduser()
+    if run.output or not resume:
+        run_dir = Path(run.output or Path("runs") / name).expanduser()
         if run_dir.exists() and not run_dir.is_dir():
             raise UsageError(f"--output {run_dir}: is a file; a run folder is expected")
         check_writable(run_dir / "config.yaml")

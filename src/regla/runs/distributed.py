@@ -41,23 +41,24 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def setup_distributed(cfg: dict[str, Any]) -> Dist:
-    """timm's ``init_distributed_device_so``: torchrun/SLURM environment -> process group (NCCL or gloo)."""
+def setup_distributed(device: str) -> Dist:
+    """timm's ``init_distributed_device_so``: torchrun/SLURM environment -> process group (NCCL or gloo), on
+    ``device`` (a name; ``auto``: :func:`resolve_device`)."""
     from timm.utils.distributed import init_distributed_device_so
 
-    info = init_distributed_device_so(device=resolve_device(cfg["device"]))
+    info = init_distributed_device_so(device=resolve_device(device))
     return Dist(device=torch.device(info["device"]), rank=info["global_rank"], world_size=info["world_size"],
                 local_rank=info["local_rank"], distributed=info["distributed"])
 
 
-def setup_determinism(cfg: dict[str, Any], d: Dist) -> None:
-    """Threads, seeds (seed + rank, timm's ``random_seed``) and, if asked, deterministic kernels."""
+def setup_determinism(run: Any, d: Dist) -> None:
+    """The run section's threads, seeds (seed + rank, timm's ``random_seed``) and, if asked, deterministic kernels."""
     from timm.utils import random_seed
 
-    if cfg["torch_threads"]:
-        torch.set_num_threads(int(cfg["torch_threads"]))
-    random_seed(cfg["seed"], d.rank)
-    if cfg["deterministic"]:
+    if run.torch_threads:
+        torch.set_num_threads(int(run.torch_threads))
+    random_seed(run.seed, d.rank)
+    if run.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=d.device.type != "cpu")
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -65,11 +66,11 @@ def setup_determinism(cfg: dict[str, Any], d: Dist) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def amp_dtype(cfg: dict[str, Any]) -> torch.dtype | None:
-    """The autocast dtype of a recipe (None: AMP off)."""
-    if not cfg["amp"]:
+def amp_dtype(run: Any) -> torch.dtype | None:
+    """The autocast dtype of a run section (``recipe.run``; None: AMP off)."""
+    if not run.amp:
         return None
-    return torch.bfloat16 if cfg["amp_dtype"] == "bfloat16" else torch.float16
+    return torch.bfloat16 if run.amp_dtype == "bfloat16" else torch.float16
 
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from regla.checkpoints import WeightsInfo
+from regla.config import Recipe
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Built:
 
     ``model`` is what the optimizer trains and the checkpoint saves (``state_dict()``, buffers included: a
     distillation student with its projection heads and standardisation statistics, a detector). The harness moves
-    it to the device, wraps it in DDP (and SyncBN when ``cfg['sync_bn']``) and keeps an EMA copy if asked.
+    it to the device, wraps it in DDP (and SyncBN when ``recipe.run.sync_bn``) and keeps an EMA copy if asked.
     ``train_loader`` yields batches; its ``sampler.set_epoch`` is called if it has one, and its order must be a
     function of the RNG state at the epoch's start (the harness restores that state to resume inside an epoch).
     ``param_groups`` (optional) replaces timm's default grouping (no weight decay on norms and biases).
@@ -34,13 +35,13 @@ class Built:
     train_loader: Any
     param_groups: Any = None
     extra: dict[str, Any] = field(default_factory=dict)  # saved in every checkpoint (class map, teacher names ...)
-    arch: dict[str, Any] = field(default_factory=dict)  # what was trained; a resume must match it (default: model)
+    arch: dict[str, Any] = field(default_factory=dict)  # what was trained; a resume must match it (empty: no check)
 
 
 class Task(Protocol):
     """A trainer, as the harness sees it.
 
-    Optional methods the harness calls when present: ``check_resume(ckpt, cfg, path)`` (instead of comparing
+    Optional methods the harness calls when present: ``check_resume(ckpt, recipe, path)`` (instead of comparing
     ``Built.arch``), ``annotate(row)`` (add columns to an epoch's metrics row) and ``report(row)`` (the epoch's log
     line). Before :meth:`build` the harness sets ``task.run_dir``, the run folder.
     """
@@ -50,7 +51,7 @@ class Task(Protocol):
     #: The metric that decides ``best.*`` (higher is better), a key of :meth:`evaluate`'s result.
     score_key: str
 
-    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
+    def build(self, recipe: Recipe, device: torch.device, rank: int, world_size: int) -> Built:
         """Data and model (on the CPU is fine); raise :class:`regla.errors.UsageError` for bad input."""
 
     def step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -59,7 +60,7 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, Any]:
         """Metrics after an epoch (``model`` is the bare model, or its EMA); may return {} to skip."""
 
-    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo | None:
+    def weights_info(self, model: nn.Module, recipe: Recipe) -> WeightsInfo | None:
         """Metadata for ``last/best.safetensors``; None to write no ``.safetensors``."""
 
     def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import Recipe
 from ..errors import UsageError
 from ..outputs import resolve_output
 from ..preflight import existing_file, float_range, int_range
@@ -159,12 +160,11 @@ def run_demo(args: argparse.Namespace) -> int:
     output = args.demo_output if args.demo_resume is None or args.demo_output != DEMO_OUTPUT else None
     cfg = resolve_recipe(SCHEMA, None, args.demo_overrides, resume=args.demo_resume, output=output,
                          flags=None if args.demo_resume else {"output": args.demo_output})
-    cfg["model"] = "sam_demo"
-    check_output(cfg, args.demo_resume, "regla sam --demo")
+    check_output(cfg.run, "sam_demo", args.demo_resume, "regla sam --demo")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     started = time.perf_counter()
     task = SamDemoTask()
-    result = run(task, cfg, resume=args.demo_resume, show_bar=False)
+    result = run(task, cfg, "sam_demo", resume=args.demo_resume, show_bar=False)
     demo = finish(task, result.run_dir, result.best, time.perf_counter() - started, cfg)
     print(f"done: box-prompted mask mIoU {demo['miou']:.1f} over {demo['instances']} instances after "
           f"{demo['steps']} steps in {demo['seconds']:.0f} s (a fit test on one photo); wrote "
@@ -198,32 +198,32 @@ def run_distill(args: argparse.Namespace) -> int:
     from ..runs.harness import run
     from .distill import SamDistillTask
 
-    cfg["model"] = cfg["student"]  # the default run folder is runs/<student>
-    result = run(SamDistillTask(), cfg, resume=args.resume, show_bar=not args.no_progress)
+    result = run(SamDistillTask(), cfg, cfg.task.student, resume=args.resume, show_bar=not args.no_progress)
     print(f"done: {result.epochs} epochs, held-out MSE {-result.best['score']:.5f} (best), run folder {result.run_dir}")
     return 0
 
 
-def _check_distill(cfg: dict, resume: str | None) -> None:
+def _check_distill(cfg: Recipe, resume: str | None) -> None:
     from ..preflight import existing_dir
     from ..runs.config import check_output
     from .build import encoder_names
 
-    if not cfg["data_dir"]:
+    if not cfg.task.data_dir:
         raise UsageError("--data is required: a folder of training images (SA-1B's layout or any)")
-    existing_dir(cfg["data_dir"], "--data")
-    for key in ("student", "teacher"):
-        if cfg[key] not in encoder_names():
-            raise UsageError(f"{key} {cfg[key]!r}: expected one of {', '.join(encoder_names())}")
-    for key in ("teacher_checkpoint", "student_checkpoint"):
-        if cfg[key]:
-            existing_file(cfg[key], key.replace("_", "-"))
-    if not cfg["teacher_checkpoint"]:
-        print(f"regla sam distill: warning: no --teacher-checkpoint: the teacher {cfg['teacher']} has random "
+    existing_dir(cfg.task.data_dir, "--data")
+    for key, name in (("student", cfg.task.student), ("teacher", cfg.task.teacher)):
+        if name not in encoder_names():
+            raise UsageError(f"{key} {name!r}: expected one of {', '.join(encoder_names())}")
+    for key, path in (("teacher_checkpoint", cfg.task.teacher_checkpoint),
+                      ("student_checkpoint", cfg.task.student_checkpoint)):
+        if path:
+            existing_file(path, key.replace("_", "-"))
+    if not cfg.task.teacher_checkpoint:
+        print(f"regla sam distill: warning: no --teacher-checkpoint: the teacher {cfg.task.teacher} has random "
               "weights", file=sys.stderr)
-    if cfg["img_size"] % 16:
-        raise UsageError(f"img_size {cfg['img_size']}: expected a multiple of 16")
-    check_output({**cfg, "model": cfg["student"]}, resume, "regla sam distill")
+    if cfg.task.img_size % 16:
+        raise UsageError(f"img_size {cfg.task.img_size}: expected a multiple of 16")
+    check_output(cfg.run, cfg.task.student, resume, "regla sam distill")  # the default run folder: runs/<student>
 
 
 def run_encoders(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import WeightsInfo
-from ..config import Field, Schema
+from ..config import Field, Recipe, Schema
 from ..errors import UsageError
 from ..outputs import atomic_output, atomic_write_text
 from ..runs.config import RUN_RULES, run_fields
@@ -45,9 +45,9 @@ SCHEMA = Schema({
     "min_scale": Field(float, 0.9, gt=0.0, le=1.0),  # smallest crop side, as a fraction of the photo's
     "hflip": Field(float, 0.0, ge=0.0, le=1.0),  # probability of a horizontal flip
     "max_prompts": Field(int, 0, ge=0),  # instances prompted per step, a random subset (0: all in the crop)
-    **run_fields(epochs=10, batch_size=1, lr=1e-3, weight_decay=0.01, warmup_epochs=1, model_ema=False, workers=0,
-                 sched="cosine", min_lr=1e-5, log_every=20, amp=True),
-}, rules=RUN_RULES)
+}, run_fields(epochs=10, batch_size=1, lr=1e-3, weight_decay=0.01, warmup_epochs=1, model_ema=False, workers=0,
+              sched="cosine", min_lr=1e-5, log_every=20, amp=True),
+   rules=RUN_RULES, name="SamDemo")
 
 
 def voc_photo() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,13 +157,13 @@ class SamDemoTask:
         self.rgb, self.boxes, self.masks = voc_photo()
         self.last_ious: list[float] = []
 
-    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
+    def build(self, cfg: Recipe, device: torch.device, rank: int, world_size: int) -> Built:
         self.device = device
-        sam = build_sam(cfg["encoder"], cfg["img_size"], last_stage=cfg["last_stage"])
-        data = VocCrops(self.rgb, self.masks, cfg["img_size"], cfg["steps_per_epoch"], cfg["min_scale"],
-                        cfg["max_prompts"], cfg["hflip"])
+        sam = build_sam(cfg.task.encoder, cfg.task.img_size, last_stage=cfg.task.last_stage)
+        data = VocCrops(self.rgb, self.masks, cfg.task.img_size, cfg.task.steps_per_epoch, cfg.task.min_scale,
+                        cfg.task.max_prompts, cfg.task.hflip)
         loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=0)
-        arch = {"encoder": cfg["encoder"], "last_stage": cfg["last_stage"], "img_size": cfg["img_size"]}
+        arch = {"encoder": cfg.task.encoder, "last_stage": cfg.task.last_stage, "img_size": cfg.task.img_size}
         return Built(model=sam.train(), train_loader=loader, arch=arch)
 
     def step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -197,8 +197,8 @@ class SamDemoTask:
     def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return model.state_dict()
 
-    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo:
-        return WeightsInfo(model=cfg["encoder"], input_size=(3, cfg["img_size"], cfg["img_size"]), fused=False)
+    def weights_info(self, model: nn.Module, cfg: Recipe) -> WeightsInfo:
+        return WeightsInfo(model=cfg.task.encoder, input_size=(3, cfg.task.img_size, cfg.task.img_size), fused=False)
 
 
 def draw_instances(rgb: np.ndarray, masks: list[np.ndarray]) -> Any:
@@ -212,20 +212,20 @@ def draw_instances(rgb: np.ndarray, masks: list[np.ndarray]) -> Any:
     return Image.fromarray(out.round().astype(np.uint8))
 
 
-def finish(task: SamDemoTask, run_dir: Path, best: dict[str, Any], seconds: float, cfg: dict[str, Any]) -> dict:
+def finish(task: SamDemoTask, run_dir: Path, best: dict[str, Any], seconds: float, cfg: Recipe) -> dict:
     """Write ``demo.json`` and ``demo.png`` (the final model's predictions) into the run folder."""
     from ..checkpoints import load_into, read_weights
 
-    sam = build_sam(cfg["encoder"], cfg["img_size"], last_stage=cfg["last_stage"])
+    sam = build_sam(cfg.task.encoder, cfg.task.img_size, last_stage=cfg.task.last_stage)
     load_into(sam, read_weights(run_dir / "last.safetensors"))
     masks = task.predict(sam)
     ious = [mask_iou(p, g) for p, g in zip(masks, task.masks, strict=True)]
     result = {"miou": 100 * float(np.mean(ious)), "best_miou": best.get("score"), "best_epoch": best.get("epoch"),
               "instance_iou": [round(100 * v, 2) for v in ious],
               "instance_area": [int(m.sum()) for m in task.masks], "instances": len(ious), "seconds": round(seconds, 1),
-              "steps": cfg["epochs"] * cfg["steps_per_epoch"], "encoder": cfg["encoder"],
-              "last_stage": cfg["last_stage"], "img_size": cfg["img_size"], "min_scale": cfg["min_scale"],
-              "hflip": cfg["hflip"], "max_prompts": cfg["max_prompts"], "amp": cfg["amp"],
+              "steps": cfg.run.epochs * cfg.task.steps_per_epoch, "encoder": cfg.task.encoder,
+              "last_stage": cfg.task.last_stage, "img_size": cfg.task.img_size, "min_scale": cfg.task.min_scale,
+              "hflip": cfg.task.hflip, "max_prompts": cfg.task.max_prompts, "amp": cfg.run.amp,
               "note": "a fit test on one photo seen during training, not a segmentation benchmark"}
     atomic_write_text(run_dir / "demo.json", json.dumps(result, indent=2))
     with atomic_output(run_dir / "demo.png") as tmp:

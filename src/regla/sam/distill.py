@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import WeightsInfo, load_into, read_weights
-from ..config import Field, Schema
+from ..config import Field, Recipe, Schema
 from ..errors import UsageError
 from ..outputs import atomic_write_bytes, atomic_write_text
 from ..runs.config import RUN_RULES, run_fields
@@ -63,9 +63,9 @@ SCHEMA = Schema({
     "img_size": Field(int, 1024, ge=64),
     "shard_size": Field(int, 64, ge=1),
     "val_images": Field(int, 16, ge=0),  # the last images of the sorted list, held out for the MSE reported
-    **run_fields(epochs=8, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=0, model_ema=False, workers=2,
-                 sched="cosine", min_lr=1e-5),
-}, rules=RUN_RULES)
+}, run_fields(epochs=8, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=0, model_ema=False, workers=2,
+              sched="cosine", min_lr=1e-5),
+   rules=RUN_RULES, command="regla sam distill", name="SamDistillation")
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -196,28 +196,28 @@ def module_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def teacher_fingerprint(cfg: dict[str, Any], teacher: nn.Module | None = None) -> str:
+def teacher_fingerprint(cfg: Recipe, teacher: nn.Module | None = None) -> str:
     """What identifies the teacher's weights: a given module's state, else the checkpoint file's bytes, else the
     seed its random weights are drawn from (no checkpoint: a pipeline test)."""
     from ..outputs import file_sha256
 
     if teacher is not None:
         return f"module sha256 {module_sha256(teacher)}"
-    if cfg["teacher_checkpoint"]:
-        return f"file sha256 {file_sha256(cfg['teacher_checkpoint'])}"
-    return f"random weights, seed {cfg['seed']}"
+    if cfg.task.teacher_checkpoint:
+        return f"file sha256 {file_sha256(cfg.task.teacher_checkpoint)}"
+    return f"random weights, seed {cfg.run.seed}"
 
 
-def default_cache_dir(cfg: dict[str, Any], fingerprint: str = "") -> Path:
+def default_cache_dir(cfg: Recipe, fingerprint: str = "") -> Path:
     """``cache_dir``, or ``<data_dir>/.regla_sam_cache/<teacher>_<img_size>_<digest>``: the digest covers the
     teacher's weights, the preprocessing and the cache version, so a change of any of them gets a fresh cache."""
     import hashlib
 
-    if cfg["cache_dir"]:
-        return Path(cfg["cache_dir"])
-    key = json.dumps([cfg["teacher"], fingerprint, cfg["img_size"], PREPROCESS, CACHE_VERSION])
+    if cfg.task.cache_dir:
+        return Path(cfg.task.cache_dir)
+    key = json.dumps([cfg.task.teacher, fingerprint, cfg.task.img_size, PREPROCESS, CACHE_VERSION])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Path(cfg["data_dir"]) / ".regla_sam_cache" / f"{cfg['teacher']}_{cfg['img_size']}_{digest}"
+    return Path(cfg.task.data_dir) / ".regla_sam_cache" / f"{cfg.task.teacher}_{cfg.task.img_size}_{digest}"
 
 
 class SamDistillTask:
@@ -227,57 +227,57 @@ class SamDistillTask:
     score_key = "neg_mse"
 
     def __init__(self, teacher: nn.Module | None = None) -> None:
-        self.teacher = teacher  # a module to use instead of building cfg["teacher"] (tests, custom teachers)
+        self.teacher = teacher  # a module to use instead of building cfg.task.teacher (tests, custom teachers)
         self.cache: EmbeddingCache | None = None
         self.val_loader: Any = None
         self.device = torch.device("cpu")
         self.decoder_state: dict[str, torch.Tensor] = {}
 
-    def _teacher(self, cfg: dict[str, Any]) -> nn.Module:
+    def _teacher(self, cfg: Recipe) -> nn.Module:
         if self.teacher is not None:
             return self.teacher
-        sam = build_sam(cfg["teacher"], cfg["img_size"], cfg["teacher_checkpoint"])
+        sam = build_sam(cfg.task.teacher, cfg.task.img_size, cfg.task.teacher_checkpoint)
         return sam.image_encoder
 
-    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
-        if not cfg["data_dir"]:
+    def build(self, cfg: Recipe, device: torch.device, rank: int, world_size: int) -> Built:
+        if not cfg.task.data_dir:
             raise UsageError("data_dir is not set: give --data DIR (SA-1B's layout or a folder of images)")
-        root = Path(cfg["data_dir"])
+        root = Path(cfg.task.data_dir)
         images = list_images(root)
-        if len(images) <= cfg["val_images"]:
-            raise UsageError(f"data_dir {root}: {len(images)} images, not more than val_images={cfg['val_images']}")
+        if len(images) <= cfg.task.val_images:
+            raise UsageError(f"data_dir {root}: {len(images)} images, not more than val_images={cfg.task.val_images}")
         from ..runs.harness import batch_too_large
 
-        why = batch_too_large(len(images) - cfg["val_images"], cfg["batch_size"])
+        why = batch_too_large(len(images) - cfg.task.val_images, cfg.run.batch_size)
         if why:  # before the teacher runs over every image
             raise UsageError(f"{self.command}: {why}")
         self.device = device
         fingerprint = teacher_fingerprint(cfg, self.teacher)
-        self.cache = cache = EmbeddingCache(default_cache_dir(cfg, fingerprint), root, images, cfg["teacher"],
-                                            cfg["img_size"], cfg["shard_size"], teacher_weights=fingerprint)
+        self.cache = cache = EmbeddingCache(default_cache_dir(cfg, fingerprint), root, images, cfg.task.teacher,
+                                            cfg.task.img_size, cfg.task.shard_size, teacher_weights=fingerprint)
         if rank == 0 and cache.missing_shards():
             # a forked RNG: building and running the teacher must not move the student's random stream
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 cache.fill(self._teacher(cfg), device)
         if world_size > 1:
             torch.distributed.barrier()
-        if cfg["teacher_checkpoint"]:
-            state = read_weights(cfg["teacher_checkpoint"]).state
+        if cfg.task.teacher_checkpoint:
+            state = read_weights(cfg.task.teacher_checkpoint).state
             self.decoder_state = {k: v for k, v in state.items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
-        n_train = len(images) - cfg["val_images"]
+        n_train = len(images) - cfg.task.val_images
         train = DistillDataset(cache, list(range(n_train)))
         sampler = torch.utils.data.DistributedSampler(train, shuffle=True) if world_size > 1 else None
-        loader = torch.utils.data.DataLoader(train, batch_size=cfg["batch_size"], shuffle=sampler is None,
-                                             sampler=sampler, num_workers=cfg["workers"], drop_last=False)
-        val = DistillDataset(cache, list(range(n_train, len(images)))) if cfg["val_images"] else train
-        self.val_loader = torch.utils.data.DataLoader(val, batch_size=cfg["batch_size"], num_workers=cfg["workers"])
-        model = build_image_encoder(cfg["student"], cfg["img_size"], cfg["last_stage"])
-        if cfg["student_checkpoint"]:
+        loader = torch.utils.data.DataLoader(train, batch_size=cfg.run.batch_size, shuffle=sampler is None,
+                                             sampler=sampler, num_workers=cfg.run.workers, drop_last=False)
+        val = DistillDataset(cache, list(range(n_train, len(images)))) if cfg.task.val_images else train
+        self.val_loader = torch.utils.data.DataLoader(val, batch_size=cfg.run.batch_size, num_workers=cfg.run.workers)
+        model = build_image_encoder(cfg.task.student, cfg.task.img_size, cfg.task.last_stage)
+        if cfg.task.student_checkpoint:
             backbone = getattr(model, "backbone", model)
-            _, report = load_into(backbone, read_weights(cfg["student_checkpoint"]), strict=False)
+            _, report = load_into(backbone, read_weights(cfg.task.student_checkpoint), strict=False)
             _logger.info("student backbone: %s", report.summary())
-        arch = {"student": cfg["student"], "last_stage": cfg["last_stage"], "img_size": cfg["img_size"],
-                "teacher": cfg["teacher"]}
+        arch = {"student": cfg.task.student, "last_stage": cfg.task.last_stage, "img_size": cfg.task.img_size,
+                "teacher": cfg.task.teacher}
         return Built(model=model, train_loader=loader, arch=arch)
 
     def step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -301,8 +301,8 @@ class SamDistillTask:
         state.update(self.decoder_state)
         return state
 
-    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo:
-        return WeightsInfo(model=cfg["student"], input_size=(3, cfg["img_size"], cfg["img_size"]),
+    def weights_info(self, model: nn.Module, cfg: Recipe) -> WeightsInfo:
+        return WeightsInfo(model=cfg.task.student, input_size=(3, cfg.task.img_size, cfg.task.img_size),
                            mean=PIXEL_MEAN, std=PIXEL_STD, fused=False)
 
     def report(self, row: dict[str, Any]) -> None:

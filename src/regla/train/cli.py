@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Any
 
+from ..config import Recipe
 from ..errors import UsageError
 from ..preflight import check_device, existing_dir, existing_file, require_model
 
@@ -65,7 +66,7 @@ def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+def resolve_config(args: argparse.Namespace) -> Recipe:
     """The recipe this invocation runs, following the documented precedence."""
     from regla.runs.config import resolve_recipe
 
@@ -85,19 +86,19 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
                           resume=args.resume, output=args.output)
 
 
-def preflight(cfg: dict[str, Any], resume: str | None) -> None:
+def preflight(cfg: Recipe, resume: str | None) -> None:
     """Everything that can be checked before training starts: model, device, the paths the recipe names."""
     from regla.runs.config import check_output
 
-    require_model(cfg["model"])
-    check_device(cfg["device"])
-    if cfg["data_dir"] and not cfg["dataset"]:
-        existing_dir(cfg["data_dir"], "--data")
-    if cfg["initial_checkpoint"]:
-        existing_file(cfg["initial_checkpoint"], "initial_checkpoint")
-    if cfg["distillation_type"] != "none":
-        existing_file(cfg["teacher_path"], "--teacher-path")
-    check_output(cfg, resume, "regla train")
+    require_model(cfg.task.model)
+    check_device(cfg.run.device)
+    if cfg.task.data_dir and not cfg.task.dataset:
+        existing_dir(cfg.task.data_dir, "--data")
+    if cfg.task.initial_checkpoint:
+        existing_file(cfg.task.initial_checkpoint, "initial_checkpoint")
+    if cfg.task.distillation_type != "none":
+        existing_file(cfg.task.teacher_path, "--teacher-path")
+    check_output(cfg.run, cfg.task.model, resume, "regla train")
 
 
 def setup_logging() -> None:

@@ -1,6 +1,8 @@
 """Training recipes: defaults, YAML loading, command-line overrides and the learning-rate scaling rule.
 
-A recipe is a flat mapping of option names to values (the names follow timm's ``train.py`` where one exists).
+A recipe file is a flat mapping of option names to values (the names follow timm's ``train.py`` where one exists);
+the resolved recipe is a :class:`~regla.config.Recipe`: ``recipe.task`` holds this module's classification section
+(:data:`FIELDS`), ``recipe.run`` the harness's run section (``regla.runs.config.RUN_FIELDS``).
 ``configs/*.yaml`` hold the ReGLA recipes of Table 2 (ReGLA §4.1: ImageNet-1K, 224 px, 300 epochs, 20-epoch
 linear warm-up, the ConvNeXt / iFormer recipe) and the peers' published recipes. Every key can be overridden on
 the command line with ``--set key=value`` (values parsed as YAML, so ``--set scale=[0.5,1.0]`` gives a list;
@@ -13,13 +15,12 @@ the value and what is allowed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from ..config import ConfigError, Field, Schema, dump, find_config, load_yaml, parse_override
+from ..config import ConfigError, Field, Recipe, Schema, dump, find_config, load_yaml, parse_override
 from ..runs.config import PROB, RUN_FIELDS, RUN_RULES, scaled_lr
 
-__all__ = ["CHOICES", "DEFAULTS", "SCHEMA", "ConfigError", "build_config", "dump", "find_config", "load_yaml",
+__all__ = ["CHOICES", "DEFAULTS", "SCHEMA", "ConfigError", "Recipe", "build_config", "dump", "find_config", "load_yaml",
            "merge", "parse_override", "scaled_lr", "validate"]
 
 
@@ -67,79 +68,77 @@ FIELDS: dict[str, Field] = {
     "teacher_path": Field(str, None, nullable=True),
     "distillation_alpha": Field(float, 0.5, **PROB),
     "distillation_tau": Field(float, 1.0, gt=0.0),
-    # systems (the rest are the harness's RUN_FIELDS)
+    # systems (the rest are the harness's run section, RUN_FIELDS; its EMA default is ConvNeXt [19]'s 0.9999,
+    # iFormer's T-L configs turn it off: configs/iformer_*.yaml)
     "grad_checkpointing": Field(bool, False),
     "prefetcher": Field(bool, None, nullable=True),  # None: timm's GPU prefetcher on CUDA only
     "allow_class_change": Field(bool, False),  # resume on data whose class names differ from the checkpoint's
-    # EMA: ConvNeXt [19] 0.9999 (RUN_FIELDS' default); iFormer's T-L configs turn it off (configs/iformer_*.yaml)
-    **RUN_FIELDS,
 }
 
 
-def _ordered_pairs(cfg: Mapping[str, Any]) -> str | None:
-    for key in ("scale", "ratio"):
-        lo, hi = cfg[key]
+def _ordered_pairs(recipe: Recipe) -> str | None:
+    for key, (lo, hi) in (("scale", recipe.task.scale), ("ratio", recipe.task.ratio)):
         if lo > hi:
-            return f"{key} = {cfg[key]}: expected [low, high] with low <= high"
+            return f"{key} = {[lo, hi]}: expected [low, high] with low <= high"
     return None
 
 
-def _channels_agree(cfg: Mapping[str, Any]) -> str | None:
-    if cfg["mean"] is None or cfg["std"] is None:
-        if cfg["mean"] is not cfg["std"]:
+def _channels_agree(recipe: Recipe) -> str | None:
+    t = recipe.task
+    if t.mean is None or t.std is None:
+        if t.mean is not t.std:
             return "give both mean and std, or neither (the model's defaults)"
-        if cfg["in_chans"] != 3:
-            return (f"in_chans = {cfg['in_chans']}: mean and std need one value per input channel "
+        if t.in_chans != 3:
+            return (f"in_chans = {t.in_chans}: mean and std need one value per input channel "
                     "(the models' defaults are for RGB): set both")
         return None
-    if not len(cfg["mean"]) == len(cfg["std"]) == cfg["in_chans"]:
-        return (f"mean ({len(cfg['mean'])} values) and std ({len(cfg['std'])} values) must have one value per input "
-                f"channel (in_chans = {cfg['in_chans']})")
+    if not len(t.mean) == len(t.std) == t.in_chans:
+        return (f"mean ({len(t.mean)} values) and std ({len(t.std)} values) must have one value per input "
+                f"channel (in_chans = {t.in_chans})")
     return None
 
 
-def _teacher_given(cfg: Mapping[str, Any]) -> str | None:
-    if cfg["distillation_type"] != "none" and not cfg["teacher_path"]:
+def _teacher_given(recipe: Recipe) -> str | None:
+    if recipe.task.distillation_type != "none" and not recipe.task.teacher_path:
         return ("distillation needs teacher_path: a local file with the teacher's weights "
                 "(e.g. DeiT's regnety_160-a5fe301d.pth); nothing is downloaded")
     return None
 
 
-def _model_kwargs_entries(cfg: Mapping[str, Any]) -> str | None:
-    dropped = [k for k, v in cfg["model_kwargs"].items() if v is None and ":" in k]
+def _model_kwargs_entries(recipe: Recipe) -> str | None:
+    dropped = [k for k, v in recipe.task.model_kwargs.items() if v is None and ":" in k]
     if dropped:
         return f"model_kwargs key {dropped[0]!r} has no value: write {{key: value}} or --set model_kwargs.KEY=VALUE"
     return None
 
 
-SCHEMA = Schema(FIELDS, rules=(*RUN_RULES, _ordered_pairs, _channels_agree, _teacher_given,
-                               _model_kwargs_entries))
+SCHEMA = Schema(FIELDS, RUN_FIELDS, rules=(*RUN_RULES, _ordered_pairs, _channels_agree, _teacher_given,
+                                           _model_kwargs_entries), name="Classification")
 DEFAULTS: dict[str, Any] = SCHEMA.defaults()
-CHOICES: dict[str, tuple[Any, ...]] = {k: f.choices for k, f in FIELDS.items() if f.choices}
+CHOICES: dict[str, tuple[Any, ...]] = {k: f.choices for k, f in SCHEMA.fields.items() if f.choices}
 
 
 DATA_KEYS = ("crop_pct", "interpolation", "mean", "std")
 
 
-def data_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` with each unset evaluation/normalisation key (``DATA_KEYS``) taken from the model's timm
+def data_settings(recipe: Recipe) -> Recipe:
+    """``recipe`` with each unset evaluation/normalisation key (``DATA_KEYS``) taken from the model's timm
     ``pretrained_cfg`` (ReGLA's: 224 px, crop 0.875, bicubic, ImageNet mean/std), so a recipe that does not say
     evaluates a model as its registry entry says; timm's ImageNet defaults for a model without one."""
-    if all(cfg[k] is not None for k in DATA_KEYS):
-        return cfg
+    unset = [k for k in DATA_KEYS if getattr(recipe.task, k) is None]
+    if not unset:
+        return recipe
     import timm
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    pcfg = timm.models.get_pretrained_cfg(cfg["model"]) if timm.is_model(cfg["model"]) else None
+    name = recipe.task.model
+    pcfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
     model = pcfg.to_dict() if pcfg is not None else {}
     fallback = {"crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN,
                 "std": IMAGENET_DEFAULT_STD}
-    out = dict(cfg)
-    for key in DATA_KEYS:
-        if out[key] is None:
-            value = model.get(key) or fallback[key]
-            out[key] = list(value) if isinstance(value, (tuple, list)) else value
-    return out
+    values = {key: model.get(key) or fallback[key] for key in unset}
+    return recipe.replace("the model's pretrained_cfg",
+                          **{k: list(v) if isinstance(v, (tuple, list)) else v for k, v in values.items()})
 
 
 def merge(base: dict[str, Any], updates: dict[str, Any], source: str) -> dict[str, Any]:
@@ -148,14 +147,15 @@ def merge(base: dict[str, Any], updates: dict[str, Any], source: str) -> dict[st
 
 
 def build_config(config: str | None, overrides: list[str] | None = None, base: dict[str, Any] | None = None,
-                 flags: dict[str, Any] | None = None) -> dict[str, Any]:
+                 flags: dict[str, Any] | None = None) -> Recipe:
     """Defaults < ``base`` (demo / resumed run) < recipe file < ``flags`` (shortcut options) < ``key=value`` list.
 
-    Returns a plain dict with every key of :data:`DEFAULTS`, each value checked; raises :class:`ConfigError`.
+    Returns the :class:`~regla.config.Recipe`, each value checked; raises :class:`ConfigError`.
     """
     return SCHEMA.build(config, overrides, base, flags)
 
 
-def validate(cfg: dict[str, Any], source: str = "recipe") -> None:
-    """Check a complete recipe: every value (type, range, choices) and the rules between keys."""
-    SCHEMA.validate(cfg, source)
+def validate(recipe: Recipe | dict[str, Any], source: str = "recipe") -> None:
+    """Check a complete recipe (or its flat mapping): every value (type, range, choices) and the rules between
+    keys."""
+    SCHEMA.validate(recipe, source)

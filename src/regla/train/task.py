@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from regla.checkpoints import CheckpointError, WeightsInfo, info_from_train_checkpoint, read_weights
+from regla.config import Recipe
 from regla.runs.checkpoint_sets import load_weights
 from regla.runs.harness import RunError
 from regla.runs.task import Built
@@ -53,7 +54,7 @@ class ClassificationTask:
 
     def __init__(self) -> None:
         self.run_dir: Path = Path(".")
-        self.cfg: dict[str, Any] = {}
+        self.cfg: Recipe | None = None
         self.data: Datasets | None = None
         self.device = torch.device("cpu")
         self.criterion: nn.Module | None = None
@@ -62,26 +63,26 @@ class ClassificationTask:
         self.skipped: list[str] = []
         self.arch: dict[str, Any] = {}
 
-    def build(self, cfg: dict[str, Any], device: torch.device, rank: int, world_size: int) -> Built:
+    def build(self, cfg: Recipe, device: torch.device, rank: int, world_size: int) -> Built:
         """Datasets (unreadable images skipped and listed), loaders, model (initial weights), loss."""
         self.cfg, self.device = cfg, device
         log = self.run_dir / SKIPPED
         if rank == 0 and not (self.run_dir / "last.pth").exists():  # a new run: no stale list from an old one
             log.unlink(missing_ok=True)
         self.data = data = build_datasets(cfg, skipped_log=log)
-        use_prefetcher = device.type == "cuda" if cfg["prefetcher"] is None else bool(cfg["prefetcher"])
+        use_prefetcher = device.type == "cuda" if cfg.task.prefetcher is None else bool(cfg.task.prefetcher)
         train_loader, self.mixup_fn = build_train_loader(cfg, data.train, device, world_size > 1, data.num_classes,
                                                          use_prefetcher)
         self.val_loader = build_eval_loader(cfg, data.val, device, use_prefetcher, rank=rank, world=world_size)
-        if len(train_loader) < cfg["grad_accum"]:
+        if len(train_loader) < cfg.run.grad_accum:
             raise RunError(f"the training set ({len(data.train)} images) is smaller than one global batch "
-                           f"({cfg['batch_size']} x {world_size} processes x {cfg['grad_accum']} accumulation)")
+                           f"({cfg.run.batch_size} x {world_size} processes x {cfg.run.grad_accum} accumulation)")
         model = create_student(cfg, data.num_classes)
-        if cfg["initial_checkpoint"]:
-            load_initial(model, cfg["initial_checkpoint"])
+        if cfg.task.initial_checkpoint:
+            load_initial(model, cfg.task.initial_checkpoint)
         self.criterion = build_criterion(cfg, data.num_classes, device)
-        self.arch = {"model": cfg["model"], "num_classes": data.num_classes,
-                     "distillation": cfg["distillation_type"] != "none", "in_chans": cfg["in_chans"]}
+        self.arch = {"model": cfg.task.model, "num_classes": data.num_classes,
+                     "distillation": cfg.task.distillation_type != "none", "in_chans": cfg.task.in_chans}
         return Built(model=model, train_loader=train_loader, extra={"class_map": data.class_map}, arch=self.arch)
 
     def step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -91,7 +92,7 @@ class ClassificationTask:
             images, targets = self.mixup_fn(images, targets)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        if self.cfg["channels_last"]:
+        if self.cfg.run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.criterion(images, model(images), targets), {"batch_size": images.shape[0]}
 
@@ -100,18 +101,18 @@ class ClassificationTask:
         from regla.runs.distributed import amp_dtype
 
         m = evaluate(model, self.val_loader, self.device, amp_dtype=amp_dtype(self.cfg),
-                     channels_last=self.cfg["channels_last"])
+                     channels_last=self.cfg.run.channels_last)
         return {"val_loss": m["val_loss"], "top1": m["top1"], "top5": m["top5"]}
 
     def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return model.state_dict()
 
-    def weights_info(self, model: nn.Module, cfg: dict[str, Any]) -> WeightsInfo:
+    def weights_info(self, model: nn.Module, cfg: Recipe) -> WeightsInfo:
         return info_from_train_checkpoint({"cfg": cfg, "arch": self.arch, "class_map": self.data.class_map})
 
-    def check_resume(self, ckpt: dict[str, Any], cfg: dict[str, Any], path: Any) -> None:
+    def check_resume(self, ckpt: dict[str, Any], cfg: Recipe, path: Any) -> None:
         check_arch(ckpt, cfg, self.data.num_classes, path, self.data.class_map,
-                   allow_class_change=bool(cfg.get("allow_class_change")))
+                   allow_class_change=bool(cfg.task.allow_class_change))
 
     def annotate(self, row: dict[str, Any]) -> None:
         """The number of unreadable images skipped so far (named in ``skipped_images.txt``)."""
@@ -130,36 +131,36 @@ class ClassificationTask:
                      row["lr"], row["train_img_s"])
 
 
-def build_criterion(cfg: dict[str, Any], num_classes: int, device: torch.device) -> DistillationLoss:
+def build_criterion(cfg: Recipe, num_classes: int, device: torch.device) -> DistillationLoss:
     """timm's SoftTargetCrossEntropy (mixup) / LabelSmoothingCrossEntropy, wrapped in DeiT's distillation loss."""
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    if cfg["mixup"] > 0 or cfg["cutmix"] > 0:
+    if cfg.task.mixup > 0 or cfg.task.cutmix > 0:
         base = SoftTargetCrossEntropy()  # label smoothing is folded into the mixed targets
-    elif cfg["smoothing"] > 0:
-        base = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
+    elif cfg.task.smoothing > 0:
+        base = LabelSmoothingCrossEntropy(smoothing=cfg.task.smoothing)
     else:
         base = torch.nn.CrossEntropyLoss()
     teacher = None
-    if cfg["distillation_type"] != "none":
-        teacher = load_teacher(cfg["teacher_model"], cfg["teacher_path"], num_classes, device)
-    return DistillationLoss(base, teacher, cfg["distillation_type"], cfg["distillation_alpha"],
-                            cfg["distillation_tau"])
+    if cfg.task.distillation_type != "none":
+        teacher = load_teacher(cfg.task.teacher_model, cfg.task.teacher_path, num_classes, device)
+    return DistillationLoss(base, teacher, cfg.task.distillation_type, cfg.task.distillation_alpha,
+                            cfg.task.distillation_tau)
 
 
-def check_arch(ckpt: dict[str, Any], cfg: dict[str, Any], num_classes: int, path: str | Path,
+def check_arch(ckpt: dict[str, Any], cfg: Recipe, num_classes: int, path: str | Path,
                class_map: dict[str, int] | None = None, allow_class_change: bool = False) -> None:
     """Refuse a checkpoint from another architecture, class count or class list, naming both sides.
 
     ``allow_class_change`` accepts other class names (same count) deliberately, e.g. a renamed folder.
     """
     arch = ckpt["arch"]
-    if arch["model"] != cfg["model"]:
-        raise CheckpointError(f"{path} was trained as {arch['model']!r}; this run builds {cfg['model']!r} "
+    if arch["model"] != cfg.task.model:
+        raise CheckpointError(f"{path} was trained as {arch['model']!r}; this run builds {cfg.task.model!r} "
                               f"(use --model {arch['model']} or another checkpoint)")
     if arch["num_classes"] != num_classes:
         raise CheckpointError(f"{path} has {arch['num_classes']} classes; this dataset has {num_classes}")
-    if arch["distillation"] != (cfg["distillation_type"] != "none"):
+    if arch["distillation"] != (cfg.task.distillation_type != "none"):
         raise CheckpointError(f"{path} was trained with distillation={arch['distillation']}; this run differs")
     saved = ckpt.get("class_map")
     if saved and class_map and saved != class_map and not allow_class_change:
