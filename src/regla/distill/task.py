@@ -189,15 +189,15 @@ class DistillTask:
         targets = self.targets(student, images, m)
         student.stat_updates += 1
         preds = model(images)
-        c = self.cfg
+        c = self.cfg.task
         with torch.autocast(device.type, enabled=False):
             per_teacher, parts = {}, {}
             for name in targets:
-                loss, p = teacher_loss(preds[name], targets[name], c["cos_weight"], c["sl1_weight"], c["onlycos"],
-                                       c["onlycos_tokens"])
+                loss, p = teacher_loss(preds[name], targets[name], c.cos_weight, c.sl1_weight, c.onlycos,
+                                       c.onlycos_tokens)
                 per_teacher[name] = loss
                 parts[f"loss_{name}"] = loss.detach().mean()
-            loss, _ = aggregate_teachers(per_teacher, c["teacher_drop"])
+            loss, _ = aggregate_teachers(per_teacher, c.teacher_drop)
         parts["batch_size"] = images.shape[0]  # parts: the per-teacher losses (logged, plotted as losses)
         return loss, parts
 
