@@ -69,7 +69,7 @@ def test_regla_train_under_torchrun_with_sync_bn_and_resume(tmp_path):
     data = make_folder(tmp_path / "data", classes=3, train_per_class=8, val_per_class=3)
     cfg = tiny_recipe(data, tmp_path / "out", epochs=1, batch_size=4, sync_bn=True, model_ema=True, workers=1,
                       mixup=0.8)
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg.flat()))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "regla.cli", "train",
             "--no-progress"]
@@ -111,7 +111,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
 
     data = make_folder(tmp_path / "data", classes=3, train_per_class=8, val_per_class=2)
     cfg = tiny_recipe(data, tmp_path / "out", epochs=40, batch_size=4, warmup_epochs=0)
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg.flat()))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "regla.cli", "train", "--no-progress", "-c", str(tmp_path / "r.yaml")]

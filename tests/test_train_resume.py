@@ -25,7 +25,7 @@ AUGMENTED = dict(epochs=3, batch_size=8, aa="rand-m9-mstd0.5-inc1", reprob=0.25,
 
 def start_killable_run(cfg: dict, tmp_path) -> subprocess.Popen:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(cfg))
+    recipe.write_text(yaml.safe_dump(cfg.flat()))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "regla.cli", "train", "-c", str(recipe), "--no-progress"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -100,7 +100,7 @@ class ClassificationTask:
         """Validation loss, top-1 and top-5 over the whole validation set (shards summed over ranks)."""
         from regla.runs.distributed import amp_dtype
 
-        m = evaluate(model, self.val_loader, self.device, amp_dtype=amp_dtype(self.cfg),
+        m = evaluate(model, self.val_loader, self.device, amp_dtype=amp_dtype(self.cfg.run),
                      channels_last=self.cfg.run.channels_last)
         return {"val_loss": m["val_loss"], "top1": m["top1"], "top5": m["top5"]}
 
@@ -108,7 +108,7 @@ class ClassificationTask:
         return model.state_dict()
 
     def weights_info(self, model: nn.Module, cfg: Recipe) -> WeightsInfo:
-        return info_from_train_checkpoint({"cfg": cfg, "arch": self.arch, "class_map": self.data.class_map})
+        return info_from_train_checkpoint({"cfg": cfg.flat(), "arch": self.arch, "class_map": self.data.class_map})
 
     def check_resume(self, ckpt: dict[str, Any], cfg: Recipe, path: Any) -> None:
         check_arch(ckpt, cfg, self.data.num_classes, path, self.data.class_map,
