@@ -40,8 +40,8 @@ def make_folder(root: Path, classes: int = 3, train_per_class: int = 8, val_per_
     return root
 
 
-def tiny_recipe(data_dir: Path, output: Path, **overrides: Any) -> dict[str, Any]:
-    """A seconds-long deterministic CPU recipe on ``data_dir``."""
+def tiny_recipe(data_dir: Path, output: Path, **overrides: Any) -> Any:
+    """A seconds-long deterministic CPU recipe on ``data_dir`` (a :class:`regla.config.Recipe`)."""
     from regla.train.config import build_config
 
     base = dict(model=MODEL, data_dir=str(data_dir), output=str(output), img_size=SIZE, crop_pct=1.0, epochs=2,
@@ -52,7 +52,7 @@ def tiny_recipe(data_dir: Path, output: Path, **overrides: Any) -> dict[str, Any
     return build_config(None, base=base)
 
 
-def ddp_recipe() -> dict[str, Any]:
+def ddp_recipe() -> Any:
     """Recipe of the DDP gradient test: no stochastic layers, label smoothing on."""
     from regla.train.config import build_config
 

@@ -64,7 +64,7 @@ def add_weights_arguments(p: argparse.ArgumentParser, kind: str) -> None:
 
 
 def resolve_config(schema: Schema, args: argparse.Namespace, kind: str,
-                   base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   base: Mapping[str, Any] | None = None) -> Recipe:
     """The recipe (:func:`regla.runs.config.resolve_recipe`): schema defaults < ``base`` (demo, or a checkpoint's) <
     the resumed run's recipe < ``--config`` (a YAML, or a name under ``configs/<kind>/``) < flags < ``--set``."""
     from ..runs.config import resolve_recipe
@@ -113,7 +113,7 @@ def recipe_of_weights(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> dict[str, Any]:
+def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> Recipe:
     """The recipe of eval/predict: ``--config``, else the run's own (beside the weights); no backbone init."""
     weights = existing_file(args.weights, "--weights")
     base = None

@@ -69,7 +69,7 @@ def shortcut_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Recipe:
     from regla.runs.config import resolve_recipe
 
     from .config import SCHEMA
