@@ -201,6 +201,10 @@ def test_schema_covers_every_default_and_returns_a_typed_recipe():
     SCHEMA.validate(DEFAULTS)  # the defaults are valid
     cfg = build_config("regla_t")
     assert {f.name for f in dataclasses.fields(cfg.run)} == set(RUN_FIELDS)  # the run section: the harness's keys
+    from regla.distill.config import SCHEMA as DISTILL
+    from regla.runs.config import RunSection
+
+    assert type(cfg.run) is RunSection and type(DISTILL.build(None).run) is RunSection  # one type for every trainer
     assert {f.name for f in dataclasses.fields(cfg.task)} == set(FIELDS)  # the classification section
     assert list(cfg.flat()) == list(DEFAULTS)  # one flat form, in the schema's order
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -225,14 +225,21 @@ def _scalar(kind: type, value: Any) -> Any:
 _PY_TYPES = {bool: bool, int: int, float: float, str: str, list: list, dict: dict}
 
 
+_SECTION_TYPES: dict[tuple, type] = {}
+
+
 def section_type(name: str, specs: Mapping[str, Field]) -> type:
     """A frozen dataclass with one attribute per field, annotated with the field's type (``X | None`` when
-    nullable); no defaults: the schema supplies every value."""
+    nullable); no defaults: the schema supplies every value. The same name and fields give the same class (every
+    trainer's run section is one ``RunSection``, whatever its defaults)."""
     def annotation(spec: Field) -> Any:
         kind = _PY_TYPES[spec.type]
         return kind | None if spec.nullable else kind
 
-    return make_dataclass(name, [(k, annotation(f)) for k, f in specs.items()], frozen=True)
+    key = (name, tuple((k, f.type, f.nullable) for k, f in specs.items()))
+    if key not in _SECTION_TYPES:
+        _SECTION_TYPES[key] = make_dataclass(name, [(k, annotation(f)) for k, f in specs.items()], frozen=True)
+    return _SECTION_TYPES[key]
 
 
 def _values(section: Any) -> dict[str, Any]:
