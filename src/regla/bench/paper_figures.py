@@ -164,12 +164,14 @@ def _families(models: dict[str, dict[str, Any]], key: str) -> dict[str, list[tup
 
 
 def _draw_series(ax: Any, fams: dict[str, list[tuple[float, float, str]]], style: str = "-",
-                 suffix: str = "") -> None:
+                 suffix: str = "", marker_shift: int = 0) -> None:
+    """One line per family (its colour), each point labelled with the model's size (the name after ``-``)."""
     from .plots import MARKERS, _color
 
     for fi, (family, pts) in enumerate(fams.items()):
         color = _color(family, fi)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=MARKERS[fi % len(MARKERS)], color=color,
+        marker = MARKERS[(fi + marker_shift) % len(MARKERS)]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=marker, color=color,
                 label=family + suffix, linewidth=2.4 if family == "ReGLA" else 1.2, markersize=6)
         for x, y, name in pts:
             ax.annotate(name.split("-", 1)[-1] if "-" in name else name, (x, y), textcoords="offset points",
@@ -202,7 +204,7 @@ def fig4_png(models: dict[str, dict[str, Any]], origin: str) -> bytes:
 
     fig, (left, right) = _plt().subplots(1, 2, figsize=(12.0, 4.8))
     _draw_series(left, _families(models, "knn_in1k"), "-", " ImageNet-1K")
-    _draw_series(left, _families(models, "knn_cifar100"), "--", " CIFAR-100")
+    _draw_series(left, _families(models, "knn_cifar100"), "--", " CIFAR-100", marker_shift=1)
     _draw_series(right, _families(models, "miou"), "-", " ADE20K")
     for ax, ylabel, title in ((left, "KNN (k=20) Top-1 (%)", "KNN top-1 on ImageNet-1K and CIFAR-100"),
                               (right, "mIoU (%)", "ADE20K mIoU (Semantic FPN)")):
