@@ -218,6 +218,31 @@ def test_table4_recipes_are_valid(kind: str, capsys: pytest.CaptureFixture) -> N
         else:
             assert cfg["epochs"] * cfg["iters_per_epoch"] in (40_000, 80_000) and cfg["sched"] == "poly"
             assert (cfg["ratio_range"], cfg["flip"], cfg["photometric"]) == ([0.5, 2.0], 0.5, True)  # mmseg's
+            if path.stem.startswith("regla_"):  # ReGLA §4.2.2: 80k iterations at a fixed lr of 1e-4
+                assert cfg["epochs"] * cfg["iters_per_epoch"] == 80_000 and cfg["lr"] == cfg["min_lr"] == 1e-4
+            else:  # each peer's own poly decay to 0
+                assert cfg["min_lr"] == 0.0
+
+
+def test_regla_seg_recipes_hold_the_lr_fixed_and_peers_decay_it() -> None:
+    """ReGLA §4.2.2 trains Semantic FPN at a fixed lr of 1e-4: the scheduler the harness builds from a ReGLA recipe
+    gives 1e-4 at every update; from RepNeXt's recipe (same lr) it decays to 0 by the last update (poly)."""
+    from regla.dense.config import SEG_SCHEMA
+    from regla.runs.harness import build_optimizer_and_schedule
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "seg"
+    for name, fixed in (("regla_t", True), ("regla_m", True), ("regla_x", True), ("repnext_m3", False)):
+        cfg = SEG_SCHEMA.build(str(configs / f"{name}.yaml"))
+        param = torch.nn.Parameter(torch.zeros(1))
+        opt, sched, _ = build_optimizer_and_schedule(cfg, [param], cfg["lr"], cfg["iters_per_epoch"])
+        lrs = []
+        for update in (0, 1, 20_000, 40_000, 79_999, 80_000):
+            sched.step_update(update)
+            lrs.append(opt.param_groups[0]["lr"])
+        if fixed:
+            assert lrs == [1e-4] * len(lrs), name
+        else:
+            assert lrs[0] == 1e-4 and lrs[3] < 0.6e-4 and lrs[-1] == 0.0, name
 
 
 def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -232,7 +232,11 @@ def test_phase_recipes_build():
 
     phase1 = build_config(str(CONFIGS / "regla_m_in21k.yaml"))
     assert phase1["epochs"] == 30 and phase1["teachers"] == ["7tea"] and phase1["model"] == "regla_m"
-    assert build_config(str(CONFIGS / "regla_x_in21k.yaml"))["model"] == "regla_x"
+    for size in "tslx":  # Fig. 4's sizes: each differs from ReGLA-M's phase 1 in its model and output only
+        other = build_config(str(CONFIGS / f"regla_{size}_in21k.yaml"))
+        assert other["model"] == f"regla_{size}" and other["output"] == f"runs/distill/regla_{size}_in21k"
+        assert {k: v for k, v in other.items() if k not in ("model", "output")} == \
+               {k: v for k, v in phase1.items() if k not in ("model", "output")}
     phase2 = train_config(str(CONFIGS / "regla_m_in1k_ft.yaml"))
     assert phase2["epochs"] == 200 and phase2["model"] == "regla_m" and phase2["initial_checkpoint"]
 

@@ -1,6 +1,6 @@
 """regla's layout as a reader sees it: imports point one way, and ``regla --help`` needs no torch.
 
-The layer table follows /work/shared/design/layout.md (docs/architecture.md, "Layers"): a package may import its
+The layer table is docs/architecture.md, "Importing regla, and the layers": a package may import its
 own layer and the layers above it, never one below, and no two packages may import each other in a cycle. The
 imports are read statically (``ast``), at module level and inside functions alike.
 """

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("regla.eval.cli", "top-1/top-5 and throughput of any weights file (training-time or fused) on a folder"),
     "knn": ("regla.eval.knn_cli", "weighted k-NN top-1/top-5 of frozen features (DINO, k=20): bank vs queries"),
     "distill": ("regla.distill.cli", "multi-teacher feature distillation (ReGLA §3.5, Table 8), or --demo"),
-    "plot": ("regla.runs.plot_cli", "draw the training curves of run folders to a PNG"),
+    "plot": ("regla.bench.paper_figures", "draw the training curves of run folders, or ReGLA's Fig. 1/4, to a PNG"),
     "bench": ("regla.bench.cli", "params, MACs, CPU latency (ORT, PyTorch, ExecuTorch; fp32, int8), memory vs peers"),
     "export": ("regla.deploy.cli", "fused export to ONNX, ExecuTorch, Core ML or TorchScript (int8 too), checked"),
     "sam": ("regla.sam.cli", "segment anything on a fast encoder (RepViT-SAM, ReGLA-SAM): predict, export, distill"),

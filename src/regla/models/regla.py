@@ -1,6 +1,6 @@
 """ReGLA: Efficient Receptive-Field Modeling with Gated Linear Attention Network.
 
-Paper: ``../shared/papers/regla.txt`` (Li, Zhao et al.). A four-stage hybrid backbone:
+Paper: the title above (Li, Zhao et al.), sections cited as §N. A four-stage hybrid backbone:
 
 * a stem to H/4, strided 3x3 convolutions between stages (§3.4);
 * ELRF blocks in stages 1-2 (§3.3): 3x3 depthwise conv, then an FFN with a 5x5 depthwise conv inside, residual;
