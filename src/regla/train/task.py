@@ -21,7 +21,7 @@ from regla.runs.state import load_weights
 from regla.runs.task import Built
 
 from .data import Datasets, build_datasets, build_eval_loader, build_train_loader, read_skipped
-from .distill import DistillationLoss, load_teacher
+from .deit_kd import DistillationLoss, load_teacher
 from .evaluate import evaluate
 from .modeling import create_student
 
