@@ -329,7 +329,7 @@ def sam_images(tmp_path_factory) -> Path:
 
 
 def _sam_recipe(data, out, **kw):
-    from regla.sam.distill import SCHEMA
+    from regla.sam.embedding_distill import SCHEMA
 
     values = {"data_dir": data, "output": out, "student": "regla_t_sam", "last_stage": "fuse", "teacher": "tiny",
               "img_size": 64, "shard_size": 2, "val_images": 1, "epochs": 1, "batch_size": 2, "workers": 0,
@@ -350,7 +350,7 @@ def _losses(run_dir: Path) -> list[str]:
 
 def test_other_teacher_weights_get_their_own_cache(sam_images, tmp_path):
     from regla.runs.harness import run
-    from regla.sam.distill import SamDistillTask
+    from regla.sam.embedding_distill import SamDistillTask
 
     a = run(SamDistillTask(_teacher(1)), _sam_recipe(sam_images, tmp_path / "a"), show_bar=False)
     b = run(SamDistillTask(_teacher(2)), _sam_recipe(sam_images, tmp_path / "b"), show_bar=False)

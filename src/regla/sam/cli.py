@@ -5,7 +5,7 @@
   against PyTorch inside the command;
 * ``regla sam eval``: zero-shot COCO evaluation as in the SAM paper (box prompts -> mask AP, one point -> mIoU),
   :mod:`regla.sam.evaluate`;
-* ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.distill`), on the run harness;
+* ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.embedding_distill`), on the run harness;
 * ``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo (:mod:`regla.sam.demo`);
 * ``regla sam encoders``: the encoder names.
 
@@ -182,7 +182,7 @@ def run_distill(args: argparse.Namespace) -> int:
     import logging
 
     from ..runs.config import resolve_recipe
-    from .distill import SCHEMA
+    from .embedding_distill import SCHEMA
 
     flags = {key: getattr(args, flag) for flag, key in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
     if args.output is not None:
@@ -196,7 +196,7 @@ def run_distill(args: argparse.Namespace) -> int:
     _check_distill(cfg, args.resume)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     from ..runs.harness import run
-    from .distill import SamDistillTask
+    from .embedding_distill import SamDistillTask
 
     cfg["model"] = cfg["student"]  # the default run folder is runs/<student>
     result = run(SamDistillTask(), cfg, resume=args.resume, show_bar=not args.no_progress)
