@@ -27,7 +27,7 @@ from regla.data.coco import COCO_RULES, SECTIONS
 from regla.runs.logs import ROW_RULES
 
 TRIPWIRES = ("timm.create_model", "regla.sam.build.build_sam", "regla.runs.harness.run",
-             "regla.runs.plot_cli.plot_runs", "regla.bench.tables.merge_runs")
+             "regla.runs.cli_plot.plot_runs", "regla.bench.tables.merge_runs")
 W, H = 40, 32
 
 

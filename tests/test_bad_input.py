@@ -23,7 +23,7 @@ WORK: dict[str, str | tuple[str, ...]] = {
     "train": "regla.train.trainer.train",
     "export": "regla.deploy.export.export_model",
     "bench": ("regla.bench.runner.run_bench", "regla.bench.dense.run_dense_bench"),
-    "plot": "regla.runs.plot_cli.plot_runs",
+    "plot": "regla.runs.cli_plot.plot_runs",
     "models": "regla.models.cli.model_rows",
     "eval": "regla.train.evaluate.evaluate",
     "sam": ("regla.runs.harness.run", "regla.sam.build.build_sam"),

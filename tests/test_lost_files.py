@@ -494,7 +494,7 @@ def test_eval_and_knn_json_never_replace_the_users_file(command, folders, tmp_pa
 
 
 def test_plot_never_replaces_a_png_it_did_not_draw(folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.runs.plot_cli.plot_runs")
+    tripwire(monkeypatch, "regla.runs.cli_plot.plot_runs")
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0, "lr": 0.1}\n')

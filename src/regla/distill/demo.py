@@ -79,7 +79,7 @@ def knn_row(model: torch.nn.Module, pool: str, mean, std, digits: Path, device: 
             size: int) -> dict[str, float]:
     """KNN (k=20) top-1 on the validation split with the whole training split, then 5 per class, as the bank."""
     from regla.eval.knn import extract_features, knn_scores
-    from regla.eval.knn_cli import folder_batches
+    from regla.eval.cli_knn import folder_batches
     from regla.train.data import check_class_folders, class_map_for
 
     class_map = class_map_for(check_class_folders(digits / "train"))

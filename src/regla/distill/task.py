@@ -133,7 +133,7 @@ class DistillTask:
         """The bank and query loaders (this rank's shards) and the number of classes, or None without a bank."""
         if not cfg["knn_bank"]:
             return None
-        from regla.eval.knn_cli import folder_batches
+        from regla.eval.cli_knn import folder_batches
         from regla.train.data import DataError, check_class_folders, class_map_for
 
         bank_dir = _image_folder(cfg["knn_bank"], "knn_bank")
