@@ -25,7 +25,7 @@ WORK: dict[str, str | tuple[str, ...]] = {
     "bench": ("regla.bench.runner.run_bench", "regla.bench.dense.run_dense_bench"),
     "plot": "regla.runs.cli_plot.plot_runs",
     "models": "regla.models.cli.model_rows",
-    "eval": "regla.train.evaluate.evaluate",
+    "eval": "regla.eval.loop.evaluate",
     "sam": ("regla.runs.harness.run", "regla.sam.build.build_sam"),
     "knn": "regla.eval.knn.extract_features",
     "distill": "regla.runs.harness.run",

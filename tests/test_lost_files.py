@@ -482,7 +482,7 @@ def test_sam_eval_never_replaces_a_file_it_did_not_write(folders, tmp_path, caps
 
 @pytest.mark.parametrize("command", ["eval", "knn"])
 def test_eval_and_knn_json_never_replace_the_users_file(command, folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.train.evaluate.evaluate", "regla.eval.knn.extract_features")
+    tripwire(monkeypatch, "regla.eval.loop.evaluate", "regla.eval.knn.extract_features")
     mine = tmp_path / "mine.json"
     mine.write_text('{"my": "numbers"}')
     data = folders / "data"
