@@ -138,8 +138,8 @@ def _evaluate(args: argparse.Namespace, d: Any, folder: Path, classes: list[str]
     from regla.checkpoints import create_model_from_weights
     from regla.deploy.layout import apply_layout
     from regla.train.data import DataError
-    from .loop import evaluate
 
+    from .loop import evaluate
     from .samples import CountingBatches, build_loader, gather_skipped
     from .settings import class_names_of, map_classes, resolve_settings
 
