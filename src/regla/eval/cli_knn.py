@@ -64,8 +64,9 @@ def _folder(path: str, flag: str) -> Path:
 
 def _check(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
     """Paths, classes and flags, before any model is built."""
+    from regla.data.errors import DataError
+    from regla.data.folders import check_class_folders
     from regla.preflight import check_device, existing_file, require_model
-    from regla.train.data import DataError, check_class_folders
 
     if not args.checkpoint and not args.model:
         raise UsageError("give --checkpoint FILE (and --model if the file does not record it), or --model NAME "
@@ -163,8 +164,8 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation (also used by tests): ``top1_k20`` ... in percent, ``n``, ``bank`` and the settings."""
     import torch
 
+    from regla.data.folders import class_map_for
     from regla.runs.dist import setup_distributed
-    from regla.train.data import class_map_for
 
     from .cli import settings_fields
     from .knn import extract_features, knn_scores

@@ -26,7 +26,7 @@ def register(filter_fn: FilterFn, read_raw: ReadFn) -> None:
 
 def _hook(name: str) -> Callable:
     if name not in _hooks:
-        raise RuntimeError(f"no weights {name} registered: import regla.models (it registers regla.checkpoints' reader)")
+        raise RuntimeError(f"no weights {name} registered: import regla.models (it registers them)")
     return _hooks[name]
 
 

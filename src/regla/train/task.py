@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from regla.checkpoints import CheckpointError, WeightsInfo, info_from_train_checkpoint, read_weights
+from regla.data.folders import read_skipped
 from regla.eval.loop import evaluate
 from regla.runs.harness import RunError
 from regla.runs.state import load_weights
 from regla.runs.task import Built
 
-from .data import Datasets, build_datasets, build_eval_loader, build_train_loader, read_skipped
+from .data import Datasets, build_datasets, build_eval_loader, build_train_loader
 from .deit_kd import DistillationLoss, load_teacher
 from .modeling import create_student
 
