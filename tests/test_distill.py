@@ -13,7 +13,7 @@ from regla.distill.config import build_config
 from regla.distill.losses import aggregate_teachers, standardize, teacher_loss
 from regla.distill.task import DistillTask
 from regla.distill.teachers import REGISTRY
-from regla.eval.cli_knn import few_shot_indices
+from regla.eval.knn import few_shot_indices
 from train_helpers import make_folder
 
 torch.set_num_threads(1)

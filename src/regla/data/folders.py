@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +134,25 @@ class SkipUnreadable(_DatasetView):
         raise DataError(f"{self.max_tries} consecutive unreadable images, last {self.filename(index)}")
 
 
-class Shard(_DatasetView):
-    """Every ``world``-th sample from ``rank`` on, without padding, so distributed evaluation counts each image once."""
+class Subset(_DatasetView):
+    """The samples ``indices`` of a dataset (a few-shot bank, a rank's shard), whose ``transform`` is the dataset's."""
 
-    def __init__(self, dataset: Any, rank: int, world: int):
+    def __init__(self, dataset: Any, indices: Iterable[int]):
         self.dataset = dataset
-        self.indices = list(range(rank, len(dataset), world))
+        self.indices = list(indices)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]
+
+
+class Shard(Subset):
+    """Every ``world``-th sample from ``rank`` on, without padding, so distributed evaluation counts each image once."""
+
+    def __init__(self, dataset: Any, rank: int, world: int):
+        super().__init__(dataset, range(rank, len(dataset), world))
 
 
 def read_skipped(log_path: str | os.PathLike) -> list[str]:

@@ -79,8 +79,7 @@ def knn_row(model: torch.nn.Module, pool: str, mean, std, digits: Path, device: 
             size: int) -> dict[str, float]:
     """KNN (k=20) top-1 on the validation split with the whole training split, then 5 per class, as the bank."""
     from regla.data.folders import check_class_folders, class_map_for
-    from regla.eval.cli_knn import folder_batches
-    from regla.eval.knn import extract_features, knn_scores
+    from regla.eval.knn import extract_features, folder_batches, knn_scores
 
     class_map = class_map_for(check_class_folders(digits / "train"))
     config = {"input_size": (3, size, size), "interpolation": "bicubic", "mean": tuple(mean), "std": tuple(std),

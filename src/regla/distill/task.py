@@ -136,7 +136,7 @@ class DistillTask:
             return None
         from regla.data.errors import DataError
         from regla.data.folders import check_class_folders, class_map_for
-        from regla.eval.cli_knn import folder_batches
+        from regla.eval.knn import folder_batches
 
         bank_dir = _image_folder(cfg["knn_bank"], "knn_bank")
         query_dir = _image_folder(cfg["knn_queries"], "knn_queries")
