@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,15 +125,19 @@ def print_table(table: dict[str, dict[str, float]]) -> None:
         print(f"{name:34s} {row['whole_bank']:9.2f}% {row['five_per_class']:11.2f}%")
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Teachers (cached), distillation on the harness, the KNN table and ``demo.json``."""
+def run_demo(args: argparse.Namespace, resolve_config: Callable[..., dict[str, Any]],
+             preflight: Callable[[dict[str, Any], str | None], None]) -> int:
+    """Teachers (cached), distillation on the harness, the KNN table and ``demo.json``.
+
+    ``resolve_config`` and ``preflight`` are ``regla distill``'s own (:mod:`regla.distill.cli` passes them), so the
+    demo's recipe is resolved and checked as any other run's.
+    """
     from regla.config import dump
     from regla.outputs import atomic_write_text
     from regla.runs.dist import resolve_device
     from regla.runs.harness import run
     from regla.train.demo import DEMO_RECIPE, write_digits
 
-    from .cli import preflight, resolve_config
     from .task import DistillTask
 
     start = time.time()

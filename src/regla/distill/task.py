@@ -24,8 +24,9 @@ from regla.errors import UsageError
 from regla.runs.task import Built
 
 from .losses import aggregate_teachers, cosine_momentum, standardize, teacher_loss
+from .release import build_teacher
 from .student import DistillStudent, create_backbone
-from .teachers import Teacher, build_teacher, resample_grid, resolve_teachers
+from .teachers import Teacher, resample_grid, resolve_teachers
 
 __all__ = ["DistillTask"]
 
