@@ -293,7 +293,7 @@ def test_export_never_replaces_a_side_file_it_did_not_write(side, tmp_path, caps
 
 
 def test_export_file_kinds_are_read_from_content(tmp_path):
-    from regla.deploy.cli import is_agreement, is_onnx, is_pte
+    from regla.deploy.files import is_agreement, is_onnx, is_pte
 
     onnx_path = tmp_path / "m.onnx"
     torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(onnx_path), dynamo=False)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import regla  # noqa: F401  (registers regla_* and repnext_*)
+from regla import checkpoints
 from regla.cli import main
 from regla.deploy import fuse
 from regla.deploy.calib import ImageSet, agreement, calibration_set, check_folder, check_set
@@ -92,7 +93,7 @@ def test_export_with_unreadable_calib_folder_is_exit_2_before_building(tmp_path,
     def never(*args, **kwargs):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr("regla.deploy.checkpoint.create_fused_model", never)
+    monkeypatch.setattr(checkpoints, "create_fused_model", never)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     argv = ["export", "regla_t", "--int8", "--calib", str(tmp_path / "empty"), "-o", str(tmp_path / "m.onnx")]

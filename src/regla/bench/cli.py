@@ -266,7 +266,7 @@ def run_profile(names: list[str], cfg, output: Path) -> int:
     import json
     import tempfile
 
-    from ..deploy.checkpoint import create_fused_model
+    from ..checkpoints import create_fused_model
     from ..deploy.export import export_onnx
     from ..outputs import atomic_write_text
     from .measure import physical_cores

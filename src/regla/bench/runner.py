@@ -149,7 +149,7 @@ def prepare_models(names: Sequence[str], workdir: Path, threads: int, check_res:
     quantization fails gets ``backend_errors["ort-int8"]`` and is timed in the other backends.
     Returns ``{name: (module, {backend: onnx_path})}`` and the list of :class:`ModelResult`.
     """
-    from ..deploy.checkpoint import create_fused_model
+    from ..checkpoints import create_fused_model
     from ..deploy.export import export_onnx, verify_onnx
     from ..utils import count_params
 

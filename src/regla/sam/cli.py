@@ -286,8 +286,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``regla sam export``: both ONNX files, each checked against PyTorch."""
-    from ..deploy.cli import SAME_KIND
     from ..deploy.export import is_mlpackage
+    from ..deploy.files import SAME_KIND
     from ..outputs import check_new_output
     from .export import export_sam_onnx
 
