@@ -481,9 +481,18 @@ def filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torc
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, prefer_ema: bool = True) -> nn.Module:
-    """Load a weights file into ``model`` as built (training-time form), strictly; returns ``model``."""
-    model, _ = load_into(model, read_weights(path, prefer_ema), allow_fused=False)
+def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, torch.Tensor], prefer_ema: bool = True,
+                 *, source: str | os.PathLike | None = None) -> nn.Module:
+    """Load a weights file, or a state dict read from the file ``source``, into ``model`` as built (training-time
+    form), strictly; returns ``model``. A state dict that does not fit says it may be of another architecture (the
+    run harness's resume and ``regla train --initial-checkpoint`` load one)."""
+    if not isinstance(weights, Mapping):
+        model, _ = load_into(model, read_weights(weights, prefer_ema), allow_fused=False)
+        return model
+    try:
+        model, _ = load_into(model, weights, allow_fused=False, source=str(source or "state dict"))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} - a checkpoint from another architecture?") from None
     return model
 
 
