@@ -108,3 +108,12 @@ def test_bench_reuses_the_folder_of_an_earlier_run(runs, capsys):
     (folder / "results.csv").write_text("an earlier run's table\n")
     (folder / "notes.txt").write_text("the user's own notes: never touched, not refused")
     assert output_folder(str(folder)) == folder
+
+
+def test_one_table_writer_aligns_and_appends_notes():
+    from regla.bench.writers import csv_text, markdown_table
+
+    md = markdown_table(["Model", "ms"], [["a", 1.5], ["b", "-"]], right_from=1, notes=["- [1] why"])
+    assert md.splitlines() == ["| Model | ms |", "|---|---:|", "| a | 1.5 |", "| b | - |", "", "- [1] why"]
+    assert markdown_table(["x"], []).splitlines() == ["| x |", "|---|"]
+    assert csv_text(["a", "b"], [{"a": 1, "b": ""}]) == "a,b\n1,\n"

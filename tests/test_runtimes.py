@@ -185,7 +185,7 @@ class Unlowerable(torch.nn.Module):
 
 
 def test_bench_reports_a_model_a_backend_cannot_lower_and_goes_on(tmp_path):
-    from regla.bench.report import markdown_table, text_table
+    from regla.bench.report import summary_table, text_table
     from regla.bench.runner import BenchConfig, ModelResult, measure_resolution, result_to_json
 
     cfg = BenchConfig(models=["unlowerable", "small"], resolutions=[64], threads=1, warmup=1, min_runs=2,
@@ -204,7 +204,7 @@ def test_bench_reports_a_model_a_backend_cannot_lower_and_goes_on(tmp_path):
            "results": [result_to_json(r) for r in results.values()]}
     table = text_table(doc)
     assert "failed [1]" in table and "[1] unlowerable, executorch: at 64px: ExecuTorchError" in table
-    assert "- [1] unlowerable, executorch" in markdown_table(doc)
+    assert "- [1] unlowerable, executorch" in summary_table(doc)
 
 
 def test_bench_backend_choices_match_the_runner():
