@@ -46,8 +46,9 @@ FEW_SHOT = 5
 
 def teacher_run(name: str, digits: Path, show_bar: bool) -> Path:
     """The cached ``regla train`` run of one teacher (trained, or resumed, when not complete); its folder."""
+    from regla.data.digits import cache_dir
     from regla.train.config import SCHEMA as TRAIN_SCHEMA
-    from regla.train.demo import DEMO_RECIPE, cache_dir
+    from regla.train.demo import DEMO_RECIPE
     from regla.train.trainer import train
 
     run_dir = cache_dir() / "distill_demo" / name
@@ -133,10 +134,11 @@ def run_demo(args: argparse.Namespace, resolve_config: Callable[..., dict[str, A
     demo's recipe is resolved and checked as any other run's.
     """
     from regla.config import dump
+    from regla.data.digits import write_digits
     from regla.outputs import atomic_write_text
     from regla.runs.dist import resolve_device
     from regla.runs.harness import run
-    from regla.train.demo import DEMO_RECIPE, write_digits
+    from regla.train.demo import DEMO_RECIPE
 
     from .task import DistillTask
 
