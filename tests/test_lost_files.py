@@ -393,7 +393,7 @@ def test_classes_are_matched_by_name_not_by_id(capsys):
 
 
 def test_results_of_classes_the_data_lacks_are_dropped_not_an_index_error():
-    from regla.dense.metrics import coco_results
+    from regla.eval.metrics import coco_results
 
     out = {"boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]]), "labels": torch.tensor([1, 2, 3]),
            "scores": torch.tensor([0.9, 0.8, 0.7])}
