@@ -256,8 +256,7 @@ def _build(args: argparse.Namespace):
 
 def run_predict(args: argparse.Namespace) -> int:
     """``regla sam predict``: check image, prompts and output, then predict and draw."""
-    from ..dense.predict import png_info
-    from ..outputs import atomic_output, check_new_output, png_written_by
+    from ..outputs import atomic_output, check_new_output, png_info, png_written_by
     from .prompt import check_box, check_point, draw_prediction, load_image, parse_numbers, predict_mask
 
     if args.box is None and args.point is None:
