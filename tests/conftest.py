@@ -53,7 +53,7 @@ def tripwire(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 @pytest.fixture
 def refused(capsys: pytest.CaptureFixture) -> Callable[..., str]:
     """``refused(argv, says)``: ``main(argv)`` exits 2 with one ``regla CMD: error:`` line on stderr that contains
-    ``says`` (a text, or every text of a list); returns the line."""
+    ``says`` (a text, or every text of a list: paths are fine); returns the line."""
     from regla.cli import main
 
     def check(argv: Sequence[Any], says: str | Sequence[str]) -> str:
@@ -64,7 +64,7 @@ def refused(capsys: pytest.CaptureFixture) -> Callable[..., str]:
         assert len(lines) == 1 and "Traceback" not in err, err
         assert re.match(r"regla [a-z]+( [a-z]+)?: error: ", lines[0]), err
         for text in [says] if isinstance(says, str) else says:
-            assert text in lines[0], err
+            assert str(text) in lines[0], f"{text!r} not in: {lines[0]}"
         return lines[0]
 
     return check
