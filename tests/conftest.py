@@ -20,20 +20,27 @@ import pytest
 Target = tuple[ModuleType, str]
 
 
-def patch_where_defined(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, value: Any) -> None:
-    """``monkeypatch.setattr(module, name, value)`` after checking that ``module`` is where ``name`` is defined
-    (for our modules; a third-party name such as ``timm.create_model`` is patched where our code looks it up)."""
+def patch_where_defined(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str, value: Any, *,
+                        imported: bool = False) -> None:
+    """``monkeypatch.setattr(module, name, value)`` after checking that ``module`` is where ``name`` is defined, so
+    callers that import it on use see the patch. ``imported=True``: ``module`` imports ``name`` at its top from
+    elsewhere and its own code calls it from there (checked the other way round). A third-party name such as
+    ``timm.create_model`` is patched where our code looks it up, unchecked."""
     current = getattr(module, name)  # an AttributeError names a function that moved away
     owner = getattr(current, "__module__", None)
-    if module.__name__.startswith("regla") and owner is not None:
-        assert owner == module.__name__, f"{module.__name__}.{name} is defined in {owner}: patch it there"
+    if module.__name__.startswith("regla") and str(owner).startswith("regla"):  # not ours, or already patched
+        if imported:
+            assert owner != module.__name__, f"{module.__name__}.{name} is defined there now: drop imported=True"
+        else:
+            assert owner == module.__name__, f"{module.__name__}.{name} is defined in {owner}: patch it there"
     monkeypatch.setattr(module, name, value)
 
 
 @pytest.fixture
-def patch(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModuleType, str, Any], None]:
-    """``patch(module, "name", value)``: :func:`patch_where_defined` with this test's ``monkeypatch``."""
-    return lambda module, name, value: patch_where_defined(monkeypatch, module, name, value)
+def patch(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``patch(module, "name", value, imported=False)``: :func:`patch_where_defined` with this test's
+    ``monkeypatch``."""
+    return lambda module, name, value, **kw: patch_where_defined(monkeypatch, module, name, value, **kw)
 
 
 @pytest.fixture
