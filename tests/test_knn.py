@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from regla.eval.knn import Neighbours, class_ranks, knn_scores, knn_search, knn_votes
-from train_helpers import make_folder
+from train_helpers import free_port, make_folder
 
 torch.set_num_threads(1)
 
@@ -154,7 +154,6 @@ def test_regla_knn_cli_rejects_unknown_query_classes(tmp_path, capsys):
 def test_two_ranks_give_the_one_process_answer(tmp_path):
     """torchrun, 2 gloo ranks, each with half the bank and half the queries (k=30 > a rank's bank of 20)."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -162,9 +161,7 @@ def test_two_ranks_give_the_one_process_answer(tmp_path):
     from regla.distill.losses import batch_moments
 
     here = Path(__file__).resolve().parent
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "knn.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(here),
                                                                             os.environ.get("PYTHONPATH", "")]))

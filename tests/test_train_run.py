@@ -184,7 +184,7 @@ def test_eval_under_torchrun_counts_each_image_once(run, tmp_path):
     import sys
 
     from regla.eval.cli import evaluate_cli
-    from test_train_ddp import free_port
+    from train_helpers import free_port
 
     data, result, _ = run
     single = evaluate_cli(eval_args(data, result.run_dir / "last.pth"))

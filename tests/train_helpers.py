@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,10 @@ def criterion_step(criterion):
         x, y = batch
         return criterion(x, model(x), y), {}
     return step
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for torchrun's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
