@@ -8,10 +8,9 @@ as ImageNet.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..data.digits import DEMO_SIZE
+from ..data.digits import DEMO_SIZE, DEMO_THREADS
 
 __all__ = ["DEMO_RECIPE"]
 
@@ -38,7 +37,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "ratio": [0.9, 1.1],
     "model_ema": False,
     "workers": 0,
-    "torch_threads": max(1, min(4, (os.cpu_count() or 2) // 2)),  # one per physical core; oversubscription is slow
+    "torch_threads": DEMO_THREADS,
     "device": "auto",
     "output": "runs/demo",
 }
