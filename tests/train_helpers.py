@@ -1,4 +1,4 @@
-"""Shared helpers of the tests: tiny image folders and tiny CPU recipes (regla_t at 32 px), KNN features, a free port."""
+"""Shared test helpers: tiny image folders and CPU recipes (regla_t at 32 px), KNN features, a free port."""
 
 from __future__ import annotations
 
