@@ -16,6 +16,7 @@ from torch import nn
 from dense_helpers import det_cfg, fit, seg_cfg, voc_root
 from regla.checkpoints import CheckpointError
 from regla.cli import main
+from regla.dense import tasks as dense_tasks
 from regla.dense.backbone import BackboneFPN, create_features, init_from_classifier
 from regla.dense.detector import AlignedMultiScaleRoIAlign, L1RegionProposalNetwork, mask_rcnn
 from regla.dense.segmenter import SemanticFPN
@@ -161,13 +162,12 @@ def test_seg_task_trains_and_evaluates_on_the_voc_photo(voc: Path) -> None:
     assert 0 <= scores["mIoU"] <= 100 and 0 < scores["aAcc"] <= 100
 
 
-def test_bad_annotations_stop_the_task_before_the_model_is_built(voc: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_annotations_stop_the_task_before_the_model_is_built(voc: Path, tmp_path: Path, patch) -> None:
     data = json.loads((voc / "instances.json").read_text())
     data["annotations"][3]["image_id"] = 42
     ann = tmp_path / "bad.json"
     ann.write_text(json.dumps(data))
-    monkeypatch.setattr("regla.dense.tasks.build_detector", lambda *a, **k: pytest.fail("model built"))
+    patch(dense_tasks, "build_detector", lambda *a, **k: pytest.fail("model built"), imported=True)
     with pytest.raises(UsageError, match="annotation id 4: image_id 42 is not in the 'images' list"):
         DetTask().build(det_cfg(voc, train_ann=str(ann)), torch.device("cpu"), 0, 1)
 

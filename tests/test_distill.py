@@ -13,7 +13,7 @@ from regla.distill.config import build_config
 from regla.distill.losses import aggregate_teachers, standardize, teacher_loss
 from regla.distill.task import DistillTask
 from regla.distill.teachers import REGISTRY
-from regla.eval.knn_cli import few_shot_indices
+from regla.eval.knn import few_shot_indices
 from train_helpers import make_folder
 
 torch.set_num_threads(1)
@@ -349,3 +349,27 @@ def test_knn_evaluation_counts_and_names_unreadable_images(setup, tmp_path, capl
     caplog.set_level(logging.WARNING, "regla.distill")
     m = task.evaluate(b.model, 0)
     assert m["knn_skipped"] == 1 and str(broken) in caplog.text
+
+
+@pytest.mark.parametrize("name", ["vit", "regnet"])
+def test_demo_teachers_are_trained_by_regla_train_with_the_recipe_of_before(name, tmp_path):
+    """The demo trains each teacher with ``regla train --demo`` in a child process (distill imports no trainer):
+    the child resolves the recipe the demo built in-process before, key for key."""
+    import subprocess
+
+    from regla.config import dump
+    from regla.distill.demo import TEACHERS, teacher_command
+    from regla.train.config import SCHEMA as TRAIN_SCHEMA
+    from regla.train.demo import DEMO_RECIPE
+
+    t, run_dir, digits = TEACHERS[name], tmp_path / name, tmp_path / "digits"
+    before = TRAIN_SCHEMA.build(None, base={**DEMO_RECIPE, "data_dir": str(digits), "model": t["model"],
+                                            "model_kwargs": t["model_kwargs"], "output": str(run_dir), **t["train"]})
+    argv = teacher_command(name, digits, run_dir, show_bar=False)
+    assert "--resume" not in argv
+    child = subprocess.run([*argv, "--print-config"], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout == dump(before)
+    (run_dir / "last.pth").parent.mkdir(parents=True)
+    (run_dir / "last.pth").write_bytes(b"")
+    assert teacher_command(name, digits, run_dir, show_bar=True)[-2:] == ["--resume", str(run_dir)]

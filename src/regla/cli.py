@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("regla.models.cli", "list registered models with params, MACs and the paper's figures"),
     "train": ("regla.train.cli", "train a backbone: Table 2 recipes, your own image folder, or --demo"),
     "eval": ("regla.eval.cli", "top-1/top-5 and throughput of any weights file (training-time or fused) on a folder"),
-    "knn": ("regla.eval.knn_cli", "weighted k-NN top-1/top-5 of frozen features (DINO, k=20): bank vs queries"),
+    "knn": ("regla.eval.cli_knn", "weighted k-NN top-1/top-5 of frozen features (DINO, k=20): bank vs queries"),
     "distill": ("regla.distill.cli", "multi-teacher feature distillation (ReGLA §3.5, Table 8), or --demo"),
     "plot": ("regla.bench.paper_figures", "draw the training curves of run folders, or ReGLA's Fig. 1/4, to a PNG"),
     "bench": ("regla.bench.cli", "params, MACs, CPU latency (ORT, PyTorch, ExecuTorch; fp32, int8), memory vs peers"),

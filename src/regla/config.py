@@ -1,4 +1,4 @@
-"""One typed schema for recipes and ``--set`` overrides, shared by every trainer (train now; distill, det, seg next).
+"""One typed schema for recipes and ``--set`` overrides, shared by every trainer (train, distill, det, seg, sam).
 
 A :class:`Schema` maps option names to :class:`Field` specs (type, default, range or choices, nullable, list item
 type and length, an extra check) plus cross-field rules. It turns YAML values and ``--set key=value`` strings into

@@ -18,7 +18,7 @@ what was expected; exit 2). The PNG is written atomically (:mod:`regla.outputs`)
 ``paper_fig1.png`` / ``paper_fig4.png``), and an existing file there is replaced only if this command drew it.
 
 This module is also the ``regla plot`` entry (:data:`regla.cli.COMMANDS`): without ``--paper`` it hands the
-arguments to :mod:`regla.runs.plot_cli` (run folders' training curves), which sits in a lower layer and cannot
+arguments to :mod:`regla.runs.cli_plot` (run folders' training curves), which sits in a lower layer and cannot
 import the figure code here.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..runs import plot_cli
+from ..runs import cli_plot
 
 FIGURES = ("fig1", "fig4")
 WRITER = "regla plot --paper"
@@ -238,8 +238,8 @@ def draw(figure: str, models: dict[str, dict[str, Any]], origin: str, out: Path)
 # ---- the command ------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``regla plot``'s options: the run-curve ones (:mod:`regla.runs.plot_cli`) and ``--paper``'s."""
-    plot_cli.add_arguments(parser)
+    """``regla plot``'s options: the run-curve ones (:mod:`regla.runs.cli_plot`) and ``--paper``'s."""
+    cli_plot.add_arguments(parser)
     parser.add_argument("--paper", choices=FIGURES, default=None,
                         help="draw ReGLA's Fig. 1 (top-1 vs params) or Fig. 4 (KNN top-1 and ADE20K mIoU vs params) "
                              "instead of run curves")
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     if args.paper is None:
         if args.results or args.print_data:
             raise UsageError("--results and --print-data go with --paper fig1|fig4")
-        return plot_cli.run(args)
+        return cli_plot.run(args)
     if args.run_dirs:
         raise UsageError(f"--paper {args.paper} draws from --results FILE (or the paper's numbers), not from "
                          f"run folders: drop {args.run_dirs[0]}")

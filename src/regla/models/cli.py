@@ -27,7 +27,7 @@ def model_rows(families: tuple[str, ...] = FAMILIES, img_size: int = 224,
     import timm
     from timm.utils import reparameterize_model
 
-    import regla  # noqa: F401  (registers our models)
+    import regla.models  # noqa: F401  (registers our models)
     from regla.utils import count_macs, count_params
 
     rows = []

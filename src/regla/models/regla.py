@@ -38,8 +38,8 @@ try:  # newer torch: FX symbolic tracing only (torch.export is covered by is_com
 except ImportError:  # pragma: no cover
     from torch.fx._symbolic_trace import is_fx_tracing
 
-from ..checkpoints import filter_fn
 from ._layers import ConvNorm, DistilledClassifier, StagedModelMixin, check_global_pool
+from ._weights import filter_fn
 
 __all__ = ["ReGLA", "RGMA", "ELRF", "relu_linear_attention", "PAPER_FIGURES"]
 

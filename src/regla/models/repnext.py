@@ -42,8 +42,8 @@ from timm.models import (
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from ..checkpoints import filter_fn, read_raw
 from ._layers import BatchNorm1d, BatchNorm2d, ConvNorm, DistilledClassifier, StagedModelMixin, check_global_pool
+from ._weights import filter_fn, read_raw
 
 __all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict", "PAPER_FIGURES"]
 

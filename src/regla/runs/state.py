@@ -28,7 +28,7 @@ from regla.checkpoints import (
     TRAIN_FORMAT,
     CheckpointError,
     WeightsInfo,
-    load_into,
+    load_weights,
     read_train_checkpoint,
     safetensors_bytes,
 )
@@ -36,7 +36,7 @@ from regla.outputs import atomic_write_bytes
 
 from .config import SCHEDULE_KEYS
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "recover", "restore", "save_checkpoint"]
+__all__ = ["CheckpointError", "load_checkpoint", "recover", "restore", "save_checkpoint"]
 
 FORMAT = TRAIN_FORMAT
 
@@ -218,25 +218,17 @@ def schedule_changed(ckpt: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     return [k for k in SCHEDULE_KEYS if ckpt["cfg"].get(k) != cfg.get(k)]
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Load ``state_dict`` into the bare model strictly (:func:`regla.checkpoints.load_into`, training-time form)."""
-    try:
-        load_into(unwrap(model), state_dict, allow_fused=False, source=str(path))
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} - a checkpoint from another architecture?") from None
-
-
 def restore(ckpt: dict[str, Any], *, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any,
             rank: int, world_size: int, path: str | Path, restore_scheduler: bool = True) -> None:
     """Put a checkpoint's state back into the live objects (weights, EMA, optimizer, schedule, scaler, RNG).
 
     With ``restore_scheduler=False`` (the schedule's recipe changed, e.g. more epochs) the new schedule is kept.
     """
-    load_weights(model, ckpt["model"], path)
+    load_weights(unwrap(model), ckpt["model"], source=path)
     if ema is not None:
         if ckpt["model_ema"] is None:
             raise CheckpointError(f"{path} has no EMA weights but this run keeps an EMA (--set model_ema=false?)")
-        load_weights(ema.module, ckpt["model_ema"], path)
+        load_weights(unwrap(ema.module), ckpt["model_ema"], source=path)
     optimizer.load_state_dict(ckpt["optimizer"])
     if restore_scheduler and scheduler is not None and ckpt["scheduler"] is not None:
         scheduler.load_state_dict(ckpt["scheduler"])

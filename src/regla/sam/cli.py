@@ -5,7 +5,7 @@
   against PyTorch inside the command;
 * ``regla sam eval``: zero-shot COCO evaluation as in the SAM paper (box prompts -> mask AP, one point -> mIoU),
   :mod:`regla.sam.evaluate`;
-* ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.distill`), on the run harness;
+* ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.embedding_distill`), on the run harness;
 * ``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo (:mod:`regla.sam.demo`);
 * ``regla sam encoders``: the encoder names.
 
@@ -182,7 +182,7 @@ def run_distill(args: argparse.Namespace) -> int:
     import logging
 
     from ..runs.config import resolve_recipe
-    from .distill import SCHEMA
+    from .embedding_distill import SCHEMA
 
     flags = {key: getattr(args, flag) for flag, key in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
     if args.output is not None:
@@ -196,7 +196,7 @@ def run_distill(args: argparse.Namespace) -> int:
     _check_distill(cfg, args.resume)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     from ..runs.harness import run
-    from .distill import SamDistillTask
+    from .embedding_distill import SamDistillTask
 
     cfg["model"] = cfg["student"]  # the default run folder is runs/<student>
     result = run(SamDistillTask(), cfg, resume=args.resume, show_bar=not args.no_progress)
@@ -256,8 +256,7 @@ def _build(args: argparse.Namespace):
 
 def run_predict(args: argparse.Namespace) -> int:
     """``regla sam predict``: check image, prompts and output, then predict and draw."""
-    from ..dense.predict import png_info
-    from ..outputs import atomic_output, check_new_output, png_written_by
+    from ..outputs import atomic_output, check_new_output, png_info, png_written_by
     from .prompt import check_box, check_point, draw_prediction, load_image, parse_numbers, predict_mask
 
     if args.box is None and args.point is None:
@@ -286,8 +285,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``regla sam export``: both ONNX files, each checked against PyTorch."""
-    from ..deploy.cli import SAME_KIND
     from ..deploy.export import is_mlpackage
+    from ..deploy.files import SAME_KIND
     from ..outputs import check_new_output
     from .export import export_sam_onnx
 
