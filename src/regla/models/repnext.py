@@ -44,7 +44,7 @@ from torch import nn
 from ..checkpoints import filter_fn, read_raw
 from ._layers import BatchNorm1d, BatchNorm2d, ConvNorm, DistilledClassifier, StagedModelMixin, check_global_pool
 
-__all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict", "PAPER_FIGURES"]
+__all__ = ["ABLATIONS", "RepNeXt", "checkpoint_filter_fn", "load_official_state_dict", "PAPER_FIGURES"]
 
 _RELEASE = "https://github.com/suous/RepNeXt/releases/download/v1.0/"
 
@@ -65,6 +65,41 @@ PAPER_FIGURES: dict[str, dict[str, float]] = {
                        top1_distilled=83.3),
 }
 
+
+_NO_SRP = dict(small_kernel="plain", medium_kernel="plain")
+
+# RepNeXt Table 5 (Sec. 4.3): ablations of RepNeXt-M1, 120 epochs on ImageNet-1K without distillation, quoted. Each
+# row: the model and constructor switches that build it, and the published params (M, deploy form), iPhone 12
+# latency (ms), RTX3090 throughput (im/s) and top-1 (%). The baseline is "RepNeXt-M1 without SRP"; the medium-kernel
+# rows add SRP steps to it one after another, the small-kernel rows then to the last of them (whose last row is the
+# published RepNeXt-M1). Recipes: configs/peers/repnext/<row>.yaml; ``regla models`` prints these rows.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "table5_row1_baseline": dict(model="repnext_m1", kwargs=_NO_SRP, params_m=4.82, lat_ms=0.86,
+                                 throughput=3885, top1=75.34),
+    "table5_row2_downsample_conv3x3": dict(model="repnext_m1", kwargs=dict(_NO_SRP, downsample="conv3x3"),
+                                           params_m=4.89, lat_ms=0.87, throughput=4078, top1=74.45),
+    "table5_row3_no_small_branch": dict(model="repnext_m1", kwargs=dict(_NO_SRP, kernel_branches=["medium", "large"]),
+                                        params_m=4.81, lat_ms=0.85, throughput=4017, top1=75.22),
+    "table5_row4_no_medium_branch": dict(model="repnext_m1", kwargs=dict(_NO_SRP, kernel_branches=["small", "large"]),
+                                         params_m=4.77, lat_ms=0.85, throughput=4341, top1=75.25),
+    "table5_row5_no_large_branch": dict(model="repnext_m1", kwargs=dict(_NO_SRP, kernel_branches=["small", "medium"]),
+                                        params_m=4.79, lat_ms=0.84, throughput=4332, top1=75.22),
+    "table5_row6_medium_5x5_3x3": dict(model="repnext_m1", kwargs=dict(small_kernel="plain", medium_kernel="square"),
+                                       params_m=4.82, lat_ms=0.86, throughput=3885, top1=75.62),
+    "table5_row7_medium_5x3_3x5": dict(model="repnext_m1",
+                                       kwargs=dict(small_kernel="plain", medium_kernel="asymmetric"),
+                                       params_m=4.82, lat_ms=0.86, throughput=3885, top1=75.69),
+    "table5_row8_medium_serial_strips": dict(model="repnext_m1", kwargs=dict(small_kernel="plain"),
+                                             params_m=4.82, lat_ms=0.86, throughput=3885, top1=75.71),
+    "table5_row9_small_serial_strips": dict(model="repnext_m1", kwargs=dict(small_kernel="serial"),
+                                            params_m=4.82, lat_ms=0.86, throughput=3885, top1=75.84),
+    "table5_row10_small_parallel_strips": dict(model="repnext_m1", kwargs={}, params_m=4.82, lat_ms=0.86,
+                                               throughput=3885, top1=75.97),
+    "table5_row11_repvit_m0_9": dict(model="repvit_m0_9", kwargs={}, params_m=5.07, lat_ms=0.89,
+                                     throughput=4817, top1=75.19),
+    "table5_row12_repvit_m0_9_repnext_downsample": dict(model="repvit_m0_9_repnext_ds", kwargs={}, params_m=4.99,
+                                                        lat_ms=0.89, throughput=4731, top1=75.32),
+}
 
 # --------------------------------------------------------------------------------------------------------------
 # Normalization that tolerates a single value per channel (batch 1 in training mode).
