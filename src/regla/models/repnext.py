@@ -1,7 +1,7 @@
 """RepNeXt: a fast multi-scale CNN using structural reparameterization.
 
 Paper: Zhao, Luo, Ouyang, "RepNeXt: A Fast Multi-Scale CNN using Structural Reparameterization",
-arXiv:2406.16004 (``shared/papers/repnext.txt``). Official release: https://github.com/suous/RepNeXt.
+arXiv:2406.16004. Official release: https://github.com/suous/RepNeXt.
 
 Written for regla from the paper; module and parameter names follow the official release so that its
 checkpoints (training form ``*.pth`` and fused TorchScript ``*_fused.pt``) load with ``strict=True``.
@@ -21,6 +21,11 @@ Structural reparameterization (``RepNeXt.fuse()`` or ``timm.utils.reparameterize
 deploy form, the identity chunk stays an identity, the 1x11 -> 11x1 strip pair stays two convs (merging it into an
 11x11 kernel would cost 121 instead of 22 MACs per pixel and is not exact at the borders because the first strip
 has a bias), and the stand-alone ``norm`` BN after the token mixer is kept (the fused checkpoints contain it).
+
+Table 5's ablations (Sec. 4.3) are constructor switches whose defaults are the published model: ``downsample``
+(``"copy"`` / ``"conv3x3"``), ``kernel_branches`` (which ``ChunkConv`` branches have a kernel), ``small_kernel`` and
+``medium_kernel`` (the SRP steps of ``RepDWConvS`` / ``RepDWConvM``). :data:`ABLATIONS` lists each row with its
+switches and published figures; every combination fuses exactly (docs/repnext.md, "Table 5").
 """
 
 from collections.abc import Callable, Sequence
