@@ -161,12 +161,17 @@ def test_unknown_constructor_argument_is_an_error() -> None:
     with pytest.raises(TypeError, match="small_kernels"):
         timm.create_model("repnext_m1", small_kernels="plain")
     timm.create_model("repnext_m0", drop_path_rate=0.0)  # timm's generic callers pass 0: accepted
+    from regla.errors import UsageError
     from regla.train.modeling import create_student
 
     cfg = dict(model="repnext_m1", model_kwargs={"bogus": 1}, drop_path=0.0, in_chans=3, distillation_type="none",
                grad_checkpointing=False)
-    with pytest.raises(ValueError, match=r"repnext_m1 does not accept \['bogus', 'num_classes'\]"):
+    with pytest.raises(UsageError, match=r"repnext_m1 does not accept \['bogus', 'num_classes'\]"):
         create_student(cfg, num_classes=3)
+    cfg["model_kwargs"] = {"small_kernel": "dilated"}  # a recipe's bad switch value: bad input, exit code 2
+    with pytest.raises(UsageError, match=r"model_kwargs .*small_kernel must be one of \('plain'") as err:
+        create_student(cfg, num_classes=3)
+    assert err.value.exit_code == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
