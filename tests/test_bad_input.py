@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from regla.bench import dense as bench_dense
-from regla.bench import paper_figures
-from regla.bench import runner
+from regla.bench import paper_figures, runner
 from regla.cli import main
 from regla.deploy import export
 from regla.eval import knn, loop

@@ -1,9 +1,9 @@
 """regla's layout as a reader sees it: imports point one way, and ``regla --help`` needs no torch.
 
-The layer table follows docs/architecture.md ("Importing regla, and the layers"): a package may import its own layer and the layers above
-it, never one below; no two packages, and no two modules (inside one package too), may import each other in a
-cycle; the trainers do not import each other, and nothing imports ``regla.train`` but itself and the CLI table.
-The imports are read statically (``ast``), at module level and inside functions alike.
+The layer table follows docs/architecture.md ("Importing regla, and the layers"): a package may import its own
+layer and the layers above it, never one below; no two packages, and no two modules (inside one package too), may
+import each other in a cycle; the trainers do not import each other, and nothing imports ``regla.train`` but itself
+and the CLI table. The imports are read statically (``ast``), at module level and inside functions alike.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ def create_student(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     import timm
 
     import regla  # noqa: F401  (registers our models)
+    from regla.errors import UsageError
 
     kwargs: dict[str, Any] = dict(cfg["model_kwargs"] or {}, num_classes=num_classes)
     if cfg["drop_path"]:  # stochastic depth; some peers (RepViT) have none and reject the argument
@@ -29,7 +30,9 @@ def create_student(cfg: dict[str, Any], num_classes: int) -> nn.Module:
                              "timm.list_models() all") from e
         raise
     except TypeError as e:
-        raise ValueError(f"{cfg['model']} does not accept {sorted(kwargs)}: {e}") from e
+        raise UsageError(f"{cfg['model']} does not accept {sorted(kwargs)}: {e}") from e
+    except ValueError as e:  # a constructor switch with a value it does not allow (the message names the allowed)
+        raise UsageError(f"{cfg['model']} model_kwargs {cfg['model_kwargs'] or {}}: {e}") from e
     if cfg["distillation_type"] != "none":
         if not hasattr(model, "set_distilled_training"):
             raise ValueError(f"{cfg['model']} has no distillation head (set_distilled_training); "
