@@ -4,6 +4,6 @@ Reading weights files lives in :mod:`regla.checkpoints` (re-exported here for co
 """
 
 from ..checkpoints import CheckpointError, compare_keys, load_into, load_weights, read_weights
-from . import regla, repnext  # noqa: F401  (registration)
+from . import iformer_variants, regla, repnext  # noqa: F401  (registration)
 
 __all__ = ["CheckpointError", "compare_keys", "load_into", "load_weights", "read_weights"]
