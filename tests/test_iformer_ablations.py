@@ -175,7 +175,7 @@ def test_params_match_the_paper(name: str) -> None:
     if name == "iformer_m_shma_baseline":  # Table 7's last row: 10.37 M here for 10.0 (its MACs match exactly)
         assert params == pytest.approx(10.37, abs=0.01)
     else:
-        assert params == pytest.approx(paper, abs=0.051)  # the table's one decimal
+        assert round(params, 1) == paper  # the table's one decimal
 
 
 @pytest.mark.parametrize("name", TABLE7)
@@ -183,7 +183,7 @@ def test_table7_macs_match_the_paper(name: str) -> None:
     from regla.utils import count_macs
 
     gmacs = count_macs(timm.create_model(name, num_classes=1000)) / 1e9
-    tol = 0.0075 if name == "iformer_m_shma_50" else 0.0015  # row 5: 1718 M here for 1712 M; the others within 1 M
+    tol = 0.006 if name == "iformer_m_shma_50" else 0.001  # row 5: 1717.6 M here for 1712 M; the others within 1 M
     assert gmacs == pytest.approx(V.PAPER_FIGURES[name]["gmacs"], abs=tol)
 
 
