@@ -73,6 +73,16 @@ def test_kernel_and_stem_switches() -> None:
     assert base.stem.conv1.c.kernel_size == (5, 5) and base.stem.conv1.c.padding == (2, 2)
     assert k3.stem.conv2.c.stride == (2, 2) and k3.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     assert not _mixers(base) and [len(s.blocks) for s in base.stages] == [2, 2, 18, 2]
+    # rebuilt modules get timm's IFormer init (truncated normal, std 0.02), not PyTorch's default (std ~0.11 here)
+    assert k3.stem.conv1.c.weight.std() < 0.03 and k3.stages[2].blocks[0].mixer.module[0].c.weight.std() < 0.03
+
+
+def test_features_only_and_dtype_reach_the_swapped_modules() -> None:
+    feats = timm.create_model("iformer_m_sha_baseline", features_only=True).eval()
+    assert [tuple(t.shape) for t in feats(torch.randn(1, 3, 64, 64))] == \
+           [(1, 48, 16, 16), (1, 96, 8, 8), (1, 192, 4, 4), (1, 384, 2, 2)]
+    model = timm.create_model("iformer_m_shma_silu_preln", dtype=torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
 
 
 @pytest.mark.parametrize("pct,groups,convs", [(22, 2, 14), (50, 4, 10), (78, 7, 4), (100, 9, 0)])

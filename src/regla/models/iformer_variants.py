@@ -75,14 +75,15 @@ class PlainAttention(SHMA):
     Multi-Head"): q/k/v are split into heads, which is the reshaping SHMA avoids. Only ``forward`` differs from SHMA.
     """
 
-    def __init__(self, dim: int, ratio: int = 1, head_dim_reduction_ratio: int = 1, num_heads: int = 1):
-        super().__init__(dim, ratio, head_dim_reduction_ratio)
+    def __init__(self, dim: int, ratio: int = 1, head_dim_reduction_ratio: int = 1, num_heads: int = 1,
+                 device: Any = None, dtype: Any = None):
+        super().__init__(dim, ratio, head_dim_reduction_ratio, device=device, dtype=dtype)
         dim_attn, mid_dim = dim // head_dim_reduction_ratio, int(dim * ratio)
         if num_heads < 1 or dim_attn % num_heads or mid_dim % num_heads:
             raise ValueError(f"num_heads must divide the attention width {dim_attn} and the value width {mid_dim}, "
                              f"got {num_heads}")
         del self.v_gate, self.gate_act
-        self.v = ConvNorm(dim, mid_dim, 1)
+        self.v = ConvNorm(dim, mid_dim, 1, device=device, dtype=dtype)
         self.num_heads = num_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,12 +101,13 @@ class PreNormSHMA(SHMA):
     projections, which carry a bias instead of the BN that follows them in SHMA ("Post-BN"). The output projection keeps
     its BN. Only ``forward`` differs from SHMA: it normalizes its input."""
 
-    def __init__(self, dim: int, ratio: int = 1, head_dim_reduction_ratio: int = 2):
-        super().__init__(dim, ratio, head_dim_reduction_ratio)
-        self.norm = LayerNorm2d(dim)
+    def __init__(self, dim: int, ratio: int = 1, head_dim_reduction_ratio: int = 2, device: Any = None,
+                 dtype: Any = None):
+        super().__init__(dim, ratio, head_dim_reduction_ratio, device=device, dtype=dtype)
+        self.norm = LayerNorm2d(dim, device=device, dtype=dtype)
         for name in ("q", "k", "v_gate"):
             conv = getattr(self, name).c
-            setattr(self, name, nn.Conv2d(conv.in_channels, conv.out_channels, 1))
+            setattr(self, name, nn.Conv2d(conv.in_channels, conv.out_channels, 1, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(self.norm(x))
@@ -124,35 +126,41 @@ class IFormerAblation(IFormer):
         _check(stem_kernel=stem_kernel, kernel_size=kernel_size, attn=attn, mha_head_dim=mha_head_dim,
                gate_act=gate_act, shma_norm=shma_norm)
         super().__init__(**kwargs)
-        init = partial(self._init_weights, needs_reset=False)
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        new: list[nn.Module] = []  # the modules built here, initialised as timm initialises IFormer's
         if stem_kernel != 5:
             for name in ("conv1", "conv2"):
                 c = getattr(self.stem, name).c
-                setattr(self.stem, name, ConvNorm(c.in_channels, c.out_channels, stem_kernel, 2, stem_kernel // 2))
+                new.append(ConvNorm(c.in_channels, c.out_channels, stem_kernel, 2, stem_kernel // 2, **dd))
+                setattr(self.stem, name, new[-1])
         for stage in self.stages:
             for i, block in enumerate(stage.blocks):
                 if isinstance(block, ConvBlock) and kernel_size != 7:
                     dim = block.mixer.module[0].c.in_channels
-                    block.mixer.module[0] = ConvNorm(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
+                    new.append(ConvNorm(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim, **dd))
+                    block.mixer.module[0] = new[-1]
                 elif isinstance(block, RepCPE) and not cpe:
                     stage.blocks[i] = nn.Identity()
                 elif isinstance(block, SHMABlock):
-                    old = block.mixer.module
-                    block.mixer.module = _mixer(old, attn, mha_head_dim, shma_norm)
+                    mixer = _mixer(block.mixer.module, attn, mha_head_dim, shma_norm, dd)
                     if attn == "shma":
-                        block.mixer.module.gate_act = GATE_ACTS[gate_act]()
-        self.apply(lambda m: init(m) if isinstance(m, (nn.Conv2d, nn.Linear)) else None)
+                        mixer.gate_act = GATE_ACTS[gate_act]()
+                    if mixer is not block.mixer.module:
+                        new.append(mixer)
+                        block.mixer.module = mixer
+        for module in new:
+            module.apply(partial(self._init_weights, needs_reset=False))
 
 
-def _mixer(old: SHMA, attn: str, mha_head_dim: int, shma_norm: str) -> nn.Module:
+def _mixer(old: SHMA, attn: str, mha_head_dim: int, shma_norm: str, dd: dict[str, Any]) -> nn.Module:
     """The token mixer replacing timm's ``SHMA`` ``old`` (same widths: ``q`` gives the attention width, ``proj`` the
     value width and the channels)."""
     dim, dim_attn, mid_dim = old.q.c.in_channels, old.q.c.out_channels, old.proj.c.in_channels
     ratio, reduction = mid_dim // dim, dim // dim_attn
     if attn == "shma":
-        return PreNormSHMA(dim, ratio, reduction) if shma_norm == "pre_ln" else old
+        return PreNormSHMA(dim, ratio, reduction, **dd) if shma_norm == "pre_ln" else old
     heads = 1 if attn == "sha" else max(1, dim_attn // mha_head_dim)
-    return PlainAttention(dim, ratio, reduction, heads)
+    return PlainAttention(dim, ratio, reduction, heads, **dd)
 
 
 _TIMM_ARGS = frozenset(inspect.signature(IFormer.__init__).parameters) - {"self"}
