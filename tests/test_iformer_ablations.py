@@ -51,6 +51,15 @@ def test_variant_fuses_exactly(name: str) -> None:
     assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())  # fusion did something
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_learns(name: str) -> None:
+    """A training step reaches every parameter with a finite gradient (none left over by a swap: DDP needs that)."""
+    model = _model(name, drop_path_rate=0.1).train()
+    model(torch.randn(2, 3, 64, 64)).logsumexp(1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
 def test_variants_are_timm_iformer_with_registered_defaults() -> None:
     assert set(NAMES) <= set(timm.list_models(module="iformer_variants"))
     for name in NAMES:
