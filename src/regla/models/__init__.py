@@ -10,4 +10,4 @@ from . import _weights
 
 _weights.register(filter_fn, read_raw)
 
-from . import regla, repnext, repvit_variants  # noqa: E402, F401  (registration, after the weights hooks are in place)
+from . import iformer_variants, regla, repnext, repvit_variants  # noqa: E402, F401  (registration, after the weights hooks are in place)

@@ -7,7 +7,7 @@ import sys
 
 from regla.preflight import int_range
 
-FAMILIES = ("regla", "repnext", "repvit_variants")
+FAMILIES = ("regla", "repnext", "repvit_variants", "iformer_variants")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,8 @@ def model_rows(families: tuple[str, ...] = FAMILIES, img_size: int = 224,
                deploy: bool = False) -> list[dict[str, object]]:
     """One row per registered model: measured params/MACs (of the deploy form if ``deploy``) and the published
     figures its module's ``PAPER_FIGURES`` quotes (keys ``params_m``, ``gmacs``, ``top1``); then one row per paper
-    ablation row its module's ``ABLATIONS`` lists (model + constructor switches, named ``family/row``)."""
+    ablation row its module's ``ABLATIONS`` lists (model + constructor switches, named ``family/row``). A family
+    module may add timm's own models whose figures it quotes (``TIMM_MODELS``, e.g. iFormer's ``iformer_h``)."""
     import timm
     from timm.utils import reparameterize_model
 
@@ -33,9 +34,10 @@ def model_rows(families: tuple[str, ...] = FAMILIES, img_size: int = 224,
     rows = []
     for family in families:
         family_rows = []
-        for name in timm.list_models(module=family):
+        family_module = sys.modules.get(f"regla.models.{family}")
+        for name in timm.list_models(module=family) + list(getattr(family_module, "TIMM_MODELS", ())):
             model = timm.create_model(name).eval()
-            module = sys.modules[type(model).__module__]
+            module = family_module or sys.modules[type(model).__module__]  # the family quotes timm's models' figures
             if deploy:
                 model = reparameterize_model(model)
             paper = getattr(module, "PAPER_FIGURES", {}).get(name, {})
