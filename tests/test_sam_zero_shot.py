@@ -292,6 +292,32 @@ def test_cli_edges_writes_ods_ois_ap_and_per_image_scores(tmp_path, capsys):
     assert load_bsds(root).names == ["0", "1"]
 
 
+class LineEdges:
+    """Stands in for :class:`SamEdges`: image k's map (in name order) is its first human map (column 10 + k) at 0.5."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def edge_map(self, rgb):
+        m = line_map(*rgb.shape[:2], 10 + self.calls) * 0.5
+        self.calls += 1
+        return m
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_evaluate_edges_scores_by_hand_in_this_process_or_in_workers(tmp_path, workers):
+    """Each image's map is its first human map exactly: recall 1/2 (two human maps, the second 2 px away, beyond
+    the 0.6 px tolerance of a 48 x 64 image), precision 1, at thresholds up to 0.5."""
+    from regla.sam.edges import evaluate_edges
+
+    data = load_bsds(write_bsds(tmp_path / "BSDS500"))
+    result = evaluate_edges(LineEdges(), data, workers=workers)
+    s = result.scores
+    assert s["images"] == 2 and s["ODS_recall"] == 0.5 and s["ODS_precision"] == 1.0
+    assert s["ODS"] == pytest.approx(2 / 3) and s["OIS"] == pytest.approx(2 / 3)
+    assert [(r["name"], r["recall"], r["precision"]) for r in result.images] == [("0", 0.5, 1.0), ("1", 0.5, 1.0)]
+
+
 def test_sam_edges_gives_a_normalised_thinned_map():
     from regla.sam.build import build_sam
     from regla.sam.edges import SamEdges
