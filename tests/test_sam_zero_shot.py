@@ -331,6 +331,46 @@ def test_sam_edges_gives_a_normalised_thinned_map():
     assert (e[:5] == 0).all() or e[:5].max() < e.max()  # the border band is scaled down
 
 
+def test_sam_edges_pipeline_on_known_masks_recovers_their_boundaries():
+    """SAM's decoder replaced by known logits: every point gets disc A, ellipse B and A again (a duplicate).
+    Box NMS keeps one copy of each; the edge map lies on the two boundaries only, is thinned to one pixel across
+    (edge NMS keeps the stronger side of the two-pixel Sobel band), and scores ODS above 0.99 against the inner
+    boundaries (Dollár's orientation is degenerate where a curve is exactly axis-aligned: discs, not rectangles)."""
+    from scipy.ndimage import distance_transform_edt
+    from skimage.segmentation import find_boundaries
+
+    from regla.sam.build import build_sam
+    from regla.sam.edges import SamEdges
+
+    h, w = 120, 160
+    yy, xx = np.mgrid[:h, :w]
+    a, b = (xx - 45) ** 2 + (yy - 40) ** 2 <= 25 ** 2, (xx - 115) ** 2 / 900 + (yy - 75) ** 2 / 625 <= 1
+
+    def ramp(m):  # smooth logits as SAM's upsampled ones: the signed distance to the edge, crossing 0 off-centre
+        return distance_transform_edt(m) - distance_transform_edt(~m) - 0.3
+
+    logits = torch.from_numpy(np.stack([ramp(a), ramp(b), ramp(a)]).astype(np.float32))
+    torch.manual_seed(0)
+    source = SamEdges(build_sam("regla_t_sam", img_size=64), points_per_side=4)
+    seen = []
+
+    def predict_torch(point_coords, point_labels, multimask_output, return_logits):
+        assert multimask_output and return_logits and point_labels.eq(1).all()
+        seen.append(len(point_coords))
+        n = len(point_coords)
+        return logits.expand(n, 3, h, w).clone(), torch.tensor([[0.9, 0.8, 0.7]]).expand(n, 3), None
+
+    source.predictor.predict_torch = predict_torch
+    e = source.edge_map(np.zeros((h, w, 3), np.uint8))
+    assert sum(seen) == 16  # the 4 x 4 grid
+    gt = find_boundaries(a, mode="inner") | find_boundaries(b, mode="inner")
+    near = find_boundaries(a, mode="thick", connectivity=2) | find_boundaries(b, mode="thick", connectivity=2)
+    assert e.max() == pytest.approx(1.0) and (e[~near] == 0).all()
+    assert (e > 0).sum() < 1.2 * gt.sum()  # thinned: the two-pixel Sobel band becomes one pixel
+    s = scores_of(e, [gt])
+    assert s["ODS"] > 0.99 and s["OIS"] > 0.99
+
+
 def test_cli_seginw_writes_each_set_and_the_mean(seginw, tmp_path, capsys):
     root, boxes = seginw
     out = tmp_path / "ev"
