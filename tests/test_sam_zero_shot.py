@@ -130,6 +130,28 @@ def test_matching_is_one_to_one_within_the_tolerance_only():
     assert s["ODS"] == 0.0 and s["OIS"] == 0.0 and s["ODS_recall"] == 0.0
 
 
+def test_matching_finds_as_many_matches_as_hopcroft_karp_one_to_one_and_within_reach():
+    """Random sparse maps: the count equals scipy's Hopcroft-Karp maximum matching on the same pairs, and every
+    match found is one-to-one (as many matched pixels on each side) and within the tolerance of a partner."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        pred, gt = rng.random((200, 300)) < 0.03, rng.random((200, 300)) < 0.03  # tolerance 2.7 px
+        m1, m2 = match_edges(pred, gt)
+        p, g = np.argwhere(pred), np.argwhere(gt)
+        radius = MAX_DIST * math.hypot(200, 300)
+        pairs = cKDTree(p).sparse_distance_matrix(cKDTree(g), radius, output_type="ndarray")
+        graph = coo_matrix((np.ones(len(pairs)), (pairs["i"], pairs["j"])), shape=(len(p), len(g))).tocsr()
+        best = int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
+        assert 0 < best == m1.sum() == m2.sum()
+        assert not (m1 & ~pred).any() and not (m2 & ~gt).any()
+        near = cKDTree(np.argwhere(m2)).query(np.argwhere(m1))[0]
+        assert (near <= radius).all()
+
+
 def test_ods_ois_and_ap_of_two_images_by_hand():
     """Image A: its true line scores 0.805, a false line 0.405; image B: its true line 0.305, a false line 0.605.
 
