@@ -11,7 +11,7 @@ import torch
 
 import regla  # noqa: F401  registers regla_* and repnext_*
 from regla.bench.backends import Calibration
-from regla.deploy.checkpoint import create_fused_model
+from regla.checkpoints import create_fused_model
 from regla.deploy.executorch import delegation_summary, to_edge
 
 

@@ -13,21 +13,24 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import timm
 from PIL import Image
 
+from regla.bench import tables as bench_tables
 from regla.bench.tables import RESULTS_RULES
 from regla.cli import main
 from regla.data.coco import COCO_RULES, SECTIONS
+from regla.runs import cli_plot, harness
 from regla.runs.logs import ROW_RULES
+from regla.sam import build as sam_build
 
-TRIPWIRES = ("timm.create_model", "regla.sam.build.build_sam", "regla.runs.harness.run",
-             "regla.runs.plot_cli.plot_runs", "regla.bench.tables.merge_runs")
+TRIPWIRES = ((timm, "create_model"), (sam_build, "build_sam"), (harness, "run"), (cli_plot, "plot_runs"),
+             (bench_tables, "merge_runs"))
 W, H = 40, 32
 
 
@@ -106,25 +109,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def tripwires(monkeypatch):
-    def tripwire(*args, **kwargs):
-        raise AssertionError("a model was built (or the work started) before the data were checked")
-
-    for target in TRIPWIRES:
-        monkeypatch.setattr(target, tripwire)
-
-
-def refused(argv: list[str], says: list[str], capsys) -> str:
-    """Run ``regla ARGV``: exit 2, one line on stderr, no traceback, every text of ``says`` in it."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert re.match(r"regla [a-z]+( [a-z]+)?: error: ", lines[0]), err
-    for text in says:
-        assert str(text) in lines[0], f"{text!r} not in: {lines[0]}"
-    return lines[0]
+def tripwires(tripwire):
+    tripwire(*TRIPWIRES, message="a model was built (or the work started) before the data were checked")
 
 
 def det_train(images: Path, ann: Path, out: Path, *extra: str) -> list:
@@ -169,8 +155,8 @@ def _coco_rule_cases() -> list:
 
 @pytest.mark.parametrize("command", list(COCO_COMMANDS))
 @pytest.mark.parametrize("kind, section, rule, how", _coco_rule_cases())
-def test_every_coco_rule_refuses_before_any_model(command, kind, section, rule, how, data, tmp_path, capsys,
-                                                   tripwires):
+def test_every_coco_rule_refuses_before_any_model(command, kind, section, rule, how, data, tmp_path, tripwires,
+                                                  refused):
     def edit(doc: dict) -> None:
         entry = doc if section is None else doc[section][0]
         if how == "missing":
@@ -181,7 +167,7 @@ def test_every_coco_rule_refuses_before_any_model(command, kind, section, rule, 
     ann = write_coco(tmp_path, edit)
     where = "the file" if section is None else f"{kind} id 1" if rule.key != "id" else f"{kind} #0 in '{section}'"
     says = [ann, where, repr(rule.key), f"expected {rule.expected}"]
-    refused(COCO_COMMANDS[command](data, data["images"], ann, tmp_path / "out"), says, capsys)
+    refused(COCO_COMMANDS[command](data, data["images"], ann, tmp_path / "out"), says)
     assert not (tmp_path / "out").exists()
 
 
@@ -226,14 +212,14 @@ COCO_ROWS = {
 
 @pytest.mark.parametrize("command", list(COCO_COMMANDS))
 @pytest.mark.parametrize("row", list(COCO_ROWS))
-def test_issue_rows_refuse_before_any_model(command, row, data, tmp_path, capsys, tripwires):
+def test_issue_rows_refuse_before_any_model(command, row, data, tmp_path, tripwires, refused):
     edit, says = COCO_ROWS[row]
     ann = write_coco(tmp_path, edit)
-    refused(COCO_COMMANDS[command](data, data["images"], ann, tmp_path / "out"), [ann, *says], capsys)
+    refused(COCO_COMMANDS[command](data, data["images"], ann, tmp_path / "out"), [ann, *says])
     assert not (tmp_path / "out").exists()
 
 
-def test_a_file_name_outside_the_folder_is_never_opened(data, tmp_path, capsys, tripwires, monkeypatch):
+def test_a_file_name_outside_the_folder_is_never_opened(data, tmp_path, tripwires, monkeypatch, refused):
     """The path check comes before any open: PIL never sees the outside file."""
     import PIL.Image
 
@@ -244,15 +230,15 @@ def test_a_file_name_outside_the_folder_is_never_opened(data, tmp_path, capsys, 
     _png(outside, np.zeros((H, W, 3), np.uint8))
     ann = write_coco(tmp_path, _set("images", 0, file_name=str(outside)))
     for command in COCO_COMMANDS.values():
-        refused(command(data, data["images"], ann, tmp_path / "out"), ["outside the image folder"], capsys)
+        refused(command(data, data["images"], ann, tmp_path / "out"), ["outside the image folder"])
     assert not any("secret" in p for p in opened), opened
 
 
-def test_json_that_is_not_valid_is_one_line(data, tmp_path, capsys, tripwires):
+def test_json_that_is_not_valid_is_one_line(data, tmp_path, tripwires, refused):
     ann = tmp_path / "instances.json"
     ann.write_text('{"images": [')
     for command in COCO_COMMANDS.values():
-        refused(command(data, data["images"], ann, tmp_path / "out"), [ann, "not valid JSON"], capsys)
+        refused(command(data, data["images"], ann, tmp_path / "out"), [ann, "not valid JSON"])
 
 
 # ---- skip rows: counted and named, --strict refuses -------------------------------------------------------------
@@ -280,10 +266,10 @@ def test_a_degenerate_box_is_skipped_from_training_counted_and_named(data, tmp_p
         assert sorted(ev.coco.anns) == [1, 2, 3]
 
 
-def test_strict_refuses_a_degenerate_box_in_training(data, tmp_path, capsys, tripwires):
+def test_strict_refuses_a_degenerate_box_in_training(data, tmp_path, tripwires, refused):
     ann = write_coco(tmp_path, _degenerate)
     refused(det_train(data["images"], ann, tmp_path / "out", "--strict"),
-            [ann, "annotation id 3", "degenerate box", "--strict"], capsys)
+            [ann, "annotation id 3", "degenerate box", "--strict"])
 
 
 def _truncated_set(tmp_path: Path) -> tuple[Path, Path]:
@@ -309,10 +295,10 @@ def test_a_truncated_image_is_skipped_counted_and_named(tmp_path):
 
 
 @pytest.mark.parametrize("command", list(COCO_COMMANDS))
-def test_strict_refuses_a_truncated_image(command, data, tmp_path, capsys, tripwires):
+def test_strict_refuses_a_truncated_image(command, data, tmp_path, tripwires, refused):
     images, ann = _truncated_set(tmp_path)
     argv = COCO_COMMANDS[command](data, images, ann, tmp_path / "out") + ["--strict"]
-    refused(argv, [ann, "image id 2", "unreadable image", "truncated"], capsys)
+    refused(argv, [ann, "image id 2", "unreadable image", "truncated"])
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -335,12 +321,12 @@ def test_probe_finds_truncated_files_and_accepts_trailing_data(fmt, tmp_path):
 
 
 @pytest.mark.parametrize("command", list(COCO_COMMANDS))
-def test_a_set_of_only_unreadable_images_names_the_first(command, data, tmp_path, capsys, tripwires):
+def test_a_set_of_only_unreadable_images_names_the_first(command, data, tmp_path, tripwires, refused):
     """The issue's one-photo set with its photo truncated: exit 2 naming it, not an OSError mid-run."""
     images, ann = _truncated_set(tmp_path)
     truncate(images / "a.png")
     refused(COCO_COMMANDS[command](data, images, ann, tmp_path / "out"),
-            [ann, "2 skipped, first: image id 1 (a.png: truncated"], capsys)
+            [ann, "2 skipped, first: image id 1 (a.png: truncated"])
 
 
 def test_crowd_only_images_are_skipped_from_training_and_named(data, tmp_path):
@@ -407,14 +393,14 @@ def test_an_image_that_fails_to_decode_in_a_loader_worker_is_one_line_naming_it(
 
 # ---- SAM eval: no ground truth -----------------------------------------------------------------------------------
 
-def test_sam_eval_without_ground_truth_says_so(data, tmp_path, capsys, tripwires):
+def test_sam_eval_without_ground_truth_says_so(data, tmp_path, tripwires, refused):
     """Main evaluated this set and reported AP 0.0; nothing can be scored, so it is refused as such."""
     def crowd_only(doc: dict) -> None:
         for a in doc["annotations"]:
             a["iscrowd"] = 1
 
     ann = write_coco(tmp_path, crowd_only)
-    refused(sam_eval(data["images"], ann, tmp_path / "out"), [ann, "no ground truth", "2 readable image(s)"], capsys)
+    refused(sam_eval(data["images"], ann, tmp_path / "out"), [ann, "no ground truth", "2 readable image(s)"])
 
 
 # ---- ADE-format pairs --------------------------------------------------------------------------------------------
@@ -457,10 +443,10 @@ ADE_ROWS = {
 
 @pytest.mark.parametrize("command", list(SEG_COMMANDS))
 @pytest.mark.parametrize("row", list(ADE_ROWS))
-def test_bad_ade_pairs_refuse_before_any_model(command, row, data, tmp_path, capsys, tripwires):
+def test_bad_ade_pairs_refuse_before_any_model(command, row, data, tmp_path, tripwires, refused):
     spoil, says = ADE_ROWS[row]
     images, labels = _ade(tmp_path, **spoil)
-    refused(SEG_COMMANDS[command](data, images, labels, tmp_path / "out"), says, capsys)
+    refused(SEG_COMMANDS[command](data, images, labels, tmp_path / "out"), says)
 
 
 @pytest.mark.parametrize("what", ["label", "image"])
@@ -476,10 +462,10 @@ def test_a_truncated_label_or_image_is_skipped_counted_and_named(what, tmp_path)
 
 @pytest.mark.parametrize("command", list(SEG_COMMANDS))
 @pytest.mark.parametrize("what", ["label", "image"])
-def test_strict_refuses_a_truncated_label_or_image(command, what, data, tmp_path, capsys, tripwires):
+def test_strict_refuses_a_truncated_label_or_image(command, what, data, tmp_path, tripwires, refused):
     images, labels = _ade(tmp_path, **{what: truncate})
     refused(SEG_COMMANDS[command](data, images, labels, tmp_path / "out", "--strict"),
-            ["b.png", "unreadable image", "truncated"], capsys)
+            ["b.png", "unreadable image", "truncated"])
 
 
 def test_a_label_that_decodes_badly_is_skipped(tmp_path):
@@ -506,7 +492,7 @@ def _results_entry(doc: dict, part: str) -> tuple[dict, str]:
 
 
 @pytest.mark.parametrize("part, rule, how", _results_cases())
-def test_every_results_rule_refuses_before_any_table(part, rule, how, tmp_path, capsys, tripwires):
+def test_every_results_rule_refuses_before_any_table(part, rule, how, tmp_path, tripwires, refused):
     doc = good_results()
     entry, where = _results_entry(doc, part)
     if how == "missing":
@@ -518,7 +504,7 @@ def test_every_results_rule_refuses_before_any_table(part, rule, how, tmp_path, 
     path.write_text(json.dumps(doc))
     where = "result #0" if (part, rule.key) == ("result", "name") else where
     refused(["bench", "--tables", path.parent, "-o", tmp_path / "out"],
-            [path, where, repr(rule.key), f"expected {rule.expected}"], capsys)
+            [path, where, repr(rule.key), f"expected {rule.expected}"])
 
 
 BENCH_ROWS = {
@@ -536,13 +522,13 @@ BENCH_ROWS = {
 
 
 @pytest.mark.parametrize("row", list(BENCH_ROWS))
-def test_bench_rows_refuse_before_any_table(row, tmp_path, capsys, tripwires):
+def test_bench_rows_refuse_before_any_table(row, tmp_path, tripwires, refused):
     edit, says = BENCH_ROWS[row]
     doc = good_results()
     edit(doc)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.json").write_text(json.dumps(doc))
-    refused(["bench", "--tables", tmp_path / "run", "-o", tmp_path / "out"], says, capsys)
+    refused(["bench", "--tables", tmp_path / "run", "-o", tmp_path / "out"], says)
 
 
 def test_a_good_results_file_passes(data, tmp_path, capsys):
@@ -557,24 +543,24 @@ def _row_cases() -> list:
             for how in (("missing", "bad") if rule.required else ("bad",))]
 
 
-def _plot(tmp_path: Path, lines: list[str], capsys, says: list[str]) -> None:
+def _plot(refused, tmp_path: Path, lines: list[str], says: list[str]) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
-    refused(["plot", run, "-o", tmp_path / "out" / "c.png"], [run / "metrics.jsonl", *says], capsys)
+    refused(["plot", run, "-o", tmp_path / "out" / "c.png"], [run / "metrics.jsonl", *says])
 
 
 GOOD_ROW = {"epoch": 1, "train_loss": 1.0, "lr": 0.1, "top1": 50.0, "best_top1": 50.0}
 
 
 @pytest.mark.parametrize("rule, how", _row_cases())
-def test_every_log_row_rule_refuses_before_drawing(rule, how, tmp_path, capsys, tripwires):
+def test_every_log_row_rule_refuses_before_drawing(rule, how, tmp_path, tripwires, refused):
     row = dict(GOOD_ROW)
     if how == "missing":
         del row[rule.key]
     else:
         row[rule.key] = rule.bad
-    _plot(tmp_path, [json.dumps(GOOD_ROW), json.dumps(row)], capsys,
+    _plot(refused, tmp_path, [json.dumps(GOOD_ROW), json.dumps(row)],
           ["line 2", repr(rule.key), f"expected {rule.expected}"])
 
 
@@ -587,9 +573,9 @@ PLOT_ROWS = {
 
 
 @pytest.mark.parametrize("row", list(PLOT_ROWS))
-def test_plot_rows_refuse_before_drawing(row, tmp_path, capsys, tripwires):
+def test_plot_rows_refuse_before_drawing(row, tmp_path, tripwires, refused):
     lines, says = PLOT_ROWS[row]
-    _plot(tmp_path, lines, capsys, says)
+    _plot(refused, tmp_path, lines, says)
 
 
 def test_an_unfinished_last_line_is_still_ignored(tmp_path):
@@ -605,14 +591,13 @@ def test_an_unfinished_last_line_is_still_ignored(tmp_path):
 @pytest.mark.parametrize("size, says", [((5000, 10), "is 5000x10 px; expected at least 16 px on each side"),
                                         ((2, 2), "is 2x2 px; expected at least 16 px"),
                                         ((4000, 40), "below the 32 px its coarsest features need")])
-def test_predict_refuses_tiny_or_extreme_images_before_any_model(kind, size, says, data, tmp_path, capsys,
-                                                                 tripwires):
+def test_predict_refuses_tiny_or_extreme_images_before_any_model(kind, size, says, data, tmp_path, tripwires, refused):
     """Main ran the model on a 5000x10 image (a RuntimeError in the issue's run; exit 0 with a meaningless
     picture here); the size is now checked first."""
     w, h = size
     image = _png(tmp_path / "wide.png", np.zeros((h, w, 3), np.uint8))
     refused([kind, "predict", "--weights", data["root"] / kind / "best.safetensors", image,
-             "--output", tmp_path / "out.png"], [image, says], capsys)
+             "--output", tmp_path / "out.png"], [image, says])
     assert not (tmp_path / "out.png").exists()
 
 

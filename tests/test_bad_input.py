@@ -11,24 +11,33 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from types import ModuleType
 
 import pytest
 import torch
 
+from regla.bench import dense as bench_dense
+from regla.bench import paper_figures, runner
 from regla.cli import main
+from regla.deploy import export
+from regla.eval import knn, loop
+from regla.models import cli as models_cli
+from regla.runs import cli_plot, harness
+from regla.sam import build as sam_build
+from regla.train import trainer
 
 # what each command's long work is (one or more functions); a case whose check must happen before it replaces
 # them with a tripwire
-WORK: dict[str, str | tuple[str, ...]] = {
-    "train": "regla.train.trainer.train",
-    "export": "regla.deploy.export.export_model",
-    "bench": ("regla.bench.runner.run_bench", "regla.bench.dense.run_dense_bench"),
-    "plot": "regla.runs.plot_cli.plot_runs",
-    "models": "regla.models.cli.model_rows",
-    "eval": "regla.train.evaluate.evaluate",
-    "sam": ("regla.runs.harness.run", "regla.sam.build.build_sam"),
-    "knn": "regla.eval.knn.extract_features",
-    "distill": "regla.runs.harness.run",
+WORK: dict[str, tuple[tuple[ModuleType, str], ...]] = {
+    "train": ((trainer, "train"),),
+    "export": ((export, "export_model"),),
+    "bench": ((runner, "run_bench"), (bench_dense, "run_dense_bench")),
+    "plot": ((cli_plot, "plot_runs"), (paper_figures, "draw")),
+    "models": ((models_cli, "model_rows"),),
+    "eval": ((loop, "evaluate"),),
+    "sam": ((harness, "run"), (sam_build, "build_sam")),
+    "knn": ((knn, "extract_features"),),
+    "distill": ((harness, "run"),),
 }
 
 
@@ -188,6 +197,13 @@ CASES: dict[str, Case] = {
     "plot RUN_DIR not a run": case("plot", "{folder}", says="no metrics.jsonl"),
     "plot -o not png": case("plot", "{run}", "-o", "{out}/curves.pdf", says=".png"),
     "plot -o under a file": case("plot", "{run}", "-o", "{file}/c.png", says="is a file, not a folder"),
+    "plot no RUN_DIR": case("plot", says="give one or more RUN_DIR"),
+    "plot --paper bad": case("plot", "--paper", "fig2", says="invalid choice"),
+    "plot --paper with RUN_DIR": case("plot", "--paper", "fig1", "{run}", says="not from run folders"),
+    "plot --results missing": case("plot", "--paper", "fig1", "--results", "{missing}", says="file does not exist"),
+    "plot --results folder": case("plot", "--paper", "fig1", "--results", "{folder}", says="is a folder"),
+    "plot --results text": case("plot", "--paper", "fig4", "--results", "{file}", says="expected a mapping"),
+    "plot --results no --paper": case("plot", "{run}", "--results", "{file}", says="go with --paper"),
     # regla eval
     "eval --data missing": case(*EVAL[:1], "--data", "{missing}", *EVAL[3:], says="does not exist"),
     "eval --data file": case(*EVAL[:1], "--data", "{file}", *EVAL[3:], says="{file}"),
@@ -312,16 +328,11 @@ def paths(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("c", _params())
-def test_bad_input_exits_2_with_one_line(c: Case, paths, tmp_path, capsys, monkeypatch):
+def test_bad_input_exits_2_with_one_line(c: Case, paths, tmp_path, capsys, tripwire):
     fill = dict(paths, out=str(tmp_path / "out"))
     argv = [a.format(**fill) for a in c.argv]
     if c.before_work:
-        def tripwire(*args, **kwargs):
-            raise AssertionError("the long work started before the input was checked")
-
-        work = WORK[argv[0]]
-        for target in (work,) if isinstance(work, str) else work:
-            monkeypatch.setattr(target, tripwire)
+        tripwire(*WORK[argv[0]], message="the long work started before the input was checked")
     code = main(argv)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()

@@ -8,6 +8,7 @@ import json
 import pytest
 
 import regla  # noqa: F401  (registers regla_* and repnext_*)
+from regla.bench import runner
 from regla.bench.measure import interleaved, runs_for, summarize
 from regla.bench.models import DEFAULT_MODELS, UnknownModelError, resolve_models
 from regla.bench.runner import fit_growth_exponent
@@ -106,11 +107,11 @@ def test_bench_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert "in [32, 1024]" in capsys.readouterr().err
 
 
-def test_bench_output_file_is_refused_before_running(tmp_path, capsys, monkeypatch):
+def test_bench_output_file_is_refused_before_running(tmp_path, capsys, patch):
     def never(*args, **kwargs):
         raise AssertionError("the benchmark ran")
 
-    monkeypatch.setattr("regla.bench.runner.run_bench", never)
+    patch(runner, "run_bench", never)
     results = tmp_path / "results.csv"
     results.write_text("an earlier table\n")
     assert main(["bench", "--models", "shvit_s1", "-o", str(results)]) == 2
@@ -118,11 +119,11 @@ def test_bench_output_file_is_refused_before_running(tmp_path, capsys, monkeypat
     assert err.count("\n") == 1 and "is a file" in err and results.read_text() == "an earlier table\n"
 
 
-def test_bench_disk_full_while_writing_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+def test_bench_disk_full_while_writing_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch, patch):
     import errno
     import os
 
-    monkeypatch.setattr("regla.bench.runner.run_bench", lambda cfg, command="": {"config": {}, "results": []})
+    patch(runner, "run_bench", lambda cfg, command="": {"config": {}, "results": []})
 
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")

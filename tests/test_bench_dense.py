@@ -10,6 +10,7 @@ import pytest
 import timm
 
 import regla  # noqa: F401  (registers regla_*)
+from regla.bench import dense as bench_dense
 from regla.bench.dense import check_inputs, parse_size
 from regla.cli import main
 from regla.errors import UsageError
@@ -83,12 +84,12 @@ def test_seg_bench_times_eager_and_onnx_runtime(tmp_path):
     (["--models", "regla_t"], "--models applies to --task classify"),
     (["--backends", "compile"], "times eager"),
 ])
-def test_bad_input_exits_2_before_any_model_is_built(tmp_path, capsys, monkeypatch, extra, says):
+def test_bad_input_exits_2_before_any_model_is_built(tmp_path, capsys, extra, says, patch):
     def tripwire(*args, **kwargs):
         raise AssertionError("a model was built before the input was checked")
 
-    monkeypatch.setattr("regla.bench.dense.build_det", tripwire)
-    monkeypatch.setattr("regla.bench.dense.build_seg", tripwire)
+    patch(bench_dense, "build_det", tripwire)
+    patch(bench_dense, "build_seg", tripwire)
     for task in ("det", "seg"):
         assert main(["bench", "--task", task, "-o", str(tmp_path / "out"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

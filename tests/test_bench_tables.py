@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from regla.bench import runner
 from regla.bench.tables import load_runs, merge_runs, tables_markdown
 from regla.cli import main
 
@@ -90,9 +91,9 @@ def _never(*args, **kwargs):
 
 @pytest.mark.parametrize("name,content", [("results.json", "{}"), ("results.csv", "my table\n"),
                                           ("results.md", "# my notes\n"), ("latency_vs_resolution.png", "x")])
-def test_bench_never_replaces_a_result_file_it_did_not_write(name, content, tmp_path, capsys, monkeypatch):
+def test_bench_never_replaces_a_result_file_it_did_not_write(name, content, tmp_path, capsys, patch):
     """Before any timing: a result file name in --output that no earlier ``regla bench`` run wrote is refused."""
-    monkeypatch.setattr("regla.bench.runner.run_bench", _never)
+    patch(runner, "run_bench", _never)
     (tmp_path / name).write_text(content)
     assert main(["bench", "--models", "shvit_s1", "--resolutions", "64", "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -108,3 +109,12 @@ def test_bench_reuses_the_folder_of_an_earlier_run(runs, capsys):
     (folder / "results.csv").write_text("an earlier run's table\n")
     (folder / "notes.txt").write_text("the user's own notes: never touched, not refused")
     assert output_folder(str(folder)) == folder
+
+
+def test_one_table_writer_aligns_and_appends_notes():
+    from regla.bench.writers import csv_text, markdown_table
+
+    md = markdown_table(["Model", "ms"], [["a", 1.5], ["b", "-"]], right_from=1, notes=["- [1] why"])
+    assert md.splitlines() == ["| Model | ms |", "|---|---:|", "| a | 1.5 |", "| b | - |", "", "- [1] why"]
+    assert markdown_table(["x"], []).splitlines() == ["| x |", "|---|"]
+    assert csv_text(["a", "b"], [{"a": 1, "b": ""}]) == "a,b\n1,\n"

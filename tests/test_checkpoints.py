@@ -18,6 +18,7 @@ from regla.checkpoints import (
     WeightsInfo,
     create_model_from_weights,
     load_into,
+    load_weights,
     read_weights,
     save_weights,
 )
@@ -120,21 +121,17 @@ def test_create_model_from_weights_and_export_use_the_same_tensors(files, layout
 
 @pytest.mark.parametrize("layout", [x for x in LAYOUTS if not x.startswith("fused")])
 def test_train_initial_checkpoint_uses_the_same_tensors(files, layout):
-    from regla.runs import checkpoint_sets as ckpt_mod
-
     paths, _, ema = files
     model = timm.create_model(NAME, num_classes=CLASSES)
-    ckpt_mod.load_weights(model, read_weights(str(paths[layout])).state, paths[layout])
+    load_weights(model, read_weights(str(paths[layout])).state, source=paths[layout])
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.state_dict().items())
 
 
 def test_fused_weights_cannot_start_training(files):
-    from regla.runs import checkpoint_sets as ckpt_mod
-
     paths, _, _ = files
     with pytest.raises(CheckpointError, match="does not fit"):
-        ckpt_mod.load_weights(timm.create_model(NAME, num_classes=CLASSES),
-                              read_weights(str(paths["fused.safetensors"])).state, "fused.safetensors")
+        load_weights(timm.create_model(NAME, num_classes=CLASSES),
+                     read_weights(str(paths["fused.safetensors"])).state, source="fused.safetensors")
 
 
 def test_report_lists_loaded_missing_and_unused(files):

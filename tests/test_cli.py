@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from regla.cli import main
+from regla.models import cli as models_cli
 
 
 def test_help_and_usage(capsys):
@@ -17,12 +18,12 @@ def test_help_and_usage(capsys):
     assert main(["export", "--help"]) == 0 and "--num-classes" in capsys.readouterr().out
 
 
-def test_internal_errors_are_one_line_with_a_debug_hint(capsys, monkeypatch):
+def test_internal_errors_are_one_line_with_a_debug_hint(capsys, monkeypatch, patch):
     monkeypatch.delenv("REGLA_DEBUG", raising=False)
     def boom(args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("regla.models.cli.run", boom)
+    patch(models_cli, "run", boom)
     assert main(["models"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "internal error: KeyError" in err[0] and "--debug" in err[0]
@@ -34,21 +35,21 @@ def test_internal_errors_are_one_line_with_a_debug_hint(capsys, monkeypatch):
     assert main(["models"]) == 1 and "Traceback" in capsys.readouterr().err
 
 
-def test_ctrl_c_is_one_line_and_130(capsys, monkeypatch):
+def test_ctrl_c_is_one_line_and_130(capsys, patch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("regla.models.cli.run", interrupted)
+    patch(models_cli, "run", interrupted)
     assert main(["models"]) == 130
     assert capsys.readouterr().err.strip() == "regla models: interrupted"
 
 
-def test_regla_errors_keep_their_exit_code(capsys, monkeypatch):
+def test_regla_errors_keep_their_exit_code(capsys, patch):
     from regla.errors import RunFailure, Stopped
 
     for exc, code, head in ((RunFailure("disk\nfull\nthird line"), 1, "regla models: error: "),
                             (Stopped("stopped by SIGTERM", 143), 143, "regla models: stopped by SIGTERM")):
-        monkeypatch.setattr("regla.models.cli.run", lambda args, exc=exc: (_ for _ in ()).throw(exc))
+        patch(models_cli, "run", lambda args, exc=exc: (_ for _ in ()).throw(exc))
         assert main(["models"]) == code
         err = capsys.readouterr().err
         assert err.startswith(head) and err.count("\n") <= 2 and "third" not in err

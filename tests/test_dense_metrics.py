@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from regla.dense.metrics import COCO_STATS, IoUMeter, coco_evaluate, coco_results, coco_scores
+from regla.eval.metrics import COCO_STATS, IoUMeter, coco_evaluate, coco_results, coco_scores
 
 
 def synthetic_coco(n: int = 4, size: int = 60):

@@ -16,6 +16,7 @@ from torch import nn
 from dense_helpers import det_cfg, fit, seg_cfg, voc_root
 from regla.checkpoints import CheckpointError
 from regla.cli import main
+from regla.dense import tasks as dense_tasks
 from regla.dense.backbone import BackboneFPN, create_features, init_from_classifier
 from regla.dense.detector import AlignedMultiScaleRoIAlign, L1RegionProposalNetwork, mask_rcnn
 from regla.dense.segmenter import SemanticFPN
@@ -161,13 +162,12 @@ def test_seg_task_trains_and_evaluates_on_the_voc_photo(voc: Path) -> None:
     assert 0 <= scores["mIoU"] <= 100 and 0 < scores["aAcc"] <= 100
 
 
-def test_bad_annotations_stop_the_task_before_the_model_is_built(voc: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_annotations_stop_the_task_before_the_model_is_built(voc: Path, tmp_path: Path, patch) -> None:
     data = json.loads((voc / "instances.json").read_text())
     data["annotations"][3]["image_id"] = 42
     ann = tmp_path / "bad.json"
     ann.write_text(json.dumps(data))
-    monkeypatch.setattr("regla.dense.tasks.build_detector", lambda *a, **k: pytest.fail("model built"))
+    patch(dense_tasks, "build_detector", lambda *a, **k: pytest.fail("model built"), imported=True)
     with pytest.raises(UsageError, match="annotation id 4: image_id 42 is not in the 'images' list"):
         DetTask().build(det_cfg(voc, train_ann=str(ann)), torch.device("cpu"), 0, 1)
 
@@ -218,6 +218,31 @@ def test_table4_recipes_are_valid(kind: str, capsys: pytest.CaptureFixture) -> N
         else:
             assert cfg["epochs"] * cfg["iters_per_epoch"] in (40_000, 80_000) and cfg["sched"] == "poly"
             assert (cfg["ratio_range"], cfg["flip"], cfg["photometric"]) == ([0.5, 2.0], 0.5, True)  # mmseg's
+            if path.stem.startswith("regla_"):  # ReGLA §4.2.2: 80k iterations at a fixed lr of 1e-4
+                assert cfg["epochs"] * cfg["iters_per_epoch"] == 80_000 and cfg["lr"] == cfg["min_lr"] == 1e-4
+            else:  # each peer's own poly decay to 0
+                assert cfg["min_lr"] == 0.0
+
+
+def test_regla_seg_recipes_hold_the_lr_fixed_and_peers_decay_it() -> None:
+    """ReGLA §4.2.2 trains Semantic FPN at a fixed lr of 1e-4: the scheduler the harness builds from a ReGLA recipe
+    gives 1e-4 at every update; from RepNeXt's recipe (same lr) it decays to 0 by the last update (poly)."""
+    from regla.dense.config import SEG_SCHEMA
+    from regla.runs.harness import build_optimizer_and_schedule
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "seg"
+    for name, fixed in (("regla_t", True), ("regla_m", True), ("regla_x", True), ("repnext_m3", False)):
+        cfg = SEG_SCHEMA.build(str(configs / f"{name}.yaml"))
+        param = torch.nn.Parameter(torch.zeros(1))
+        opt, sched, _ = build_optimizer_and_schedule(cfg, [param], cfg["lr"], cfg["iters_per_epoch"])
+        lrs = []
+        for update in (0, 1, 20_000, 40_000, 79_999, 80_000):
+            sched.step_update(update)
+            lrs.append(opt.param_groups[0]["lr"])
+        if fixed:
+            assert lrs == [1e-4] * len(lrs), name
+        else:
+            assert lrs[0] == 1e-4 and lrs[3] < 0.6e-4 and lrs[-1] == 0.0, name
 
 
 def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

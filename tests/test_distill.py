@@ -13,7 +13,7 @@ from regla.distill.config import build_config
 from regla.distill.losses import aggregate_teachers, standardize, teacher_loss
 from regla.distill.task import DistillTask
 from regla.distill.teachers import REGISTRY
-from regla.eval.knn_cli import few_shot_indices
+from regla.eval.knn import few_shot_indices
 from train_helpers import make_folder, save_hook
 
 torch.set_num_threads(1)
@@ -232,7 +232,11 @@ def test_phase_recipes_build():
 
     phase1 = build_config(str(CONFIGS / "regla_m_in21k.yaml")).flat()
     assert phase1["epochs"] == 30 and phase1["teachers"] == ["7tea"] and phase1["model"] == "regla_m"
-    assert build_config(str(CONFIGS / "regla_x_in21k.yaml")).task.model == "regla_x"
+    for size in "tslx":  # Fig. 4's sizes: each differs from ReGLA-M's phase 1 in its model and output only
+        other = build_config(str(CONFIGS / f"regla_{size}_in21k.yaml")).flat()
+        assert other["model"] == f"regla_{size}" and other["output"] == f"runs/distill/regla_{size}_in21k"
+        assert {k: v for k, v in other.items() if k not in ("model", "output")} == \
+               {k: v for k, v in phase1.items() if k not in ("model", "output")}
     phase2 = train_config(str(CONFIGS / "regla_m_in1k_ft.yaml")).flat()
     assert phase2["epochs"] == 200 and phase2["model"] == "regla_m" and phase2["initial_checkpoint"]
 
@@ -340,3 +344,27 @@ def test_knn_evaluation_counts_and_names_unreadable_images(setup, tmp_path, capl
     caplog.set_level(logging.WARNING, "regla.distill")
     m = task.evaluate(b.model, 0)
     assert m["knn_skipped"] == 1 and str(broken) in caplog.text
+
+
+@pytest.mark.parametrize("name", ["vit", "regnet"])
+def test_demo_teachers_are_trained_by_regla_train_with_the_recipe_of_before(name, tmp_path):
+    """The demo trains each teacher with ``regla train --demo`` in a child process (distill imports no trainer):
+    the child resolves the recipe the demo built in-process before, key for key."""
+    import subprocess
+
+    from regla.config import dump
+    from regla.distill.demo import TEACHERS, teacher_command
+    from regla.train.config import SCHEMA as TRAIN_SCHEMA
+    from regla.train.demo import DEMO_RECIPE
+
+    t, run_dir, digits = TEACHERS[name], tmp_path / name, tmp_path / "digits"
+    before = TRAIN_SCHEMA.build(None, base={**DEMO_RECIPE, "data_dir": str(digits), "model": t["model"],
+                                            "model_kwargs": t["model_kwargs"], "output": str(run_dir), **t["train"]})
+    argv = teacher_command(name, digits, run_dir, show_bar=False)
+    assert "--resume" not in argv
+    child = subprocess.run([*argv, "--print-config"], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout == dump(before)
+    (run_dir / "last.pth").parent.mkdir(parents=True)
+    (run_dir / "last.pth").write_bytes(b"")
+    assert teacher_command(name, digits, run_dir, show_bar=True)[-2:] == ["--resume", str(run_dir)]

@@ -10,19 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from regla.eval.knn import Neighbours, class_ranks, knn_scores, knn_search, knn_votes
-from train_helpers import make_folder
+from train_helpers import free_port, knn_features, make_folder
 
 torch.set_num_threads(1)
-
-
-def _data(n_bank=203, n_query=57, dim=16, classes=7, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, dim, generator=g)
-    bank_y = torch.randint(0, classes, (n_bank,), generator=g)
-    query_y = torch.randint(0, classes, (n_query,), generator=g)
-    bank = F.normalize(centres[bank_y] + 1.5 * torch.randn(n_bank, dim, generator=g), dim=1)
-    queries = F.normalize(centres[query_y] + 1.5 * torch.randn(n_query, dim, generator=g), dim=1)
-    return bank, bank_y, queries, query_y, classes
 
 
 def brute_force(bank, bank_y, queries, query_y, k, T, classes):
@@ -45,7 +35,7 @@ def brute_force(bank, bank_y, queries, query_y, k, T, classes):
 
 @pytest.mark.parametrize("k", [1, 5, 20])
 def test_matches_brute_force_vote_for_vote(k):
-    bank, bank_y, queries, query_y, classes = _data()
+    bank, bank_y, queries, query_y, classes = knn_features()
     ref_votes, ref_top1, ref_top5 = brute_force(bank, bank_y, queries, query_y, k, 0.07, classes)
     nb = knn_search(queries, bank, bank_y, k)
     votes = knn_votes(nb, k, classes, 0.07)
@@ -74,7 +64,7 @@ def dino_knn_classifier(train_features, train_labels, test_features, test_labels
 
 @pytest.mark.parametrize("k", [1, 3, 5, 20])
 def test_top1_and_top5_equal_dino_eval_knn(k):
-    bank, bank_y, queries, query_y, classes = _data()
+    bank, bank_y, queries, query_y, classes = knn_features()
     top1, top5 = dino_knn_classifier(bank, bank_y, queries, query_y, k, 0.07, classes)
     s = knn_scores(bank, bank_y, queries, query_y, [k], 0.07, classes)
     assert s[f"top1_k{k}"] == pytest.approx(top1) and s[f"top5_k{k}"] == pytest.approx(top5)
@@ -84,7 +74,7 @@ def test_top1_and_top5_equal_dino_eval_knn(k):
 def test_top1_equals_scikit_learn(k):
     """scikit-learn's brute-force cosine k-NN with DINO's weights exp(sim / T) = exp((1 - distance) / T)."""
     neighbors = pytest.importorskip("sklearn.neighbors")
-    bank, bank_y, queries, query_y, classes = _data()
+    bank, bank_y, queries, query_y, classes = knn_features()
     knn = neighbors.KNeighborsClassifier(k, weights=lambda d: np.exp((1 - d) / 0.07), algorithm="brute",
                                          metric="cosine").fit(bank.numpy(), bank_y.numpy())
     top1 = 100.0 * (knn.predict(queries.numpy()) == query_y.numpy()).mean()
@@ -103,7 +93,7 @@ def test_top5_with_fewer_than_five_neighbours_counts_only_the_first_k_classes():
 
 
 def test_chunked_equals_unchunked_and_several_k_at_once():
-    bank, bank_y, queries, query_y, classes = _data(n_bank=500, n_query=90)
+    bank, bank_y, queries, query_y, classes = knn_features(n_bank=500, n_query=90)
     whole = knn_search(queries, bank, bank_y, 20, query_chunk=10_000, bank_chunk=10_000)
     chunked = knn_search(queries, bank, bank_y, 20, query_chunk=7, bank_chunk=13)
     assert torch.equal(whole.labels, chunked.labels)
@@ -154,7 +144,6 @@ def test_regla_knn_cli_rejects_unknown_query_classes(tmp_path, capsys):
 def test_two_ranks_give_the_one_process_answer(tmp_path):
     """torchrun, 2 gloo ranks, each with half the bank and half the queries (k=30 > a rank's bank of 20)."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -162,9 +151,7 @@ def test_two_ranks_give_the_one_process_answer(tmp_path):
     from regla.distill.losses import batch_moments
 
     here = Path(__file__).resolve().parent
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "knn.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(here),
                                                                             os.environ.get("PYTHONPATH", "")]))
@@ -173,7 +160,7 @@ def test_two_ranks_give_the_one_process_answer(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = torch.load(out, weights_only=True)
-    bank, bank_y, queries, query_y, classes = _data(n_bank=41, n_query=23)
+    bank, bank_y, queries, query_y, classes = knn_features(n_bank=41, n_query=23)
     assert got["scores"] == knn_scores(bank, bank_y, queries, query_y, [1, 5, 20, 30], 0.07, classes)
     feats = torch.arange(60, dtype=torch.float32).view(20, 3) ** 1.5
     mean, std = batch_moments(feats)

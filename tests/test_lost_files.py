@@ -23,29 +23,17 @@ import yaml
 from PIL import Image
 
 from regla.cli import main
+from regla.dense import det_cli, seg_cli
+from regla.dense import evaluate as dense_evaluate
+from regla.deploy import export
 from regla.errors import UsageError
+from regla.eval import knn, loop
+from regla.runs import cli_plot, harness
+from regla.sam import build as sam_build
+from regla.train import trainer
 
+DENSE_CLI = {"det": det_cli, "seg": seg_cli}
 SENTINEL = "# the user's own recipe: it must survive\nepochs: 2\nwarmup_epochs: 1\n"
-
-
-def tripwire(monkeypatch: pytest.MonkeyPatch, *targets: str) -> None:
-    """Replace each long-work function by one that fails the test if it is called."""
-    def fail(*args, **kwargs):
-        raise AssertionError("the work started before the input was checked")
-
-    for target in targets:
-        monkeypatch.setattr(target, fail)
-
-
-def refused(argv: list[str], capsys: pytest.CaptureFixture, says: str) -> str:
-    """``main(argv)`` exits 2 with one line on stderr that contains ``says``; returns the line."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert says in lines[0], err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -82,23 +70,23 @@ DISTILL = ["distill", "--model", "regla_t", "--device", "cpu"]
 
 # --- run folders: the user's files are never replaced ----------------------------------------------------------
 
-def test_distill_refuses_a_folder_holding_the_users_recipe(folders, tmp_path, capsys, monkeypatch):
+def test_distill_refuses_a_folder_holding_the_users_recipe(folders, tmp_path, refused, tripwire):
     """``mkdir exp1; cp recipe.yaml exp1/config.yaml; regla distill -c exp1/config.yaml --output exp1``."""
-    tripwire(monkeypatch, "regla.runs.harness.run")
+    tripwire((harness, "run"))
     exp = tmp_path / "exp1"
     exp.mkdir()
     (exp / "config.yaml").write_text(SENTINEL)
     refused([*DISTILL, "--data", str(folders / "data"), "-c", str(exp / "config.yaml"), "--output", str(exp)],
-            capsys, "holds files no run wrote there (config.yaml)")
+            "holds files no run wrote there (config.yaml)")
     assert (exp / "config.yaml").read_text() == SENTINEL
 
 
-def test_train_refuses_a_folder_holding_the_users_metrics(folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.train.trainer.train", "regla.runs.harness.run")
+def test_train_refuses_a_folder_holding_the_users_metrics(folders, tmp_path, refused, tripwire):
+    tripwire((trainer, "train"), (harness, "run"))
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.csv").write_text("epoch,mine\n1,2\n")
-    refused([*TRAIN, "--data", str(folders / "data"), "--output", str(out)], capsys, "metrics.csv")
+    refused([*TRAIN, "--data", str(folders / "data"), "--output", str(out)], "metrics.csv")
     assert (out / "metrics.csv").read_text() == "epoch,mine\n1,2\n"
 
 
@@ -142,14 +130,14 @@ HOLD = textwrap.dedent("""
 """)
 
 
-def test_a_second_run_on_a_live_runs_folder_is_refused_naming_it(folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.train.trainer.train", "regla.runs.harness.run")
+def test_a_second_run_on_a_live_runs_folder_is_refused_naming_it(folders, tmp_path, refused, tripwire):
+    tripwire((trainer, "train"), (harness, "run"))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == "held"
-        line = refused([*TRAIN, "--data", str(folders / "data"), "--output", str(out)], capsys,
+        line = refused([*TRAIN, "--data", str(folders / "data"), "--output", str(out)],
                        f"is in use by another run: process {holder.pid} (regla train)")
         assert "wait for that run to end" in line
     finally:
@@ -194,25 +182,25 @@ def _weights_with_recipe(folder: Path, kind: str, data: Path, **recipe) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["det", "seg"])
-def test_eval_output_naming_a_file_is_refused_before_the_model(kind, folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
+def test_eval_output_naming_a_file_is_refused_before_the_model(kind, folders, tmp_path, refused, tripwire):
+    tripwire((DENSE_CLI[kind], "_trained_model"))
     weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     (tmp_path / "taken.json").write_text("{}")
-    refused([kind, "eval", "--weights", str(weights), "--output", str(tmp_path / "taken.json")], capsys,
+    refused([kind, "eval", "--weights", str(weights), "--output", str(tmp_path / "taken.json")],
             f"--output {tmp_path / 'taken.json'}: is a file; expected a folder for")
     assert (tmp_path / "taken.json").read_text() == "{}"
 
 
 @pytest.mark.parametrize(("kind", "name"), [("det", "results.json"), ("det", "scores.json"), ("seg", "scores.json")])
-def test_eval_never_replaces_a_report_it_did_not_write(kind, name, folders, tmp_path, capsys, monkeypatch):
+def test_eval_never_replaces_a_report_it_did_not_write(kind, name, folders, tmp_path, refused, tripwire):
     """A ``regla bench`` folder's ``results.json`` (beside the weights, or in ``--output``) survives ``det eval``."""
-    tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
+    tripwire((DENSE_CLI[kind], "_trained_model"))
     weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     bench = json.dumps({"machine": {}, "results": []})
     for folder, extra in ((tmp_path / "run", []), (tmp_path / "out", ["--output", str(tmp_path / "out")])):
         folder.mkdir(exist_ok=True)
         (folder / name).write_text(bench)
-        refused([kind, "eval", "--weights", str(weights), *extra], capsys,
+        refused([kind, "eval", "--weights", str(weights), *extra],
                 f"{folder / name} exists and is not a report of regla {kind} eval")
         assert (folder / name).read_text() == bench
 
@@ -240,26 +228,26 @@ def test_eval_reports_are_replaced_by_the_next_eval_only_while_unchanged(tmp_pat
 # --- predict: never the input, never a file of another kind -----------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["det", "seg"])
-def test_dense_predict_refuses_to_write_over_its_input_image(kind, folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
+def test_dense_predict_refuses_to_write_over_its_input_image(kind, folders, tmp_path, refused, tripwire):
+    tripwire((DENSE_CLI[kind], "_trained_model"))
     weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     image = tmp_path / "photo.png"
     image.write_bytes((folders / "photo.png").read_bytes())
-    refused([kind, "predict", str(image), "--weights", str(weights), "--output", str(image)], capsys,
+    refused([kind, "predict", str(image), "--weights", str(weights), "--output", str(image)],
             "is an input of this command")
     assert image.read_bytes() == (folders / "photo.png").read_bytes()
     other = tmp_path / "mine.png"
     other.write_bytes((folders / "photo.png").read_bytes())  # a PNG regla did not draw
-    refused([kind, "predict", str(image), "--weights", str(weights), "--output", str(other)], capsys,
+    refused([kind, "predict", str(image), "--weights", str(weights), "--output", str(other)],
             f"is not a PNG drawn by regla {kind} predict")
 
 
-def test_sam_predict_refuses_to_write_over_its_input_image(folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.sam.build.build_sam")
+def test_sam_predict_refuses_to_write_over_its_input_image(folders, tmp_path, refused, tripwire):
+    tripwire((sam_build, "build_sam"))
     image = tmp_path / "photo.png"
     image.write_bytes((folders / "photo.png").read_bytes())
     refused(["sam", "predict", str(image), "--box", "2,2,20,20", "-e", "regla_t_sam", "--img-size", "64",
-             "-o", str(image)], capsys, "is an input of this command")
+             "-o", str(image)], "is an input of this command")
     assert image.read_bytes() == (folders / "photo.png").read_bytes()
 
 
@@ -277,23 +265,23 @@ def test_a_png_drawn_by_regla_is_known_by_content(tmp_path):
 
 # --- export: kind by content, side files, names inside -o -------------------------------------------------------
 
-def test_export_refuses_a_text_file_named_onnx(tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.deploy.export.export_model")
+def test_export_refuses_a_text_file_named_onnx(tmp_path, refused, tripwire):
+    tripwire((export, "export_model"))
     (tmp_path / "x.onnx").write_text("my notes, not a model\n")
-    refused(["export", "regla_t", "-o", str(tmp_path / "x.onnx")], capsys, "exists (a file of another kind)")
+    refused(["export", "regla_t", "-o", str(tmp_path / "x.onnx")], "exists (a file of another kind)")
     assert (tmp_path / "x.onnx").read_text() == "my notes, not a model\n"
 
 
 @pytest.mark.parametrize("side", [".failed", ".agreement.json"])
-def test_export_never_replaces_a_side_file_it_did_not_write(side, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.deploy.export.export_model")
+def test_export_never_replaces_a_side_file_it_did_not_write(side, tmp_path, refused, tripwire):
+    tripwire((export, "export_model"))
     (tmp_path / f"m.onnx{side}").write_text("{}")
-    refused(["export", "regla_t", "-o", str(tmp_path / "m.onnx")], capsys, f"m.onnx{side} exists and is not")
+    refused(["export", "regla_t", "-o", str(tmp_path / "m.onnx")], f"m.onnx{side} exists and is not")
     assert (tmp_path / f"m.onnx{side}").read_text() == "{}"
 
 
 def test_export_file_kinds_are_read_from_content(tmp_path):
-    from regla.deploy.cli import is_agreement, is_onnx, is_pte
+    from regla.deploy.files import is_agreement, is_onnx, is_pte
 
     onnx_path = tmp_path / "m.onnx"
     torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(onnx_path), dynamo=False)
@@ -305,14 +293,14 @@ def test_export_file_kinds_are_read_from_content(tmp_path):
     assert is_agreement(tmp_path / "a.json") and not is_agreement(tmp_path / "t.onnx")
 
 
-def test_sam_export_keeps_its_files_inside_the_output_folder(tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.sam.build.build_sam")
+def test_sam_export_keeps_its_files_inside_the_output_folder(tmp_path, refused, tripwire):
+    tripwire((sam_build, "build_sam"))
     out = tmp_path / "out"
-    refused(["sam", "export", "-e", "regla_t_sam", "--img-size", "64", "-o", str(out), "--name", "../x"], capsys,
+    refused(["sam", "export", "-e", "regla_t_sam", "--img-size", "64", "-o", str(out), "--name", "../x"],
             "--name '../x': expected a plain file name stem")
     out.mkdir()
     (out / "x_encoder.onnx").write_text("not a model")
-    refused(["sam", "export", "-e", "regla_t_sam", "--img-size", "64", "-o", str(out), "--name", "x"], capsys,
+    refused(["sam", "export", "-e", "regla_t_sam", "--img-size", "64", "-o", str(out), "--name", "x"],
             "x_encoder.onnx exists and is not an ONNX model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -329,7 +317,7 @@ def sam_images(tmp_path_factory) -> Path:
 
 
 def _sam_recipe(data, out, **kw):
-    from regla.sam.distill import SCHEMA
+    from regla.sam.embedding_distill import SCHEMA
 
     values = {"data_dir": data, "output": out, "student": "regla_t_sam", "last_stage": "fuse", "teacher": "tiny",
               "img_size": 64, "shard_size": 2, "val_images": 1, "epochs": 1, "batch_size": 2, "workers": 0,
@@ -350,7 +338,7 @@ def _losses(run_dir: Path) -> list[str]:
 
 def test_other_teacher_weights_get_their_own_cache(sam_images, tmp_path):
     from regla.runs.harness import run
-    from regla.sam.distill import SamDistillTask
+    from regla.sam.embedding_distill import SamDistillTask
 
     a = run(SamDistillTask(_teacher(1)), _sam_recipe(sam_images, tmp_path / "a"), show_bar=False)
     b = run(SamDistillTask(_teacher(2)), _sam_recipe(sam_images, tmp_path / "b"), show_bar=False)
@@ -393,7 +381,7 @@ def test_classes_are_matched_by_name_not_by_id(capsys):
 
 
 def test_results_of_classes_the_data_lacks_are_dropped_not_an_index_error():
-    from regla.dense.metrics import coco_results
+    from regla.eval.metrics import coco_results
 
     out = {"boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]]), "labels": torch.tensor([1, 2, 3]),
            "scores": torch.tensor([0.9, 0.8, 0.7])}
@@ -401,7 +389,7 @@ def test_results_of_classes_the_data_lacks_are_dropped_not_an_index_error():
     assert [r["category_id"] for r in results] == [7]
 
 
-def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, monkeypatch):
+def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, patch):
     """The command line: class names from the weights, category ids of the val set matched by name, passed to the
     evaluation (the model is replaced: only the wiring is under test here)."""
     from regla.checkpoints import WeightsInfo, safetensors_bytes
@@ -424,8 +412,8 @@ def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, mon
         seen["cat_ids"] = cat_ids
         return {"bbox_AP": 0.0}, {"bbox_AP50": {}}, []
 
-    monkeypatch.setattr("regla.dense.det_cli._trained_model", lambda cfg, w, names=None: (None, names))
-    monkeypatch.setattr("regla.dense.evaluate.evaluate_detector", fake_eval)
+    patch(det_cli, "_trained_model", lambda cfg, w, names=None: (None, names))
+    patch(dense_evaluate, "evaluate_detector", fake_eval)
     assert main(["det", "eval", "--weights", str(weights), "--no-progress"]) == 0
     assert seen["cat_ids"] == [2, 1]  # label 1 (cat) -> id 2, label 2 (dog) -> id 1
     assert "classes matched by name" in capsys.readouterr().out
@@ -433,11 +421,11 @@ def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, mon
 
 # --- settings that mean nothing --------------------------------------------------------------------------------
 
-def test_seg_slide_stride_larger_than_the_crop_is_refused(folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.dense.seg_cli._trained_model")
+def test_seg_slide_stride_larger_than_the_crop_is_refused(folders, tmp_path, refused, tripwire):
+    tripwire((seg_cli, "_trained_model"))
     weights = _weights_with_recipe(tmp_path / "run", "seg", folders)
     refused(["seg", "eval", "--weights", str(weights), "--set", "test_mode=slide", "--set", "test_stride=1000"],
-            capsys, "test_stride = 1000 > crop_size = 128")
+            "test_stride = 1000 > crop_size = 128")
     from regla.dense.segmenter import infer_logits
 
     with pytest.raises(ValueError, match="stride 9 > crop 8"):
@@ -445,15 +433,15 @@ def test_seg_slide_stride_larger_than_the_crop_is_refused(folders, tmp_path, cap
 
 
 @pytest.mark.parametrize("value", ["nan", "-5", "5"])
-def test_det_predict_score_threshold_must_be_a_probability(value, tmp_path, capsys):
-    refused(["det", "predict", "x.png", "--weights", "w", "--score-thresh", value], capsys,
+def test_det_predict_score_threshold_must_be_a_probability(value, tmp_path, refused):
+    refused(["det", "predict", "x.png", "--weights", "w", "--score-thresh", value],
             "--score-thresh")
 
 
-def test_det_train_batch_larger_than_the_data_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+def test_det_train_batch_larger_than_the_data_is_refused_before_the_run(tmp_path, monkeypatch, refused, tripwire):
     monkeypatch.setenv("REGLA_CACHE", str(tmp_path / "cache"))
-    tripwire(monkeypatch, "regla.runs.harness.run")
-    refused(["det", "train", "--demo", "--batch-size", "100000", "--output", str(tmp_path / "run")], capsys,
+    tripwire((harness, "run"))
+    refused(["det", "train", "--demo", "--batch-size", "100000", "--output", str(tmp_path / "run")],
             "batch_size = 100000 is larger than the training set (1 samples)")
     assert not (tmp_path / "run").exists()
 
@@ -469,38 +457,38 @@ def test_every_trainer_refuses_a_batch_larger_than_its_data(tmp_path):
 
 # --- the other writers: sam eval's reports, eval/knn --json, plot -o ---------------------------------------------
 
-def test_sam_eval_never_replaces_a_file_it_did_not_write(folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.sam.build.build_sam")
+def test_sam_eval_never_replaces_a_file_it_did_not_write(folders, tmp_path, refused, tripwire):
+    tripwire((sam_build, "build_sam"))
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text("[]")  # another tool's results
     refused(["sam", "eval", "--val-images", str(folders), "--val-ann", str(folders / "val.json"), "-o", str(out),
-             "-e", "regla_t_sam", "--img-size", "64", "--device", "cpu"], capsys,
+             "-e", "regla_t_sam", "--img-size", "64", "--device", "cpu"],
             "results.json exists and is not a report of regla sam eval")
     assert (out / "results.json").read_text() == "[]"
 
 
 @pytest.mark.parametrize("command", ["eval", "knn"])
-def test_eval_and_knn_json_never_replace_the_users_file(command, folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.train.evaluate.evaluate", "regla.eval.knn.extract_features")
+def test_eval_and_knn_json_never_replace_the_users_file(command, folders, tmp_path, refused, tripwire):
+    tripwire((loop, "evaluate"), (knn, "extract_features"))
     mine = tmp_path / "mine.json"
     mine.write_text('{"my": "numbers"}')
     data = folders / "data"
     argv = (["eval", "--data", str(data), "--model", "regla_t", "--num-classes", "2", "--checkpoint",
              str(folders / "w.safetensors")] if command == "eval" else
             ["knn", "--bank", str(data / "train"), "--queries", str(data / "val"), "--model", "regla_t"])
-    refused([*argv, "--device", "cpu", "--json", str(mine)], capsys, f"is not a report of regla {command}")
+    refused([*argv, "--device", "cpu", "--json", str(mine)], f"is not a report of regla {command}")
     assert mine.read_text() == '{"my": "numbers"}'
 
 
-def test_plot_never_replaces_a_png_it_did_not_draw(folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.runs.plot_cli.plot_runs")
+def test_plot_never_replaces_a_png_it_did_not_draw(folders, tmp_path, refused, tripwire):
+    tripwire((cli_plot, "plot_runs"))
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0, "lr": 0.1}\n')
     mine = tmp_path / "mine.png"
     mine.write_bytes((folders / "photo.png").read_bytes())
-    refused(["plot", str(run), "-o", str(mine)], capsys, "is not a PNG drawn by regla plot")
+    refused(["plot", str(run), "-o", str(mine)], "is not a PNG drawn by regla plot")
     assert mine.read_bytes() == (folders / "photo.png").read_bytes()
 
 

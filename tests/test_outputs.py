@@ -148,13 +148,6 @@ def test_preflight_checks(tmp_path, monkeypatch):
         check_writable(tmp_path / "a.json")
 
 
-def test_the_old_import_path_still_works():
-    import regla.outputs
-    from regla.utils import io
-
-    assert io.atomic_write_text is regla.outputs.atomic_write_text
-
-
 @pytest.fixture
 def run_dir(tmp_path):
     run = tmp_path / "run"

@@ -9,7 +9,7 @@ from timm.utils import reparameterize_model
 from torch import nn
 
 import regla  # noqa: F401
-from regla.models import load_weights
+from regla.checkpoints import load_weights
 from regla.models import regla as R
 from regla.utils import count_macs, count_params
 

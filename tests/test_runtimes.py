@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import regla  # noqa: F401  (registers regla_* and repnext_*)
+from regla import checkpoints
 from regla.cli import main
 from regla.deploy import fuse
 from regla.deploy.calib import ImageSet, agreement, calibration_set, check_folder, check_set
@@ -92,7 +93,7 @@ def test_export_with_unreadable_calib_folder_is_exit_2_before_building(tmp_path,
     def never(*args, **kwargs):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr("regla.deploy.checkpoint.create_fused_model", never)
+    monkeypatch.setattr(checkpoints, "create_fused_model", never)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     argv = ["export", "regla_t", "--int8", "--calib", str(tmp_path / "empty"), "-o", str(tmp_path / "m.onnx")]
@@ -184,7 +185,7 @@ class Unlowerable(torch.nn.Module):
 
 
 def test_bench_reports_a_model_a_backend_cannot_lower_and_goes_on(tmp_path):
-    from regla.bench.report import markdown_table, text_table
+    from regla.bench.report import summary_table, text_table
     from regla.bench.runner import BenchConfig, ModelResult, measure_resolution, result_to_json
 
     cfg = BenchConfig(models=["unlowerable", "small"], resolutions=[64], threads=1, warmup=1, min_runs=2,
@@ -203,7 +204,7 @@ def test_bench_reports_a_model_a_backend_cannot_lower_and_goes_on(tmp_path):
            "results": [result_to_json(r) for r in results.values()]}
     table = text_table(doc)
     assert "failed [1]" in table and "[1] unlowerable, executorch: at 64px: ExecuTorchError" in table
-    assert "- [1] unlowerable, executorch" in markdown_table(doc)
+    assert "- [1] unlowerable, executorch" in summary_table(doc)
 
 
 def test_bench_backend_choices_match_the_runner():

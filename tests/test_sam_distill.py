@@ -21,7 +21,7 @@ from regla.runs import engine
 from regla.runs.checkpoint_sets import load_checkpoint
 from regla.runs.harness import run
 from regla.sam.build import build_image_encoder, build_sam, load_sam_weights
-from regla.sam.distill import SCHEMA, EmbeddingCache, SamDistillTask, list_images
+from regla.sam.embedding_distill import SCHEMA, EmbeddingCache, SamDistillTask, list_images
 
 SIZE = 64
 

@@ -7,7 +7,9 @@ import warnings
 
 import pytest
 
-from regla.train.data import DataError, SkipUnreadable, build_datasets
+from regla.data.errors import DataError
+from regla.data.folders import SkipUnreadable
+from regla.train.data import build_datasets
 from regla.train.trainer import train
 from train_helpers import make_folder, tiny_recipe
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,9 @@ import torch
 from regla.runs.engine import StepContext, backward, forward_loss
 from regla.train.modeling import create_student
 from regla.train.task import build_criterion
-from train_helpers import criterion_step, ddp_batch, ddp_recipe
+from train_helpers import criterion_step, ddp_batch, ddp_recipe, free_port
 
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def single_process_grads() -> dict[str, torch.Tensor]:

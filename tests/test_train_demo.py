@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from regla.data.digits import write_digits
 from regla.train.config import build_config
-from regla.train.demo import DEMO_RECIPE, write_digits
+from regla.train.demo import DEMO_RECIPE
 from regla.train.trainer import train
 from train_helpers import MODEL
 

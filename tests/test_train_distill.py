@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from regla.train.distill import DistillationLoss, load_teacher
+from regla.train.deit_kd import DistillationLoss, load_teacher
 from regla.train.modeling import create_student
 from regla.train.task import build_criterion
 from regla.train.trainer import train

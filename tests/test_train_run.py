@@ -86,8 +86,8 @@ def test_corrupt_checkpoint_is_reported_and_nothing_is_overwritten(run, tmp_path
 
 
 def test_checkpoint_from_another_architecture_is_refused(run, tmp_path, capsys):
+    from regla.checkpoints import load_weights
     from regla.cli import main
-    from regla.runs.checkpoint_sets import load_weights
     from regla.train.modeling import create_student
 
     data, result, cfg = run
@@ -99,7 +99,7 @@ def test_checkpoint_from_another_architecture_is_refused(run, tmp_path, capsys):
     assert (result.run_dir / "last.pth").read_bytes() == before
     foreign = create_student(cfg.replace(model=other), 3)
     with pytest.raises(CheckpointError, match="does not fit"):
-        load_weights(foreign, load_checkpoint(result.run_dir / "last.pth")["model"], "last.pth")
+        load_weights(foreign, load_checkpoint(result.run_dir / "last.pth")["model"], source="last.pth")
     assert main(["eval", "--data", str(data), "--checkpoint", str(result.run_dir / "last.pth"),
                  "--model", other]) == 2
     err = capsys.readouterr().err
@@ -185,7 +185,7 @@ def test_eval_under_torchrun_counts_each_image_once(run, tmp_path):
     import sys
 
     from regla.eval.cli import evaluate_cli
-    from test_train_ddp import free_port
+    from train_helpers import free_port
 
     data, result, _ = run
     single = evaluate_cli(eval_args(data, result.run_dir / "last.pth"))

@@ -1,15 +1,17 @@
-"""Shared helpers of the tests/test_train*.py files: tiny image folders and tiny CPU recipes (regla_t at 32 px)."""
+"""Shared test helpers: tiny image folders and CPU recipes (regla_t at 32 px), KNN features, a free port."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 torch.set_num_threads(1)  # the test machine's cores are shared
@@ -100,6 +102,24 @@ def criterion_step(criterion):
         x, y = batch
         return criterion(x, model(x), y), {}
     return step
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for torchrun's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def knn_features(n_bank=203, n_query=57, dim=16, classes=7, seed=0):
+    """Unit features of a bank and queries around ``classes`` random centres (tests/test_knn.py and its DDP worker)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g)
+    bank_y = torch.randint(0, classes, (n_bank,), generator=g)
+    query_y = torch.randint(0, classes, (n_query,), generator=g)
+    bank = F.normalize(centres[bank_y] + 1.5 * torch.randn(n_bank, dim, generator=g), dim=1)
+    queries = F.normalize(centres[query_y] + 1.5 * torch.randn(n_query, dim, generator=g), dim=1)
+    return bank, bank_y, queries, query_y, classes
 
 
 @contextlib.contextmanager

@@ -47,10 +47,13 @@ __all__ = [
     "Weights",
     "WeightsInfo",
     "compare_keys",
+    "create_fused_model",
     "create_model_from_weights",
     "filter_fn",
+    "fuse",
     "infer_num_classes",
     "info_from_train_checkpoint",
+    "is_torchscript",
     "load_into",
     "load_weights",
     "read_train_checkpoint",
@@ -181,12 +184,14 @@ class LoadReport:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive (``torch.jit.save``/``trace`` output)."""
-    if not zipfile.is_zipfile(path):
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``/``trace`` output: a zip with ``code/`` or
+    ``constants.pkl``), false for anything else, a ``torch.save``'d state dict that also ends in ``.pt`` included."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False
-    with zipfile.ZipFile(path) as zf:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
 
 
 def _torch_load(path: Path) -> Any:
@@ -202,7 +207,7 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str] | None]:
 
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    if _is_torchscript(path):
+    if is_torchscript(path):
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), None
     return _torch_load(path), None
 
@@ -417,6 +422,33 @@ def create_model_from_weights(path: str | os.PathLike, model_name: str | None = 
     return model.eval(), weights, report
 
 
+def fuse(model: nn.Module) -> nn.Module:
+    """Fuse every training-time branch for inference (``timm.utils.reparameterize_model``) and set eval mode."""
+    from timm.utils import reparameterize_model
+
+    return reparameterize_model(model.eval(), inplace=True).eval()
+
+
+def create_fused_model(name: str | None, checkpoint: str | os.PathLike | None = None,
+                       num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """Create timm model ``name`` (after ``import regla``), load ``checkpoint`` if given, fuse it, eval mode.
+
+    With a checkpoint, the model name and class count may come from the file's metadata (``name=None``); they are
+    checked against the file where it records them. Training-time and fused weights are both accepted.
+    """
+    import timm
+
+    if checkpoint is None:
+        if name is None:
+            raise CheckpointError("give a model name or a weights file that records one")
+        require_model(name)
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        return fuse(timm.create_model(name, pretrained=False, **kwargs))
+    model, _, _ = create_model_from_weights(checkpoint, name, num_classes, fuse=True, **kwargs)
+    return model  # fused, in eval mode
+
+
 def _resolve(given: Any, recorded: Any, what: str, path: Path) -> Any:
     """The given value, checked against the file's record (either may be ``None``)."""
     if given is not None and recorded is not None and given != recorded:
@@ -450,9 +482,18 @@ def filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torc
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, prefer_ema: bool = True) -> nn.Module:
-    """Load a weights file into ``model`` as built (training-time form), strictly; returns ``model``."""
-    model, _ = load_into(model, read_weights(path, prefer_ema), allow_fused=False)
+def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, torch.Tensor], prefer_ema: bool = True,
+                 *, source: str | os.PathLike | None = None) -> nn.Module:
+    """Load a weights file, or a state dict read from the file ``source``, into ``model`` as built (training-time
+    form), strictly; returns ``model``. A state dict that does not fit says it may be of another architecture (the
+    run harness's resume and ``regla train --initial-checkpoint`` load one)."""
+    if not isinstance(weights, Mapping):
+        model, _ = load_into(model, read_weights(weights, prefer_ema), allow_fused=False)
+        return model
+    try:
+        model, _ = load_into(model, weights, allow_fused=False, source=str(source or "state dict"))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} - a checkpoint from another architecture?") from None
     return model
 
 

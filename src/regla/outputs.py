@@ -33,13 +33,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ReglaError, RunFailure, UsageError
 
 __all__ = ["MIN_FREE_BYTES", "PNG_WRITER_KEY", "WRITTEN_BY", "atomic_output", "atomic_write_bytes",
            "atomic_write_text", "check_new_output", "check_not_clobbering", "check_output_folder",
-           "check_report_folder", "check_writable", "file_sha256", "json_written_by", "os_error", "png_text",
-           "png_written_by", "receipt_holds", "resolve_output", "write_report_files"]
+           "check_report_folder", "check_writable", "file_sha256", "json_written_by", "os_error", "png_info",
+           "png_text", "png_written_by", "receipt_holds", "resolve_output", "write_report_files"]
 
 #: Free space :func:`check_writable` asks for by default (an export or a bench report needs far less).
 MIN_FREE_BYTES = 16 * 2**20
@@ -248,6 +249,16 @@ WRITTEN_BY = "written_by"
 RECEIPT = "files_sha256"
 #: The PNG text chunk that names the command that drew an image (``Software: regla det predict``).
 PNG_WRITER_KEY = "Software"
+
+
+def png_info(writer: str) -> Any:
+    """PIL's PNG metadata naming ``writer`` (:data:`PNG_WRITER_KEY`): how a later run knows the file as its own
+    output (:func:`png_written_by`)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_WRITER_KEY, writer)
+    return info
 
 
 def file_sha256(path: str | os.PathLike) -> str:

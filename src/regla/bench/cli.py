@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_sam(args: argparse.Namespace, out: Path) -> int:
     """``--task sam``: SAM encoders and decoder in ONNX Runtime (:mod:`regla.bench.sam`)."""
-    from .sam import DEFAULT_SAM_ENCODERS, markdown_table, parse_spec, run_sam_bench, write_sam_outputs
+    from .sam import DEFAULT_SAM_ENCODERS, parse_spec, run_sam_bench, sam_markdown, write_sam_outputs
 
     specs = args.sam_encoders or list(DEFAULT_SAM_ENCODERS)
     for spec in specs:
@@ -230,7 +230,7 @@ def run_sam(args: argparse.Namespace, out: Path) -> int:
     _warn_if_busy(threads)
     doc = run_sam_bench(specs, sizes[0], threads, args.rounds, eager=args.sam_eager, command=_command_line())
     paths = write_sam_outputs(doc, out, plots=not args.no_plots)
-    print(markdown_table(doc))
+    print(sam_markdown(doc))
     print(f"\n{doc['machine']['cpu']}, threads: {threads}; {doc['duration_s']:.0f} s; wrote "
           + ", ".join(map(str, paths)))
     return 0
@@ -239,7 +239,7 @@ def run_sam(args: argparse.Namespace, out: Path) -> int:
 def run_dense(args: argparse.Namespace, out: Path) -> int:
     """``--task det|seg``: the whole detector / segmenter per backbone and size (:mod:`regla.bench.dense`).
     Every input is checked before any model is built."""
-    from .dense import check_inputs, markdown_table, run_dense_bench, write_dense_outputs
+    from .dense import check_inputs, dense_markdown, run_dense_bench, write_dense_outputs
 
     if args.models is not None:
         raise UsageError(f"--models applies to --task classify; with --task {args.task} give --dense-backbones")
@@ -255,7 +255,7 @@ def run_dense(args: argparse.Namespace, out: Path) -> int:
                           min_runs=args.min_runs, max_runs=args.max_runs, target_s=args.target_time,
                           rounds=args.rounds, command=_command_line())
     paths = write_dense_outputs(doc, out, plots=not args.no_plots)
-    print(markdown_table(doc))
+    print(dense_markdown(doc))
     print(f"\n{doc['machine']['cpu']}, threads: {doc['threads']}; {doc['duration_s']:.0f} s; wrote "
           + ", ".join(map(str, paths)))
     return 1 if all(not r["latency"] for r in doc["results"]) else 0
@@ -266,7 +266,7 @@ def run_profile(names: list[str], cfg, output: Path) -> int:
     import json
     import tempfile
 
-    from ..deploy.checkpoint import create_fused_model
+    from ..checkpoints import create_fused_model
     from ..deploy.export import export_onnx
     from ..outputs import atomic_write_text
     from .measure import physical_cores

@@ -19,9 +19,7 @@ Every model is built before the first timing; at each size the runners are timed
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import re
 import tempfile
@@ -38,7 +36,8 @@ from torch import nn
 from ..errors import UsageError
 from ..outputs import atomic_write_bytes, atomic_write_text
 from ..utils.complexity import count_params
-from .runner import _progress, _why, machine_info
+from .runner import machine_info, progress, why
+from .writers import csv_text, markdown_table
 
 TASKS = ("det", "seg")
 DEFAULT_DENSE_BACKBONES = ("regla_m", "iformer_m", "repvit_m1_1", "repnext_m3")
@@ -158,7 +157,7 @@ def _build_all(task: str, names: Sequence[str], backends: Sequence[str], sizes: 
     from .models import bench_model
 
     models = {}
-    bar = _progress(len(names), f"build {task}")
+    bar = progress(len(names), f"build {task}")
     for name in names:
         bar.set_postfix_str(name)
         meta = bench_model(name)
@@ -171,7 +170,7 @@ def _build_all(task: str, names: Sequence[str], backends: Sequence[str], sizes: 
         except UsageError:
             raise
         except Exception as e:  # noqa: BLE001 - one broken model must not stop the comparison
-            _fail(results, name, None, _why(e))
+            _fail(results, name, None, why(e))
             bar.update(1)
             continue
         for r in results.values():
@@ -216,7 +215,7 @@ def _runners_at(task: str, models: dict, backends: Sequence[str], w: int, h: int
                     warm = time_runs(run, max(1, warmup))
                 runners[key], estimates[key] = run, float(np.median(warm))
             except Exception as e:  # noqa: BLE001
-                r.error = _why(e)
+                r.error = why(e)
     return runners, estimates
 
 
@@ -227,7 +226,7 @@ def _export(model: nn.Module, path: Path, size: tuple[int, int], results: dict, 
     try:
         return export_onnx(model, path, (size[1], size[0]), dynamic=True)
     except Exception as e:  # noqa: BLE001 - a model ONNX cannot take: recorded, eager still timed
-        _fail(results, name, "ort", f"ONNX export: {_why(e)}")
+        _fail(results, name, "ort", f"ONNX export: {why(e)}")
         return None
 
 
@@ -264,7 +263,7 @@ def run_dense_bench(task: str, backbones: Sequence[str], sizes: Sequence[tuple[i
             if not runners:
                 continue
             runs = {k: runs_for(estimates[k], target_s, min_runs, max_runs, rounds) for k in runners}
-            bar = _progress(rounds * len(runners), f"time {w}x{h}")
+            bar = progress(rounds * len(runners), f"time {w}x{h}")
             times = interleaved(runners, runs, rounds, on_step=lambda _k, b=bar: b.update(1), estimates=estimates)
             bar.close()
             for key, ts in times.items():
@@ -286,37 +285,34 @@ def _cell(r: dict) -> str:
     return f"{lat['median_ms']:.0f} ({lat['p10_ms']:.0f}-{lat['p90_ms']:.0f})"
 
 
-def markdown_table(doc: dict) -> str:
+def dense_markdown(doc: dict) -> str:
     """One row per backbone and backend, one column per size: median latency (p10-p90) in ms; failures below."""
     sizes = doc["sizes"]
-    rows: dict[tuple[str, str], dict[str, dict]] = {}
+    per_row: dict[tuple[str, str], dict[str, dict]] = {}
     for r in doc["results"]:
-        rows.setdefault((r["backbone"], r["backend"]), {})[r["size"]] = r
-    lines = ["| backbone | backend | params (M) | fused | " + " | ".join(f"{s} median (p10-p90) ms" for s in sizes)
-             + " |", "|---|---|---|---|" + "---|" * len(sizes)]
-    notes = []
-    for (_, backend), per in rows.items():
+        per_row.setdefault((r["backbone"], r["backend"]), {})[r["size"]] = r
+    header = ["backbone", "backend", "params (M)", "fused", *(f"{s} median (p10-p90) ms" for s in sizes)]
+    rows, notes = [], []
+    for (_, backend), per in per_row.items():
         first = next(iter(per.values()))
         params = f"{first['params'] / 1e6:.1f}" if first["params"] else "-"
-        lines.append(f"| {first['label']} | {backend} | {params} | {'yes' if first['fused'] else 'no'} | "
-                     + " | ".join(_cell(per[s]) if s in per else "-" for s in sizes) + " |")
+        rows.append([first["label"], backend, params, "yes" if first["fused"] else "no",
+                     *(_cell(per[s]) if s in per else "-" for s in sizes)])
         for s, r in per.items():
             if r["error"]:
                 notes.append(f"* {r['label']} {backend} {s}: {r['error']}")
             elif r["detections"] is not None and r["detections"] != doc["detections_per_img"]:
                 notes.append(f"* {r['label']} {s}: {r['detections']} detections, not {doc['detections_per_img']}")
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return markdown_table(header, rows, notes=notes)
 
 
-def to_csv(doc: dict) -> str:
+def csv_rows(doc: dict) -> list[dict]:
     """One row per backbone, backend and size (long format)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    writer.writeheader()
+    rows = []
     for r in doc["results"]:
         w, h = r["size"].split("x")
         lat = r["latency"]
-        writer.writerow({
+        rows.append({
             "task": r["task"], "backbone": r["backbone"], "label": r["label"], "family": r["family"],
             "backend": r["backend"], "size": r["size"], "width": w, "height": h,
             "params_m": f"{r['params'] / 1e6:.3f}" if r["params"] else "", "fused": r["fused"],
@@ -325,7 +321,7 @@ def to_csv(doc: dict) -> str:
                                                            "iqr_ms")},
             "n_runs": lat.get("n", ""), "onnx_max_abs_diff": "" if r["onnx_max_abs_diff"] is None
             else f"{r['onnx_max_abs_diff']:.3g}", "threads": doc["threads"], "error": r["error"] or ""})
-    return buf.getvalue()
+    return rows
 
 
 def _note(doc: dict) -> str:
@@ -342,8 +338,8 @@ def write_dense_outputs(doc: dict, folder: Path, plots: bool = True) -> list[Pat
     """``<task>_results.json``, ``.csv``, ``.md`` and ``<task>_latency.png`` in ``folder`` (each atomically)."""
     task = doc["task"]
     paths = [atomic_write_text(folder / f"{task}_results.json", json.dumps(doc, indent=2) + "\n"),
-             atomic_write_text(folder / f"{task}_results.csv", to_csv(doc)),
-             atomic_write_text(folder / f"{task}_results.md", markdown_table(doc) + "\n\n" + _note(doc) + "\n")]
+             atomic_write_text(folder / f"{task}_results.csv", csv_text(CSV_FIELDS, csv_rows(doc))),
+             atomic_write_text(folder / f"{task}_results.md", dense_markdown(doc) + "\n\n" + _note(doc) + "\n")]
     if plots and any(r["latency"] for r in doc["results"]):
         from .plots import dense_latency_png
 

@@ -37,9 +37,10 @@ def _color(family: str, i: int) -> str:
     return FAMILY_COLORS.get(family, f"C{i % 10}")
 
 
-def _png(fig) -> bytes:
+def _png(fig, metadata: dict[str, str] | None = None) -> bytes:
+    """The figure as PNG bytes (closed after); ``metadata``: PNG text chunks (a writer's ``Software`` tag)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata=metadata)
     _plt().close(fig)
     return buf.getvalue()
 

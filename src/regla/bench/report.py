@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -14,6 +12,7 @@ import numpy as np
 from ..outputs import atomic_write_bytes, atomic_write_text
 from .backends import BACKENDS, INT8, LABELS, NAMES
 from .models import PAPERS
+from .writers import csv_text, markdown_table
 
 CSV_FIELDS = (
     "model", "label", "family", "params_m", "resolution", "gmacs", "backend", "layout", "median_ms", "p10_ms",
@@ -62,14 +61,6 @@ def csv_rows(doc: dict) -> list[dict]:
                     "threads": doc["machine"]["threads"],
                 })
     return rows
-
-
-def to_csv(doc: dict) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_rows(doc))
-    return buf.getvalue()
 
 
 def _cell(r: dict, backend: str, res: int, notes: dict[str, int]) -> str:
@@ -132,14 +123,10 @@ def text_table(doc: dict) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows), *notes])
 
 
-def markdown_table(doc: dict) -> str:
+def summary_table(doc: dict) -> str:
     """The summary table in GitHub Markdown."""
     header, rows, notes = table_rows(doc)
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in rows]
-    if notes:
-        out += [""] + [f"- {n}" for n in notes]
-    return "\n".join(out)
+    return markdown_table(header, rows, right_from=1, notes=[f"- {n}" for n in notes])
 
 
 def paired_ratio(ref: dict, other: dict) -> float:
@@ -223,7 +210,7 @@ def summary_markdown(doc: dict, reference: str | None, plots: Sequence[str]) -> 
         "FlopCounterMode. Mem: extra resident memory of one ONNX Runtime run (weights excluded). Exp.: fitted "
         "exponent of latency vs pixel count (1.0 = linear in pixels). Top-1: published figures, not measured here.",
         "",
-        markdown_table(doc),
+        summary_table(doc),
         "",
     ]
     if reference:
@@ -261,7 +248,7 @@ def write_outputs(doc: dict, out_dir: str | Path, reference: str | None = "regla
     out = Path(out_dir)
     paths = {
         "json": atomic_write_text(out / "results.json", json.dumps(doc, indent=2) + "\n"),
-        "csv": atomic_write_text(out / "results.csv", to_csv(doc)),
+        "csv": atomic_write_text(out / "results.csv", csv_text(CSV_FIELDS, csv_rows(doc))),
     }
     names: list[str] = []
     if plots:

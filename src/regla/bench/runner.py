@@ -135,7 +135,8 @@ def fit_growth_exponent(resolutions: Sequence[int], latencies_ms: Sequence[float
     return float(np.polyfit(x, y, 1)[0])
 
 
-def _progress(total: int, desc: str):
+def progress(total: int, desc: str):
+    """A tqdm bar on stderr for one phase of a bench (left behind when done)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr, leave=False)
@@ -149,12 +150,12 @@ def prepare_models(names: Sequence[str], workdir: Path, threads: int, check_res:
     quantization fails gets ``backend_errors["ort-int8"]`` and is timed in the other backends.
     Returns ``{name: (module, {backend: onnx_path})}`` and the list of :class:`ModelResult`.
     """
-    from ..deploy.checkpoint import create_fused_model
+    from ..checkpoints import create_fused_model
     from ..deploy.export import export_onnx, verify_onnx
     from ..utils import count_params
 
     prepared, results = {}, []
-    bar = _progress(len(names), "build + export")
+    bar = progress(len(names), "build + export")
     for name in names:
         meta: BenchModel = bench_model(name)
         res = ModelResult(name=name, label=meta.label, family=meta.family)
@@ -179,13 +180,13 @@ def prepare_models(names: Sequence[str], workdir: Path, threads: int, check_res:
                 prepared[name][1]["ort-int8"] = out
                 res.prepare_s.setdefault("ort-int8", {})[check_res] = seconds
             except Exception as e:  # noqa: BLE001
-                res.backend_errors["ort-int8"] = _why(e)
+                res.backend_errors["ort-int8"] = why(e)
         bar.update(1)
     bar.close()
     return prepared, results
 
 
-def _why(e: BaseException) -> str:
+def why(e: BaseException) -> str:
     """An exception as one short line: its type and the first line of its message."""
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
     return f"{type(e).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
@@ -202,13 +203,13 @@ def measure_resolution(res: int, prepared: dict, results: dict[str, ModelResult]
     shape = (1, 3, res, res)
     runners, estimates = {}, {}
     calib = calib or Calibration(cfg.calib, cfg.calib_images)
-    bar = _progress(len(prepared) * len(cfg.backends), f"{res}px build + warm-up")
+    bar = progress(len(prepared) * len(cfg.backends), f"{res}px build + warm-up")
     for name, (model, paths) in prepared.items():
         r = results[name]
         try:
             r.macs[res] = count_macs(model, res)
         except Exception as e:  # noqa: BLE001
-            r.error = f"at {res}px: {_why(e)}"
+            r.error = f"at {res}px: {why(e)}"
             bar.update(len(cfg.backends))
             continue
         for backend in sorted(cfg.backends, key=BACKENDS.index):  # eager first: compile reuses its layout
@@ -230,11 +231,11 @@ def measure_resolution(res: int, prepared: dict, results: dict[str, ModelResult]
                 if built.prepare_s:
                     r.prepare_s.setdefault(backend, {})[res] = built.prepare_s
             except Exception as e:  # noqa: BLE001 - reported per model and backend; the run goes on
-                r.backend_errors[backend] = f"at {res}px: {_why(e)}"
+                r.backend_errors[backend] = f"at {res}px: {why(e)}"
             bar.update(1)
     bar.close()
     runs = {k: runs_for(estimates[k], cfg.target_s, cfg.min_runs, cfg.max_runs, cfg.rounds) for k in runners}
-    bar = _progress(len(runners) * cfg.rounds, f"{res}px timing ({cfg.rounds} rounds)")
+    bar = progress(len(runners) * cfg.rounds, f"{res}px timing ({cfg.rounds} rounds)")
     times = interleaved(runners, runs, cfg.rounds, on_step=lambda key: bar.update(1), estimates=estimates)
     bar.close()
     for key, ts in times.items():
@@ -254,7 +255,7 @@ def probe_memory(prepared: dict, results: dict[str, ModelResult], cfg: BenchConf
     """Peak ONNX Runtime memory per model and resolution, each model in a fresh process (see ``memprobe``)."""
     script = Path(__file__).with_name("memprobe.py")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    bar = _progress(len(prepared), "memory")
+    bar = progress(len(prepared), "memory")
     for name, (_, paths) in prepared.items():
         bar.set_postfix_str(name)
         cmd = [sys.executable, str(script), str(paths["ort"]), str(cfg.threads), *map(str, cfg.resolutions)]

@@ -26,6 +26,7 @@ from ..outputs import atomic_write_bytes, atomic_write_text
 from ..utils.complexity import count_params
 from .measure import interleaved, summarize, time_runs
 from .runner import machine_info
+from .writers import markdown_table
 
 #: The issue's comparison: ReGLA-T/M-SAM in both 1/16 variants, RepViT-SAM, MobileSAM's TinyViT, SAM ViT-B.
 DEFAULT_SAM_ENCODERS = ("regla_t_sam:stride1", "regla_t_sam:fuse", "regla_m_sam:stride1", "regla_m_sam:fuse",
@@ -139,19 +140,19 @@ def run_sam_bench(specs: Sequence[str], img_size: int = 1024, threads: int = 1, 
     }
 
 
-def markdown_table(doc: dict, reference: str = "repvit_sam") -> str:
+def sam_markdown(doc: dict, reference: str = "repvit_sam") -> str:
     """The results as a Markdown table, with each encoder's speed-up over ``reference``."""
     refs = {r.get("backend", "ort"): r["latency"]["median_ms"] for r in doc["results"]
             if r["label"].split(" [")[0] == reference}
-    lines = [f"| model | backend | params (M) | median (ms) | p10-p90 (ms) | runs | speed-up vs {reference} |",
-             "|---|---|---|---|---|---|---|"]
+    header = ["model", "backend", "params (M)", "median (ms)", "p10-p90 (ms)", "runs", f"speed-up vs {reference}"]
+    rows = []
     for r in doc["results"]:
         lat, backend = r["latency"], r.get("backend", "ort")
         ref = refs.get(backend)
         speedup = f"{ref / lat['median_ms']:.2f}x" if ref and r["label"] != DECODER else ""
-        lines.append(f"| {r['label']} | {backend} | {r['params'] / 1e6:.2f} | {lat['median_ms']:.0f} | "
-                     f"{lat['p10_ms']:.0f}-{lat['p90_ms']:.0f} | {lat['n']} | {speedup} |")
-    return "\n".join(lines)
+        rows.append([r["label"], backend, f"{r['params'] / 1e6:.2f}", f"{lat['median_ms']:.0f}",
+                     f"{lat['p10_ms']:.0f}-{lat['p90_ms']:.0f}", lat["n"], speedup])
+    return markdown_table(header, rows)
 
 
 def write_sam_outputs(doc: dict, folder: Path, plots: bool = True) -> list[Path]:
@@ -160,7 +161,7 @@ def write_sam_outputs(doc: dict, folder: Path, plots: bool = True) -> list[Path]
     note = (f"\n\n{doc['img_size']}x{doc['img_size']}, batch 1, ONNX Runtime {m['onnxruntime']} CPU, "
             f"{doc['threads']} thread(s), {m['cpu']}; {doc['date']}; `{doc['command']}`\n")
     paths = [atomic_write_text(folder / "sam_results.json", json.dumps(doc, indent=2)),
-             atomic_write_text(folder / "sam_results.md", markdown_table(doc) + note)]
+             atomic_write_text(folder / "sam_results.md", sam_markdown(doc) + note)]
     if plots:
         from .plots import sam_latency_png
 

@@ -22,6 +22,7 @@ from ..data.rules import Rule, check_entry, finite_number, nonempty_str, positiv
 from ..errors import UsageError
 from .backends import BACKENDS, INT8, NAMES
 from .report import paired_ratio
+from .writers import markdown_table
 
 
 def _mapping_of(check: Any) -> Any:
@@ -164,7 +165,7 @@ def backend_table(merged: dict, backend: str, reference: str) -> str:
     for res in res_list:
         header += [f"{res} px ms", f"t({ref['label'] if ref else reference})/t @{res}"]
     header += [f"prepare s @{res}" for res in res_list] if prep else []
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    rows = []
     for m in merged["models"]:
         row = [m["label"]]
         for res in res_list:
@@ -174,9 +175,9 @@ def backend_table(merged: dict, backend: str, reference: str) -> str:
         if prep:
             row += [f"{m['prepare_s'][backend][str(r)]:.0f}" if str(r) in m["prepare_s"].get(backend, {}) else "-"
                     for r in res_list]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
     failed = [f"- {m['label']}: {m['errors'][backend]}" for m in merged["models"] if backend in m["errors"]]
-    return "\n".join(lines + ([""] + failed if failed else []))
+    return markdown_table(header, rows, right_from=1, notes=failed)
 
 
 def growth_table(merged: dict, lo: int = 512, hi: int = 1024) -> str | None:
@@ -184,14 +185,14 @@ def growth_table(merged: dict, lo: int = 512, hi: int = 1024) -> str | None:
     if lo not in merged["resolutions"] or hi not in merged["resolutions"]:
         return None
     backends = merged["backends"]
-    lines = ["| Model | " + " | ".join(NAMES[b] for b in backends) + " |", "|---" + "|---:" * len(backends) + "|"]
+    rows = []
     for m in merged["models"]:
-        cells = []
+        cells = [m["label"]]
         for b in backends:
             a, c = _stat(m, b, hi), _stat(m, b, lo)
             cells.append(_fmt_ratio(ratio(a, c) if a and c else None, "x"))
-        lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(["Model", *(NAMES[b] for b in backends)], rows, right_from=1)
 
 
 def pair_table(merged: dict, pairs: list[tuple[str, str, str]]) -> str | None:
@@ -200,14 +201,14 @@ def pair_table(merged: dict, pairs: list[tuple[str, str, str]]) -> str | None:
             if a in merged["backends"] and b in merged["backends"]]
     if not cols:
         return None
-    lines = ["| Model | " + " | ".join(f"{t} @{r}" for t, _, _, r in cols) + " |", "|---" + "|---:" * len(cols) + "|"]
+    rows = []
     for m in merged["models"]:
-        cells = []
+        cells = [m["label"]]
         for _, a, b, res in cols:
             sa, sb = _stat(m, a, res), _stat(m, b, res)
             cells.append(_fmt_ratio(ratio(sa, sb) if sa and sb else None, "x"))
-        lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(["Model", *(f"{t} @{r}" for t, _, _, r in cols)], rows, right_from=1)
 
 
 def _load(machine: dict, key: str) -> str:

@@ -8,13 +8,17 @@ so nothing is downloaded. They are written once as 32x32 PNGs to ``<cache>/regla
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .cache import COMPLETE, build_once, cache_dir
 
-__all__ = ["DEMO_SIZE", "cache_dir", "write_digits"]
+__all__ = ["DEMO_SIZE", "DEMO_THREADS", "cache_dir", "write_digits"]
 
 DEMO_SIZE = 32
+#: CPU threads of the digits demos (``regla train --demo``, ``regla distill --demo``): one per physical core, at
+#: most 4 (oversubscription is slow).
+DEMO_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def write_digits(root: str | Path | None = None, size: int = DEMO_SIZE, val_fraction: float = 0.2,

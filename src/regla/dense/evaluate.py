@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .metrics import IoUMeter, coco_evaluate, coco_results
+from ..eval.metrics import IoUMeter, coco_evaluate, coco_results
 from .segmenter import infer_logits
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.errors import DataError
-from ..outputs import PNG_WRITER_KEY, atomic_write_bytes
+from ..outputs import atomic_write_bytes, png_info
 
 #: The smallest image side ``predict`` takes: below it there is nothing a model trained on photos can find.
 MIN_SIDE = 16
@@ -49,16 +48,6 @@ def detector_resize(hw: tuple[int, int], min_size: int, max_size: int) -> tuple[
     h, w = hw
     scale = min(min_size / min(h, w), max_size / max(h, w))
     return int(h * scale), int(w * scale)
-
-
-def png_info(writer: str) -> Any:
-    """PIL's PNG metadata naming ``writer`` (:data:`regla.outputs.PNG_WRITER_KEY`): how a later run knows the file
-    as its own output (:func:`regla.outputs.png_written_by`)."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text(PNG_WRITER_KEY, writer)
-    return info
 
 
 def write_png(image: torch.Tensor, path: str | Path, writer: str = "regla") -> Path:

@@ -4,7 +4,7 @@
 >>> export_model("regla_m", "onnx", "regla_m.onnx")            # doctest: +SKIP
 """
 
-from .checkpoint import CheckpointError, create_fused_model, fuse, read_weights
+from ..checkpoints import CheckpointError, create_fused_model, fuse, read_weights
 from .export import (
     FORMATS,
     ExportError,

@@ -15,9 +15,9 @@ from pathlib import Path
 from ..errors import UsageError
 from ..outputs import check_not_clobbering, check_writable, resolve_output
 from ..preflight import existing_file, float_range, int_range, require_model
+from .files import SAME_KIND, SUFFIX, is_agreement
 
 FORMAT_CHOICES = ("onnx", "executorch", "coreml", "torchscript")
-SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "torchscript": ".pt", "executorch": ".pte"}
 INT8_FORMATS = ("onnx", "executorch")
 
 
@@ -68,66 +68,6 @@ def img_size_of(sizes: list[int]) -> tuple[int, int]:
     if len(sizes) > 2:
         raise UsageError(f"--img-size takes N or H W, got {len(sizes)} numbers")
     return (sizes[0], sizes[-1])
-
-
-def is_torchscript(path: Path) -> bool:
-    """A TorchScript archive (a zip with ``code/``), not a ``torch.save``'d state dict that also ends in ``.pt``."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in name for name in z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def is_onnx(path: Path) -> bool:
-    """An ONNX model by content (a ``ModelProto`` with an IR version and a graph), not a file named ``.onnx``."""
-    try:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - anything that does not parse is not an ONNX model
-        return False
-    return model.ir_version > 0 and len(model.graph.node) > 0
-
-
-def is_pte(path: Path) -> bool:
-    """An ExecuTorch program by content: a FlatBuffer whose file identifier (bytes 4..8) is ``ET..``."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return False
-    return len(head) == 8 and head[4:6] == b"ET" and head[6:8].isdigit()
-
-
-#: Which existing file at the output an export may replace without --force: an earlier export of its format,
-#: recognised by content (a text file named ``x.onnx`` is not one).
-SAME_KIND = {
-    "onnx": lambda p: p.is_file() and is_onnx(p),
-    "torchscript": lambda p: p.is_file() and is_torchscript(p),
-    "executorch": lambda p: p.is_file() and is_pte(p),
-}
-#: The format of an export file by its name's suffix (for the ``.failed`` file an export keeps).
-FORMAT_OF_SUFFIX = {SUFFIX[f]: f for f in SAME_KIND}
-#: The writer named in ``<file>.agreement.json``.
-EXPORT_WRITER = "regla export"
-
-
-def is_agreement(path: Path) -> bool:
-    """An ``<export>.agreement.json`` that ``regla export`` wrote (one of before ``written_by``: its keys)."""
-    import json
-
-    from ..outputs import json_written_by
-
-    if json_written_by(path, EXPORT_WRITER):
-        return True
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and "written_by" not in doc and {"file", "reference", "top1_agreement"} <= set(doc)
 
 
 def check_side_files(path: Path, fmt: str) -> None:

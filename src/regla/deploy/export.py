@@ -29,9 +29,9 @@ from torch import nn
 
 from ..errors import ReglaError, RunFailure, UsageError
 from ..outputs import atomic_output
+from .files import EXPORT_WRITER, FORMAT_OF_SUFFIX, SAME_KIND, SUFFIX, is_agreement
 
 FORMATS = ("onnx", "coreml", "torchscript", "executorch")
-SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "torchscript": ".pt", "executorch": ".pte"}
 FIXED_SIZE = ("coreml", "executorch")  # formats whose input size is fixed at export: the size goes in the name
 INT8_FORMATS = ("onnx", "executorch")
 ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
@@ -136,8 +136,6 @@ def _run_check(check: Callable[[Path], None] | None, tmp: Path, path: str | os.P
 
 def _replaceable_side_file(path: Path, suffix: str) -> bool:
     """Nothing at ``path``, or an export of the format of ``suffix`` (checked by content): never a user's file."""
-    from .cli import FORMAT_OF_SUFFIX, SAME_KIND
-
     if not (path.exists() or path.is_symlink()):
         return True
     fmt = FORMAT_OF_SUFFIX.get(suffix)
@@ -337,8 +335,8 @@ def export_model(model: str | nn.Module, format: str = "onnx", output: str | os.
         min_agreement, min_cosine: fail (exit 1) when the top-1 agreement or the mean logit cosine on the real
             images is below these (default: report only).
     """
+    from ..checkpoints import create_fused_model, fuse
     from ..outputs import resolve_output
-    from .checkpoint import create_fused_model, fuse
 
     if format not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -431,7 +429,6 @@ def _write_agreement(result: ExportResult, stats: dict) -> None:
     import json
 
     from ..outputs import atomic_write_text
-    from .cli import EXPORT_WRITER, is_agreement
 
     result.agreement = stats
     side = result.path.with_name(result.path.name + ".agreement.json")

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.demo:
         from .demo import run_demo
 
-        return run_demo(args)
+        return run_demo(args, resolve_config, preflight)
     cfg = resolve_config(args)
     if args.print_config:
         from regla.config import dump

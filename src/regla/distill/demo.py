@@ -1,9 +1,9 @@
 """``regla distill --demo``: two teachers of different kinds, a ReGLA-T distilled from them without labels (§3.5).
 
-1. Two teachers are trained with labels on scikit-learn's digits by ``regla train`` (cached under
-   ``<cache>/regla/distill_demo/``, reused by later runs): a small ViT with a class token (patch 8, 4 blocks of width
-   64, timm's ``VisionTransformer``, inception normalisation) and a RegNetX-200MF (convolutional, no class token,
-   ImageNet normalisation).
+1. Two teachers are trained with labels on scikit-learn's digits by ``regla train --demo`` as a child process
+   (cached under ``<cache>/regla/distill_demo/``, reused by later runs): a small ViT with a class token (patch 8,
+   4 blocks of width 64, timm's ``VisionTransformer``, inception normalisation) and a RegNetX-200MF (convolutional,
+   no class token, ImageNet normalisation).
 2. A ReGLA-T student is distilled from both on the digits' training images (labels unused) with Table 8's final
    strategy (``addcls``: the RegNet's class-token target is its pooled patch tokens), on the run harness.
 3. KNN (k=20, DINO's weighted vote) top-1 on the digits' validation split is reported for the distilled student,
@@ -17,7 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +49,42 @@ DISTILL_DEMO: dict[str, Any] = {
 FEW_SHOT = 5
 
 
+#: torchrun's variables: a teacher is trained by its own one-process ``regla train``.
+_DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def teacher_command(name: str, digits: Path, run_dir: Path, show_bar: bool) -> list[str]:
+    """The ``regla train --demo`` command line that trains (or resumes) one teacher into ``run_dir``."""
+    t = TEACHERS[name]
+    argv = [sys.executable, "-m", "regla.cli", "train", "--demo", "--data", str(digits), "--model", t["model"],
+            "--output", str(run_dir), "--set", "model_kwargs=" + json.dumps(t["model_kwargs"]),
+            *(f"--set={key}={value}" for key, value in t["train"].items())]
+    if (run_dir / "last.pth").is_file():
+        argv += ["--resume", str(run_dir)]
+    return argv + ([] if show_bar else ["--no-progress"])
+
+
 def teacher_run(name: str, digits: Path, show_bar: bool) -> Path:
-    """The cached ``regla train`` run of one teacher (trained, or resumed, when not complete); its folder."""
-    from regla.train.config import SCHEMA as TRAIN_SCHEMA
-    from regla.train.demo import DEMO_RECIPE, cache_dir
-    from regla.train.trainer import train
+    """The cached ``regla train`` run of one teacher (trained, or resumed, when not complete); its folder.
+
+    The teacher is trained by ``regla train --demo`` itself, in a child process (one trainer does not import
+    another): the demo recipe with the teacher's model, ``model_kwargs``, epochs and learning rate.
+    """
+    from regla.data.digits import cache_dir
+    from regla.errors import RunFailure
 
     run_dir = cache_dir() / "distill_demo" / name
     if (run_dir / ".complete").is_file():
         return run_dir
-    t = TEACHERS[name]
-    base = {**DEMO_RECIPE, "data_dir": str(digits), "model": t["model"], "model_kwargs": t["model_kwargs"],
-            "output": str(run_dir), **t["train"]}
-    cfg = TRAIN_SCHEMA.build(None, base=base)
-    _logger.info("demo: training the %s teacher (%s) on the digits with regla train -> %s", name, t["model"],
-                 run_dir)
-    train(cfg, resume=str(run_dir) if (run_dir / "last.pth").is_file() else None, show_bar=show_bar)
+    _logger.info("demo: training the %s teacher (%s) on the digits with regla train -> %s", name,
+                 TEACHERS[name]["model"], run_dir)
+    env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
+    sys.stdout.flush()
+    done = subprocess.run(teacher_command(name, digits, run_dir, show_bar), env=env, check=False)
+    if done.returncode != 0:
+        raise RunFailure(f"training the {name} teacher with regla train failed (exit {done.returncode}); "
+                         f"its run folder is {run_dir}")
     (run_dir / ".complete").write_text("regla train\n")
     return run_dir
 
@@ -80,9 +104,8 @@ def teacher_entry(name: str, run_dir: Path) -> dict[str, Any]:
 def knn_row(model: torch.nn.Module, pool: str, mean, std, digits: Path, device: torch.device,
             size: int) -> dict[str, float]:
     """KNN (k=20) top-1 on the validation split with the whole training split, then 5 per class, as the bank."""
-    from regla.eval.knn import extract_features, knn_scores
-    from regla.eval.knn_cli import folder_batches
-    from regla.train.data import check_class_folders, class_map_for
+    from regla.data.folders import check_class_folders, class_map_for
+    from regla.eval.knn import extract_features, folder_batches, knn_scores
 
     class_map = class_map_for(check_class_folders(digits / "train"))
     config = {"input_size": (3, size, size), "interpolation": "bicubic", "mean": tuple(mean), "std": tuple(std),
@@ -127,21 +150,25 @@ def print_table(table: dict[str, dict[str, float]]) -> None:
         print(f"{name:34s} {row['whole_bank']:9.2f}% {row['five_per_class']:11.2f}%")
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Teachers (cached), distillation on the harness, the KNN table and ``demo.json``."""
+def run_demo(args: argparse.Namespace, resolve_config: Callable[..., dict[str, Any]],
+             preflight: Callable[[dict[str, Any], str | None], None]) -> int:
+    """Teachers (cached), distillation on the harness, the KNN table and ``demo.json``.
+
+    ``resolve_config`` and ``preflight`` are ``regla distill``'s own (:mod:`regla.distill.cli` passes them), so the
+    demo's recipe is resolved and checked as any other run's.
+    """
     from regla.config import dump
+    from regla.data.digits import DEMO_THREADS, write_digits
     from regla.outputs import atomic_write_text
     from regla.runs.distributed import resolve_device
     from regla.runs.harness import run
-    from regla.train.demo import DEMO_RECIPE, write_digits
 
-    from .cli import preflight, resolve_config
     from .task import DistillTask
 
     start = time.time()
     digits = write_digits()
     show_bar = not args.no_progress
-    base = {**DISTILL_DEMO, "torch_threads": DEMO_RECIPE["torch_threads"], "data_dir": str(digits),
+    base = {**DISTILL_DEMO, "torch_threads": DEMO_THREADS, "data_dir": str(digits),
             "knn_bank": str(digits / "train"), "knn_queries": str(digits / "val")}
     if args.print_config:
         print(dump(resolve_config(args, base={**base, "teachers": ["vit", "regnet"]})), end="")

@@ -10,6 +10,7 @@ teacher does not use (classifiers, iBOT's ``masked_embed``, SAM2's neck and deco
 
 Nothing is downloaded: a teacher without a local file, a missing file, or a file of another layout is a
 :class:`~regla.checkpoints.CheckpointError` naming the teacher, the path and what was expected.
+:func:`build_teacher` loads one teacher this way and freezes it for the run.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from torch import nn
 
 from regla.checkpoints import CheckpointError, create_model_from_weights, load_into, read_weights
 
-from .teachers import TeacherSpec, create_teacher_model
+from .teachers import Teacher, TeacherSpec, create_teacher_model, teacher_dtype
 
-__all__ = ["LAYOUTS", "Layout", "check_checkpoint", "load_release", "map_release"]
+__all__ = ["LAYOUTS", "Layout", "build_teacher", "check_checkpoint", "load_release", "map_release"]
 
 State = dict[str, torch.Tensor]
 
@@ -116,3 +117,9 @@ def load_release(spec: TeacherSpec) -> nn.Module:
         raise CheckpointError(f"teacher {spec.name}: {path} does not fit {spec.describe()} (expected: {what}): "
                               f"{e}") from e
     return model.eval()
+
+
+def build_teacher(spec: TeacherSpec, device: torch.device) -> Teacher:
+    """Create, load (strictly, from its release file) and freeze one teacher; errors name teacher and path."""
+    model = load_release(spec)
+    return Teacher(spec, model, teacher_dtype(device)).to(device)

@@ -25,8 +25,9 @@ from regla.errors import UsageError
 from regla.runs.task import Built
 
 from .losses import aggregate_teachers, cosine_momentum, standardize, teacher_loss
+from .release import build_teacher
 from .student import DistillStudent, create_backbone
-from .teachers import Teacher, build_teacher, resample_grid, resolve_teachers
+from .teachers import Teacher, resample_grid, resolve_teachers
 
 __all__ = ["DistillTask"]
 
@@ -41,7 +42,8 @@ def _core(model: nn.Module) -> DistillStudent:
 
 
 def _image_folder(path: str, what: str, split: str | None = None) -> Path:
-    from regla.train.data import DataError, find_split
+    from regla.data.errors import DataError
+    from regla.data.folders import find_split
 
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -113,7 +115,7 @@ class DistillTask:
     def _train_loader(self, cfg: Recipe, device: torch.device, world_size: int, mean: tuple, std: tuple):
         from timm.data import create_dataset, create_loader
 
-        from regla.train.data import SkipUnreadable, check_class_folders
+        from regla.data.folders import SkipUnreadable, check_class_folders
 
         if not cfg.task.data_dir:
             raise UsageError("no training images: set data_dir (a folder of images in class folders)")
@@ -134,8 +136,9 @@ class DistillTask:
         """The bank and query loaders (this rank's shards) and the number of classes, or None without a bank."""
         if not cfg.task.knn_bank:
             return None
-        from regla.eval.knn_cli import folder_batches
-        from regla.train.data import DataError, check_class_folders, class_map_for
+        from regla.data.errors import DataError
+        from regla.data.folders import check_class_folders, class_map_for
+        from regla.eval.knn import folder_batches
 
         bank_dir = _image_folder(cfg.task.knn_bank, "knn_bank")
         query_dir = _image_folder(cfg.task.knn_queries, "knn_queries")

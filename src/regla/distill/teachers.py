@@ -25,7 +25,7 @@ from torch import nn
 from regla.errors import UsageError
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD", "REGISTRY", "SETS", "Teacher", "TeacherSpec",
-           "build_teacher", "resolve_teachers"]
+           "resolve_teachers"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -228,11 +228,3 @@ def teacher_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def build_teacher(spec: TeacherSpec, device: torch.device) -> Teacher:
-    """Create, load (strictly, from its release file) and freeze one teacher; errors name teacher and path."""
-    from .release import load_release
-
-    model = load_release(spec)
-    return Teacher(spec, model, teacher_dtype(device)).to(device)

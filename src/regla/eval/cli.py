@@ -78,7 +78,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def eval_folder(data: str, split: str) -> Path:
     """The folder to read: ``data`` itself if it holds class folders, else ``data/split`` (must exist)."""
-    from regla.train.data import DataError, find_split
+    from regla.data.errors import DataError
+    from regla.data.folders import find_split
 
     root = Path(data).expanduser()
     if not root.is_dir():
@@ -87,7 +88,7 @@ def eval_folder(data: str, split: str) -> Path:
     try:
         return find_split(root, split)
     except DataError:
-        from regla.train.data import TRAIN_SPLITS, VAL_SPLITS
+        from regla.data.folders import TRAIN_SPLITS, VAL_SPLITS
 
         splits = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in TRAIN_SPLITS + VAL_SPLITS)
         if splits:  # a dataset root without the requested split, not a folder of class folders
@@ -136,10 +137,10 @@ def _evaluate(args: argparse.Namespace, d: Any, folder: Path, classes: list[str]
     import torch
 
     from regla.checkpoints import create_model_from_weights
+    from regla.data.errors import DataError
     from regla.deploy.layout import apply_layout
-    from regla.train.data import DataError
-    from regla.train.evaluate import evaluate
 
+    from .loop import evaluate
     from .samples import CountingBatches, build_loader, gather_skipped
     from .settings import class_names_of, map_classes, resolve_settings
 
@@ -188,8 +189,8 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     Raises :class:`~regla.errors.UsageError` subclasses for bad input (flags, paths, weights, data) before any
     model is built where it can, and :class:`~regla.eval.samples.TransformError` for a transform failure.
     """
+    from regla.data.folders import check_class_folders
     from regla.runs.distributed import setup_distributed
-    from regla.train.data import check_class_folders
 
     check_args(args)
     check_dataset(args.dataset)

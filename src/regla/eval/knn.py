@@ -13,18 +13,23 @@ Ties: the neighbour order is ``torch.topk``'s; class ranks break equal votes by 
 and top-5 are a pure function of the votes (:func:`class_ranks`). Top-5 counts the true class among the first
 ``min(5, k)`` classes, as DINO's ``eval_knn.py`` does: with ``k < 5`` neighbours at most ``k`` classes have a vote,
 so top-5 is then top-k.
+
+The bank and the queries are folders of class folders read by :func:`folder_batches` (``regla knn`` and
+``regla distill``'s evaluation), optionally a seeded few-shot bank (:func:`few_shot_indices`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_K", "DEFAULT_T", "Neighbours", "class_ranks", "extract_features", "knn_scores", "knn_search",
-           "knn_votes", "pool_features"]
+__all__ = ["DEFAULT_K", "DEFAULT_T", "Neighbours", "class_ranks", "extract_features", "few_shot_indices",
+           "folder_batches", "knn_scores", "knn_search", "knn_votes", "pool_features"]
 
 DEFAULT_K = 20
 DEFAULT_T = 0.07
@@ -227,3 +232,34 @@ def _merge_ranks(nb: Neighbours, k: int) -> Neighbours:
     merged = _merge(None, torch.cat(all_sims, 1), torch.cat(all_labels, 1), k)
     keep = torch.isfinite(merged.sims).all(0)  # a bank smaller than k in total: drop the padding columns
     return Neighbours(merged.sims[:, keep], merged.labels[:, keep])
+
+
+def few_shot_indices(targets: list[int], per_class: int, seed: int = 0) -> list[int]:
+    """``per_class`` indices of each class drawn with a fixed seed (a few-shot bank), in index order."""
+    import random
+
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    return sorted(i for c in sorted(by_class) for i in rng.sample(by_class[c], min(per_class, len(by_class[c]))))
+
+
+def folder_batches(folder: Path, class_map: dict[str, int], config: dict[str, Any], *, batch_size: int,
+                   workers: int, device: Any, rank: int = 0, world: int = 1, per_class: int | None = None,
+                   seed: int = 0, strict: bool = False) -> Any:
+    """``(images, labels)`` batches of a folder of class folders (this rank's shard) with the evaluation transform
+    of ``config`` (a timm data config); ``per_class``: only that many images per class (seeded). Unreadable images
+    are left out and recorded in the result's ``skipped`` (``strict``: the first one is an error)."""
+    from timm.data import create_dataset
+
+    from regla.data.folders import Subset
+
+    from .samples import CountingBatches, build_loader, wrap_dataset
+
+    ds = create_dataset("", root=str(folder), search_split=False, class_map=class_map)
+    view = wrap_dataset(ds)
+    if per_class:
+        view = Subset(view, few_shot_indices([t for _, t in ds.reader.samples], per_class, seed))
+    return CountingBatches(build_loader(view, config, batch_size=batch_size, workers=workers, device=device,
+                                        rank=rank, world=world), strict=strict)

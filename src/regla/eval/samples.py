@@ -6,7 +6,7 @@ decoded, returns an :class:`Unreadable` marker instead of a neighbouring image (
 :class:`TransformFailed` marker, so the two are told apart. :func:`collate_readable` drops the markers from each
 batch and passes them on, and :class:`CountingBatches` records the unreadable files (or, with ``strict``, stops at
 the first one) and raises :class:`TransformError` for a transform failure, in the main process, with the path.
-Under DDP every rank reads its own :class:`~regla.train.data.Shard`, so each image is read, counted or skipped once.
+Under DDP every rank reads its own :class:`~regla.data.folders.Shard`, so each image is read, counted or skipped once.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate
 
+from regla.data.errors import DataError
+from regla.data.folders import Shard
 from regla.errors import RunFailure
-from regla.train.data import DataError, Shard
 
 __all__ = ["CountingBatches", "ReadOrMark", "TransformError", "TransformFailed", "Unreadable", "build_loader",
            "collate_readable", "gather_skipped", "wrap_dataset"]
@@ -133,7 +134,7 @@ class CountingBatches:
     """Iterate ``(images, targets)`` of a :func:`collate_readable` loader, recording the files it could not read.
 
     ``skipped`` maps each unreadable file to the decoder's error. ``strict``: the first unreadable file stops the
-    evaluation (:class:`~regla.train.data.DataError`). A transform failure always stops it (:class:`TransformError`).
+    evaluation (:class:`~regla.data.errors.DataError`). A transform failure always stops it (:class:`TransformError`).
     """
 
     def __init__(self, loader: Any, strict: bool = False):

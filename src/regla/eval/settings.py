@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from regla.checkpoints import WeightsInfo
-from regla.train.data import DataError, class_map_for
+from regla.data.errors import DataError
+from regla.data.folders import class_map_for
 
 __all__ = ["DATA_KEYS", "class_names_of", "map_classes", "resolve_settings"]
 

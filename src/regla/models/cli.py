@@ -7,7 +7,7 @@ import sys
 
 from regla.preflight import int_range
 
-FAMILIES = ("regla", "repnext")
+FAMILIES = ("regla", "repnext", "repvit_variants", "iformer_variants")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,28 +23,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def model_rows(families: tuple[str, ...] = FAMILIES, img_size: int = 224,
                deploy: bool = False) -> list[dict[str, object]]:
     """One row per registered model: measured params/MACs (of the deploy form if ``deploy``) and the published
-    figures its module's ``PAPER_FIGURES`` quotes (keys ``params_m``, ``gmacs``, ``top1``)."""
+    figures its module's ``PAPER_FIGURES`` quotes (keys ``params_m``, ``gmacs``, ``top1``); then one row per paper
+    ablation row its module's ``ABLATIONS`` lists (model + constructor switches, named ``family/row``). A family
+    module may add timm's own models whose figures it quotes (``TIMM_MODELS``, e.g. iFormer's ``iformer_h``)."""
     import timm
     from timm.utils import reparameterize_model
 
-    import regla  # noqa: F401  (registers our models)
-    from regla.utils import count_macs, count_params
+    import regla.models  # noqa: F401  (registers our models)
 
     rows = []
     for family in families:
         family_rows = []
-        for name in timm.list_models(module=family):
+        family_module = sys.modules.get(f"regla.models.{family}")
+        for name in timm.list_models(module=family) + list(getattr(family_module, "TIMM_MODELS", ())):
             model = timm.create_model(name).eval()
-            module = sys.modules[type(model).__module__]
+            module = family_module or sys.modules[type(model).__module__]  # the family quotes timm's models' figures
             if deploy:
                 model = reparameterize_model(model)
             paper = getattr(module, "PAPER_FIGURES", {}).get(name, {})
-            params, macs = count_params(model) / 1e6, count_macs(model, img_size) / 1e9
-            family_rows.append(dict(model=name, params_m=params, gmacs=macs,
-                                    paper_params_m=paper.get("params_m"), paper_gmacs=paper.get("gmacs"),
-                                    paper_top1=paper.get("top1")))
+            family_rows.append(_row(name, model, paper, img_size))
         rows += sorted(family_rows, key=lambda r: r["params_m"])
+        for row, spec in getattr(sys.modules.get(f"regla.models.{family}"), "ABLATIONS", {}).items():
+            model = timm.create_model(spec["model"], **spec["kwargs"]).eval()
+            rows.append(_row(f"{family}/{row}", reparameterize_model(model) if deploy else model, spec, img_size))
     return rows
+
+
+def _row(name: str, model: object, paper: dict[str, object], img_size: int) -> dict[str, object]:
+    from regla.utils import count_macs, count_params
+
+    return dict(model=name, params_m=count_params(model) / 1e6, gmacs=count_macs(model, img_size) / 1e9,
+                paper_params_m=paper.get("params_m"), paper_gmacs=paper.get("gmacs"), paper_top1=paper.get("top1"))
 
 
 def _delta(measured: float, paper: float | None) -> str:
@@ -77,5 +86,6 @@ def run(args: argparse.Namespace) -> int:
         form = "reparameterized (deploy) form" if getattr(args, "deploy", False) else "unfused model"
         print(f"\nparams: all parameters of the {form}; MACs: torch.utils.flop_counter FLOPs / 2, batch 1, {form} in "
               "eval mode; paper: each module's PAPER_FIGURES (ReGLA Tables 1-2; RepNeXt Table 2, which counts the "
-              "deploy form: use --deploy); paper top-1: ImageNet-1K without distillation.")
+              "deploy form: use --deploy); paper top-1: ImageNet-1K without distillation, except ablation rows "
+              "(RepNeXt Table 5: 120 epochs; RepViT Tables 6-7: distilled, see docs/training.md).")
     return 0

@@ -1,6 +1,6 @@
 """ReGLA: Efficient Receptive-Field Modeling with Gated Linear Attention Network.
 
-Paper: ``../shared/papers/regla.txt`` (Li, Zhao et al.). A four-stage hybrid backbone:
+Paper: the title above (Li, Zhao et al.), sections cited as §N. A four-stage hybrid backbone:
 
 * a stem to H/4, strided 3x3 convolutions between stages (§3.4);
 * ELRF blocks in stages 1-2 (§3.3): 3x3 depthwise conv, then an FFN with a 5x5 depthwise conv inside, residual;
@@ -38,8 +38,8 @@ try:  # newer torch: FX symbolic tracing only (torch.export is covered by is_com
 except ImportError:  # pragma: no cover
     from torch.fx._symbolic_trace import is_fx_tracing
 
-from ..checkpoints import filter_fn
 from ._layers import ConvNorm, DistilledClassifier, StagedModelMixin, check_global_pool
+from ._weights import filter_fn
 
 __all__ = ["ReGLA", "RGMA", "ELRF", "relu_linear_attention", "PAPER_FIGURES"]
 

@@ -1,7 +1,7 @@
 """RepNeXt: a fast multi-scale CNN using structural reparameterization.
 
 Paper: Zhao, Luo, Ouyang, "RepNeXt: A Fast Multi-Scale CNN using Structural Reparameterization",
-arXiv:2406.16004 (``shared/papers/repnext.txt``). Official release: https://github.com/suous/RepNeXt.
+arXiv:2406.16004. Official release: https://github.com/suous/RepNeXt.
 
 Written for regla from the paper; module and parameter names follow the official release so that its
 checkpoints (training form ``*.pth`` and fused TorchScript ``*_fused.pt``) load with ``strict=True``.
@@ -21,9 +21,13 @@ Structural reparameterization (``RepNeXt.fuse()`` or ``timm.utils.reparameterize
 deploy form, the identity chunk stays an identity, the 1x11 -> 11x1 strip pair stays two convs (merging it into an
 11x11 kernel would cost 121 instead of 22 MACs per pixel and is not exact at the borders because the first strip
 has a bias), and the stand-alone ``norm`` BN after the token mixer is kept (the fused checkpoints contain it).
+
+Table 5's ablations (Sec. 4.3) are constructor switches whose defaults are the published model: ``downsample``
+(``"copy"`` / ``"conv3x3"``), ``kernel_branches`` (which ``ChunkConv`` branches have a kernel), ``small_kernel`` and
+``medium_kernel`` (the SRP steps of ``RepDWConvS`` / ``RepDWConvM``). :data:`ABLATIONS` lists each row with its
+switches and published figures; every combination fuses exactly (docs/repnext.md, "Table 5").
 """
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,12 +46,10 @@ from timm.models import (
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from ..checkpoints import filter_fn, read_raw
 from ._layers import BatchNorm1d, BatchNorm2d, ConvNorm, DistilledClassifier, StagedModelMixin, check_global_pool
+from ._weights import filter_fn, read_raw
 
-__all__ = ["RepNeXt", "checkpoint_filter_fn", "load_official_state_dict", "PAPER_FIGURES"]
-
-_logger = logging.getLogger(__name__)
+__all__ = ["ABLATIONS", "RepNeXt", "checkpoint_filter_fn", "load_official_state_dict", "PAPER_FIGURES"]
 
 _RELEASE = "https://github.com/suous/RepNeXt/releases/download/v1.0/"
 
@@ -68,6 +70,41 @@ PAPER_FIGURES: dict[str, dict[str, float]] = {
                        top1_distilled=83.3),
 }
 
+
+_NO_SRP = dict(small_kernel="plain", medium_kernel="plain")
+
+# RepNeXt Table 5 (Sec. 4.3): ablations of RepNeXt-M1, 120 epochs on ImageNet-1K without distillation, quoted. Each
+# row: the model and constructor switches that build it, and the published params (M, deploy form), iPhone 12
+# latency (ms), RTX3090 throughput (im/s) and top-1 (%). The baseline is "RepNeXt-M1 without SRP"; the medium-kernel
+# rows add SRP steps to it one after another, the small-kernel rows then to the last of them (whose last row is the
+# published RepNeXt-M1). Recipes: configs/peers/repnext/<row>.yaml; ``regla models`` prints these rows.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "table5_row1_baseline": dict(model="repnext_m1", kwargs=_NO_SRP, params_m=4.82, lat_ms=0.86,
+                                 throughput=3885, top1=75.34),
+    "table5_row2_downsample_conv3x3": dict(model="repnext_m1", kwargs=dict(_NO_SRP, downsample="conv3x3"),
+                                           params_m=4.89, lat_ms=0.87, throughput=4078, top1=74.45),
+    "table5_row3_no_small_branch": dict(model="repnext_m1", kwargs=dict(_NO_SRP, kernel_branches=["medium", "large"]),
+                                        params_m=4.81, lat_ms=0.85, throughput=4017, top1=75.22),
+    "table5_row4_no_medium_branch": dict(model="repnext_m1", kwargs=dict(_NO_SRP, kernel_branches=["small", "large"]),
+                                         params_m=4.77, lat_ms=0.85, throughput=4341, top1=75.25),
+    "table5_row5_no_large_branch": dict(model="repnext_m1", kwargs=dict(_NO_SRP, kernel_branches=["small", "medium"]),
+                                        params_m=4.79, lat_ms=0.84, throughput=4332, top1=75.22),
+    "table5_row6_medium_5x5_3x3": dict(model="repnext_m1", kwargs=dict(small_kernel="plain", medium_kernel="square"),
+                                       params_m=4.82, lat_ms=0.86, throughput=3885, top1=75.62),
+    "table5_row7_medium_5x3_3x5": dict(model="repnext_m1",
+                                       kwargs=dict(small_kernel="plain", medium_kernel="asymmetric"),
+                                       params_m=4.82, lat_ms=0.86, throughput=3885, top1=75.69),
+    "table5_row8_medium_serial_strips": dict(model="repnext_m1", kwargs=dict(small_kernel="plain"),
+                                             params_m=4.82, lat_ms=0.86, throughput=3885, top1=75.71),
+    "table5_row9_small_serial_strips": dict(model="repnext_m1", kwargs=dict(small_kernel="serial"),
+                                            params_m=4.82, lat_ms=0.86, throughput=3885, top1=75.84),
+    "table5_row10_small_parallel_strips": dict(model="repnext_m1", kwargs={}, params_m=4.82, lat_ms=0.86,
+                                               throughput=3885, top1=75.97),
+    "table5_row11_repvit_m0_9": dict(model="repvit_m0_9", kwargs={}, params_m=5.07, lat_ms=0.89,
+                                     throughput=4817, top1=75.19),
+    "table5_row12_repvit_m0_9_repnext_downsample": dict(model="repvit_m0_9_repnext_ds", kwargs={}, params_m=4.99,
+                                                        lat_ms=0.89, throughput=4731, top1=75.32),
+}
 
 # --------------------------------------------------------------------------------------------------------------
 # Normalization that tolerates a single value per channel (batch 1 in training mode).
@@ -157,38 +194,80 @@ def channel_mixer(dim: int, hidden_dim: int, act_layer: Callable[[], nn.Module] 
 # --------------------------------------------------------------------------------------------------------------
 
 
+#: Switch values of the RepNeXt Table 5 ablations (Sec. 4.3); the last of each is the published model.
+SMALL_KERNELS = ("plain", "serial", "parallel")
+MEDIUM_KERNELS = ("plain", "square", "asymmetric", "strips")
+KERNEL_BRANCHES = ("small", "medium", "large")
+DOWNSAMPLES = ("copy", "conv3x3")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """A switch value outside ``choices`` is a ``ValueError`` naming the switch and the allowed values."""
+    if value not in choices:
+        raise ValueError(f"RepNeXt {name} must be one of {choices}, got {value!r}")
+
+
+def _check_branches(branches: Sequence[str]) -> tuple[str, ...]:
+    """``kernel_branches``: a subset of :data:`KERNEL_BRANCHES` without repeats (a missing branch is an identity)."""
+    if isinstance(branches, str):
+        raise ValueError(f"RepNeXt kernel_branches must be a list drawn from {KERNEL_BRANCHES}, got {branches!r}")
+    branches = tuple(branches)
+    for b in branches:
+        _check_choice("kernel_branches entry", b, KERNEL_BRANCHES)
+    if len(set(branches)) != len(branches):
+        raise ValueError(f"RepNeXt kernel_branches repeats a branch: {list(branches)}")
+    return branches
+
+
 class RepDWConvS(nn.Module):
     """Reparameterized small-kernel depthwise conv, ``RepDWConvS`` of Eqs. 6-7.
 
     Stride 1 (Eq. 6): ``DW3x3 + DW1x3 + DW3x1 + DW2x2(d=2)`` in parallel. Stride 2 (Sec. 3.3, copy convolution):
     the strips run in series, ``DW3x3 + DW3x1(DW1x3) + DW2x2(d=2)``, and (as released) carry no bias.
     ``fuse()`` returns one 3x3 depthwise conv.
+
+    ``rep`` selects the small-kernel rows of Table 5 (Sec. 4.3, "Structural reparameterization"): ``"plain"`` is the
+    3x3 kernel alone (the ablation baseline without SRP), ``"serial"`` adds the serial ``1x3 -> 3x1`` strips and the
+    dilated 2x2 at every stride, ``"parallel"`` (default, the published model) runs the strips in parallel at
+    stride 1 and in series at stride 2.
     """
 
-    def __init__(self, channels: int, stride: int = 1) -> None:
+    def __init__(self, channels: int, stride: int = 1, rep: str = "parallel") -> None:
         super().__init__()
+        _check_choice("small_kernel", rep, SMALL_KERNELS)
         self.stride = stride
+        self.serial = rep == "serial" or stride != 1
         self.conv_3_3 = _dw(channels, (3, 3), (stride, stride), bias=True)
-        self.conv_3_w = _dw(channels, (1, 3), (1, stride), bias=stride == 1)
-        self.conv_3_h = _dw(channels, (3, 1), (stride, 1), bias=stride == 1)
-        self.conv_2_2 = _dw(channels, (2, 2), (stride, stride), bias=True, dilation=2)
+        self.conv_3_w: nn.Conv2d | None = None
+        self.conv_3_h: nn.Conv2d | None = None
+        self.conv_2_2: nn.Conv2d | None = None
+        if rep != "plain":
+            self.conv_3_w = _dw(channels, (1, 3), (1, stride), bias=not self.serial)
+            self.conv_3_h = _dw(channels, (3, 1), (stride, 1), bias=not self.serial)
+            self.conv_2_2 = _dw(channels, (2, 2), (stride, stride), bias=True, dilation=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1:
-            strips = self.conv_3_w(x) + self.conv_3_h(x)
-        else:
+        y = self.conv_3_3(x)
+        if self.conv_3_w is None or self.conv_3_h is None or self.conv_2_2 is None:
+            return y
+        if self.serial:
             strips = self.conv_3_h(self.conv_3_w(x))
-        return self.conv_3_3(x) + strips + self.conv_2_2(x)
+        else:
+            strips = self.conv_3_w(x) + self.conv_3_h(x)
+        return y + strips + self.conv_2_2(x)
 
     def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weight, bias)`` of the single 3x3 depthwise conv equal to this module."""
-        w = self.conv_3_3.weight + _dilate(self.conv_2_2.weight, 2)
-        b = self.conv_3_3.bias + self.conv_2_2.bias
-        if self.stride == 1:
+        w, b = self.conv_3_3.weight, self.conv_3_3.bias
+        if self.conv_3_w is None or self.conv_3_h is None or self.conv_2_2 is None:
+            return w, b
+        w = w + _dilate(self.conv_2_2.weight, 2)
+        b = b + self.conv_2_2.bias
+        if self.serial:
+            w = w + _strip_product(self.conv_3_w, self.conv_3_h)
+        else:
             w = w + _pad_to(self.conv_3_w.weight, (3, 3)) + _pad_to(self.conv_3_h.weight, (3, 3))
             b = b + self.conv_3_w.bias + self.conv_3_h.bias
-        else:
-            w = w + _strip_product(self.conv_3_w, self.conv_3_h)
         return w, b
 
     @torch.no_grad()
@@ -202,32 +281,55 @@ class RepDWConvM(nn.Module):
 
     ``DW7x7 + DW5x3 + DW3x5 + DW7x1(DW1x7) + DW5x1(DW1x5)``; the serial strips carry no bias.
     ``fuse()`` returns one 7x7 depthwise conv.
+
+    ``rep`` selects the medium-kernel rows of Table 5 (Sec. 4.3): ``"plain"`` is the 7x7 kernel alone (the
+    baseline without SRP), ``"square"`` adds parallel 5x5 and 3x3 kernels, ``"asymmetric"`` replaces them by 5x3 and
+    3x5, ``"strips"`` (default, the published model) also adds the serial ``1x7 -> 7x1`` and ``1x5 -> 5x1`` strips.
     """
 
-    def __init__(self, channels: int, stride: int = 1) -> None:
+    def __init__(self, channels: int, stride: int = 1, rep: str = "strips") -> None:
         super().__init__()
+        _check_choice("medium_kernel", rep, MEDIUM_KERNELS)
         self.stride = stride
         self.conv_7_7 = _dw(channels, (7, 7), (stride, stride), bias=True)
-        self.conv_5_3 = _dw(channels, (5, 3), (stride, stride), bias=True)
-        self.conv_3_5 = _dw(channels, (3, 5), (stride, stride), bias=True)
-        self.conv_7_w = _dw(channels, (1, 7), (1, stride), bias=False)
-        self.conv_7_h = _dw(channels, (7, 1), (stride, 1), bias=False)
-        self.conv_5_w = _dw(channels, (1, 5), (1, stride), bias=False)
-        self.conv_5_h = _dw(channels, (5, 1), (stride, 1), bias=False)
+        # parallel kernels (the release's names: ``conv_5_3`` / ``conv_3_5``); absent ones are None
+        self.conv_5_5 = _dw(channels, (5, 5), (stride, stride), bias=True) if rep == "square" else None
+        self.conv_3_3 = _dw(channels, (3, 3), (stride, stride), bias=True) if rep == "square" else None
+        asym = rep in ("asymmetric", "strips")
+        self.conv_5_3 = _dw(channels, (5, 3), (stride, stride), bias=True) if asym else None
+        self.conv_3_5 = _dw(channels, (3, 5), (stride, stride), bias=True) if asym else None
+        self.conv_7_w: nn.Conv2d | None = None
+        self.conv_7_h: nn.Conv2d | None = None
+        self.conv_5_w: nn.Conv2d | None = None
+        self.conv_5_h: nn.Conv2d | None = None
+        if rep == "strips":
+            self.conv_7_w = _dw(channels, (1, 7), (1, stride), bias=False)
+            self.conv_7_h = _dw(channels, (7, 1), (stride, 1), bias=False)
+            self.conv_5_w = _dw(channels, (1, 5), (1, stride), bias=False)
+            self.conv_5_h = _dw(channels, (5, 1), (stride, 1), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv_7_7(x) + self.conv_5_3(x) + self.conv_3_5(x)
+        y = self.conv_7_7(x)
+        if self.conv_5_5 is not None and self.conv_3_3 is not None:
+            y = y + self.conv_5_5(x) + self.conv_3_3(x)
+        if self.conv_5_3 is not None and self.conv_3_5 is not None:
+            y = y + self.conv_5_3(x) + self.conv_3_5(x)
+        if self.conv_7_w is None or self.conv_7_h is None or self.conv_5_w is None or self.conv_5_h is None:
+            return y
         return y + self.conv_7_h(self.conv_7_w(x)) + self.conv_5_h(self.conv_5_w(x))
 
     def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weight, bias)`` of the single 7x7 depthwise conv equal to this module."""
         size = (7, 7)
-        w = (self.conv_7_7.weight
-             + _pad_to(self.conv_5_3.weight, size)
-             + _pad_to(self.conv_3_5.weight, size)
-             + _strip_product(self.conv_7_w, self.conv_7_h)
+        w, b = self.conv_7_7.weight, self.conv_7_7.bias
+        for conv in (self.conv_5_5, self.conv_3_3, self.conv_5_3, self.conv_3_5):
+            if conv is not None:
+                w = w + _pad_to(conv.weight, size)
+                b = b + conv.bias
+        if self.conv_7_w is None or self.conv_7_h is None or self.conv_5_w is None or self.conv_5_h is None:
+            return w, b
+        w = (w + _strip_product(self.conv_7_w, self.conv_7_h)
              + _pad_to(_strip_product(self.conv_5_w, self.conv_5_h), size))
-        b = self.conv_7_7.bias + self.conv_5_3.bias + self.conv_3_5.bias
         return w, b
 
     @torch.no_grad()
@@ -240,20 +342,22 @@ class ChunkConv(nn.Module):
     """Chunk convolution, Algorithm 1 / Eqs. 3-5: split channels in four, ``(identity, S, M, 1x11->11x1)``, concat.
 
     The large branch ("equivalent large-kernel depthwise convolution") is two biased strip convs ``conv_l.0`` (1x11)
-    and ``conv_l.1`` (11x1), kept as is by ``fuse()``.
+    and ``conv_l.1`` (11x1), kept as is by ``fuse()``. A branch left out of ``branches`` (Table 5, "Kernel
+    branches") passes its quarter of the channels through unchanged, like the identity chunk.
     """
 
-    def __init__(self, dim: int, large_kernel: int = 11) -> None:
+    def __init__(self, dim: int, large_kernel: int = 11, branches: Sequence[str] = KERNEL_BRANCHES,
+                 small_kernel: str = "parallel", medium_kernel: str = "strips") -> None:
         super().__init__()
         if dim % 4:
             raise ValueError(f"ChunkConv needs channels divisible by 4, got {dim}")
         c = dim // 4
-        self.conv_s = RepDWConvS(c)
-        self.conv_m = RepDWConvM(c)
-        self.conv_l = nn.Sequential(
+        self.conv_s: nn.Module = RepDWConvS(c, rep=small_kernel) if "small" in branches else nn.Identity()
+        self.conv_m: nn.Module = RepDWConvM(c, rep=medium_kernel) if "medium" in branches else nn.Identity()
+        self.conv_l: nn.Module = nn.Sequential(
             _dw(c, (1, large_kernel), (1, 1), bias=True),
             _dw(c, (large_kernel, 1), (1, 1), bias=True),
-        )
+        ) if "large" in branches else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         i, s, m, l = torch.chunk(x, 4, dim=1)
@@ -263,10 +367,10 @@ class ChunkConv(nn.Module):
 class CopyConv(nn.Module):
     """Copy convolution, Algorithm 2 / Eqs. 7-8: ``Concat(RepDWConvS_s2(X), RepDWConvM_s2(X))``, doubling channels."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, small_kernel: str = "parallel", medium_kernel: str = "strips") -> None:
         super().__init__()
-        self.conv_s = RepDWConvS(dim, stride=2)
-        self.conv_m = RepDWConvM(dim, stride=2)
+        self.conv_s = RepDWConvS(dim, stride=2, rep=small_kernel)
+        self.conv_m = RepDWConvM(dim, stride=2, rep=medium_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat((self.conv_s(x), self.conv_m(x)), dim=1)
@@ -296,9 +400,10 @@ class RepNeXtStem(nn.Module):
 class MetaNeXtBlock(nn.Module):
     """MetaNeXt block, Eq. 1: ``Y = X + ChannelMixer(Norm(ChunkConv(X)))``."""
 
-    def __init__(self, dim: int, mlp_ratio: float = 2.0, act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+    def __init__(self, dim: int, mlp_ratio: float = 2.0, act_layer: Callable[[], nn.Module] = nn.GELU,
+                 **mixer: Any) -> None:
         super().__init__()
-        self.token_mixer = ChunkConv(dim)
+        self.token_mixer = ChunkConv(dim, **mixer)
         self.norm = BatchNorm2d(dim)
         self.channel_mixer = channel_mixer(dim, int(dim * mlp_ratio), act_layer)
 
@@ -309,10 +414,11 @@ class MetaNeXtBlock(nn.Module):
 class RepNeXtDownsample(nn.Module):
     """Downsampling MetaNeXt block, Eq. 2: ``X^ = Norm(CopyConv(X)); Y = X^ + ChannelMixer(X^)``; C -> 2C, H/2, W/2."""
 
-    def __init__(self, dim: int, mlp_ratio: float = 2.0, act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+    def __init__(self, dim: int, mlp_ratio: float = 2.0, act_layer: Callable[[], nn.Module] = nn.GELU,
+                 small_kernel: str = "parallel", medium_kernel: str = "strips") -> None:
         super().__init__()
         out_dim = dim * 2
-        self.token_mixer = CopyConv(dim)
+        self.token_mixer = CopyConv(dim, small_kernel, medium_kernel)
         self.norm = BatchNorm2d(out_dim)
         self.channel_mixer = channel_mixer(out_dim, int(out_dim * mlp_ratio), act_layer)
 
@@ -322,20 +428,32 @@ class RepNeXtDownsample(nn.Module):
 
 
 class RepNeXtStage(nn.Module):
-    """One stage: optional ``RepNeXtDownsample`` (stages 2-4) then ``depth`` ``MetaNeXtBlock``s."""
+    """One stage: optional downsampling (stages 2-4) then ``depth`` ``MetaNeXtBlock``s.
+
+    ``downsample``: ``"copy"`` is the ``RepNeXtDownsample`` of Eq. 2; ``"conv3x3"`` the Table 5 row "simple 3x3
+    convolution" (Sec. 4.3, "Downsampling layer"): one 3x3 stride-2 conv + BN from ``in_dim`` to ``out_dim``;
+    ``"none"`` keeps the resolution (the first stage). ``mixer`` holds the ``ChunkConv``/``CopyConv`` switches.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, depth: int, mlp_ratio: float = 2.0,
-                 act_layer: Callable[[], nn.Module] = nn.GELU, downsample: bool = True) -> None:
+                 act_layer: Callable[[], nn.Module] = nn.GELU, downsample: str = "copy",
+                 kernel_branches: Sequence[str] = KERNEL_BRANCHES, small_kernel: str = "parallel",
+                 medium_kernel: str = "strips") -> None:
         super().__init__()
-        if downsample:
+        if downsample == "copy":
             if out_dim != 2 * in_dim:
                 raise ValueError(f"copy convolution doubles channels: {in_dim} -> {out_dim} is not possible")
-            self.downsample: nn.Module = RepNeXtDownsample(in_dim, mlp_ratio, act_layer)
+            self.downsample: nn.Module = RepNeXtDownsample(in_dim, mlp_ratio, act_layer, small_kernel, medium_kernel)
+        elif downsample == "conv3x3":
+            self.downsample = ConvNorm(in_dim, out_dim, 3, stride=2, padding=1)
         else:
             if in_dim != out_dim:
                 raise ValueError(f"stage without downsampling keeps channels: {in_dim} != {out_dim}")
             self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(*[MetaNeXtBlock(out_dim, mlp_ratio, act_layer) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[
+            MetaNeXtBlock(out_dim, mlp_ratio, act_layer, branches=kernel_branches, small_kernel=small_kernel,
+                          medium_kernel=medium_kernel)
+            for _ in range(depth)])
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,6 +482,16 @@ class RepNeXt(StagedModelMixin, nn.Module):
         distillation: start in distilled training mode (return both heads while training).
         drop_rate: dropout before the classifier.
         fused: build the inference (reparameterized) form directly, e.g. to load ``*_fused.pt`` checkpoints.
+        drop_path_rate: accepted for timm's generic callers; RepNeXt has no stochastic depth, so only 0.
+        downsample: ``"copy"`` (Eq. 2) or ``"conv3x3"`` (Table 5, "simple 3x3 convolution").
+        kernel_branches: the ``ChunkConv`` branches that have a kernel, from ``("small", "medium", "large")``; a
+            missing one is an identity (Table 5, "remove small/medium/large kernel").
+        small_kernel: ``RepDWConvS`` training-time branches, ``"plain"`` / ``"serial"`` / ``"parallel"`` (Table 5).
+        medium_kernel: ``RepDWConvM`` training-time branches, ``"plain"`` / ``"square"`` / ``"asymmetric"`` /
+            ``"strips"`` (Table 5).
+
+    The defaults are the published model. Every switch value is checked (``ValueError`` naming the allowed values),
+    and an argument the constructor does not know is a ``TypeError``, as for any Python function.
     """
 
     __jit_unused_properties__ = ["is_fused"]  # Python-only (isinstance over module types): not compiled by TorchScript
@@ -380,12 +508,21 @@ class RepNeXt(StagedModelMixin, nn.Module):
         distillation: bool = False,
         drop_rate: float = 0.0,
         fused: bool = False,
-        **kwargs: Any,
+        drop_path_rate: float = 0.0,
+        downsample: str = "copy",
+        kernel_branches: Sequence[str] = KERNEL_BRANCHES,
+        small_kernel: str = "parallel",
+        medium_kernel: str = "strips",
     ) -> None:
         super().__init__()
         check_global_pool(global_pool)
-        if kwargs:
-            _logger.warning("RepNeXt ignores unsupported arguments %s", sorted(kwargs))
+        if drop_path_rate:
+            raise ValueError(f"RepNeXt has no stochastic depth: drop_path_rate must be 0, got {drop_path_rate}")
+        _check_choice("downsample", downsample, DOWNSAMPLES)
+        _check_choice("small_kernel", small_kernel, SMALL_KERNELS)
+        _check_choice("medium_kernel", medium_kernel, MEDIUM_KERNELS)
+        mixer = dict(kernel_branches=_check_branches(kernel_branches), small_kernel=small_kernel,
+                     medium_kernel=medium_kernel)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
@@ -393,7 +530,7 @@ class RepNeXt(StagedModelMixin, nn.Module):
         self.grad_checkpointing = False
 
         self.stem = RepNeXtStem(in_chans, embed_dim[0], act_layer)
-        self.stages, self.feature_info = self._build_stages(embed_dim, depth, mlp_ratio, act_layer)
+        self.stages, self.feature_info = self._build_stages(embed_dim, depth, mlp_ratio, act_layer, downsample, mixer)
         self.num_features = self.head_hidden_size = embed_dim[-1]
         self.head_drop = nn.Dropout(drop_rate)
         self.head: nn.Module = self._make_head(num_classes, distillation)
@@ -401,11 +538,13 @@ class RepNeXt(StagedModelMixin, nn.Module):
             self.fuse()
 
     def _build_stages(self, embed_dim: Sequence[int], depth: Sequence[int], mlp_ratio: float,
-                      act_layer: Callable[[], nn.Module]) -> tuple[nn.Sequential, list[dict[str, Any]]]:
+                      act_layer: Callable[[], nn.Module], downsample: str,
+                      mixer: dict[str, Any]) -> tuple[nn.Sequential, list[dict[str, Any]]]:
         stages, feature_info = [], []
         in_dim, stride = embed_dim[0], self.stem.stride
         for i, (dim, d) in enumerate(zip(embed_dim, depth, strict=True)):
-            stages.append(RepNeXtStage(in_dim, dim, d, mlp_ratio, act_layer, downsample=i > 0))
+            stages.append(RepNeXtStage(in_dim, dim, d, mlp_ratio, act_layer, downsample=downsample if i else "none",
+                                       **mixer))
             stride *= 2 if i > 0 else 1
             feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
             in_dim = dim

@@ -28,13 +28,13 @@ from regla.checkpoints import (
     TRAIN_FORMAT,
     CheckpointError,
     WeightsInfo,
-    load_into,
+    load_weights,
     read_train_checkpoint,
     safetensors_bytes,
 )
 from regla.outputs import atomic_write_bytes
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "recover", "restore", "save_checkpoint"]
+__all__ = ["CheckpointError", "load_checkpoint", "recover", "restore", "save_checkpoint"]
 
 FORMAT = TRAIN_FORMAT
 
@@ -211,12 +211,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return read_train_checkpoint(path)
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Load ``state_dict`` into the bare model strictly (:func:`regla.checkpoints.load_into`, training-time form)."""
-    try:
-        load_into(unwrap(model), state_dict, allow_fused=False, source=str(path))
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} - a checkpoint from another architecture?") from None
 
 
 def restore(ckpt: dict[str, Any], *, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any,
@@ -225,11 +219,11 @@ def restore(ckpt: dict[str, Any], *, model: nn.Module, ema: Any, optimizer: Any,
 
     With ``restore_scheduler=False`` (the schedule's recipe changed, e.g. more epochs) the new schedule is kept.
     """
-    load_weights(model, ckpt["model"], path)
+    load_weights(unwrap(model), ckpt["model"], source=path)
     if ema is not None:
         if ckpt["model_ema"] is None:
             raise CheckpointError(f"{path} has no EMA weights but this run keeps an EMA (--set model_ema=false?)")
-        load_weights(ema.module, ckpt["model_ema"], path)
+        load_weights(unwrap(ema.module), ckpt["model_ema"], source=path)
     optimizer.load_state_dict(ckpt["optimizer"])
     if restore_scheduler and scheduler is not None and ckpt["scheduler"] is not None:
         scheduler.load_state_dict(ckpt["scheduler"])

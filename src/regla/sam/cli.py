@@ -4,8 +4,8 @@
 * ``regla sam export``: the image encoder and the prompt decoder as two ONNX files, each checked in ONNX Runtime
   against PyTorch inside the command;
 * ``regla sam eval``: zero-shot COCO evaluation as in the SAM paper (box prompts -> mask AP, one point -> mIoU),
-  :mod:`regla.sam.evaluate`;
-* ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.distill`), on the run harness;
+  :mod:`regla.sam.evaluate`; ``--task edges|seginw``: BSDS500 edges and SegInW, :mod:`regla.sam.eval_tasks`;
+* ``regla sam distill``: decoupled distillation of an encoder (:mod:`regla.sam.embedding_distill`), on the run harness;
 * ``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo (:mod:`regla.sam.demo`);
 * ``regla sam encoders``: the encoder names.
 
@@ -23,6 +23,7 @@ from ..config import Recipe
 from ..errors import UsageError
 from ..outputs import resolve_output
 from ..preflight import existing_file, float_range, int_range
+from .eval_tasks import add_task_arguments
 
 LAST_STAGE_CHOICES = ("stride1", "fuse")
 DEFAULT_ENCODER = "regla_m_sam"
@@ -104,29 +105,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("eval", help="zero-shot COCO evaluation: box prompts -> mask AP, one point -> mIoU",
-                       description="Zero-shot evaluation as in the SAM paper on a COCO-format set: each box (the "
-                                   "ground truth's, or a detector's COCO results with --boxes) gives one mask, "
-                                   "scored with pycocotools (mask AP, AP50, AP75, APs/m/l); one point per instance "
-                                   "(farthest from its boundary) gives SAM's three masks, scored by the mIoU of the "
-                                   "top-ranked one and of the best one (oracle). Writes scores.json, results.json "
-                                   "(COCO segm results) and points.json.")
-    p.add_argument("--val-images", default=None, metavar="DIR", help="image folder of the COCO-format set")
-    p.add_argument("--val-ann", default=None, metavar="FILE", help="COCO instances JSON of those images")
-    p.add_argument("--boxes", default=None, metavar="FILE",
-                   help="a detector's COCO results JSON (SAM uses ViTDet-H's) as box prompts; results keep its "
-                        "categories and scores (default: the ground truth's boxes, scored by SAM's predicted IoU)")
+    p = sub.add_parser("eval", help="zero-shot evaluation: COCO (box AP, point mIoU), BSDS500 edges, SegInW",
+                       description="Zero-shot evaluation as in the SAM paper. --task coco (default), a COCO-format "
+                                   "set: each box (the ground truth's, or a detector's COCO results with --boxes) "
+                                   "gives one mask, scored with pycocotools (mask AP, AP50, AP75, APs/m/l); one point "
+                                   "per instance (farthest from its boundary) gives SAM's three masks, scored by the "
+                                   "mIoU of the top-ranked one and of the best one (oracle); writes scores.json, "
+                                   "results.json (COCO segm results) and points.json. --task edges, BSDS500 (SAM "
+                                   "§7.2): a 16x16 point grid, 3 masks per point, box NMS, Sobel edges of the mask "
+                                   "probabilities, max, edge NMS; scored with the BSDS benchmark (ODS, OIS, AP; "
+                                   "tolerance 0.0075 of the diagonal, 99 thresholds); writes scores.json and "
+                                   "images.json. --task seginw, Segmentation in the Wild's 25 sets: the box protocol "
+                                   "on each set with a detector's results per set, mask AP per set and their mean; "
+                                   "writes scores.json and results.json.")
+    add_task_arguments(p)
+    p.add_argument("--val-images", default=None, metavar="DIR", help="coco: image folder of the COCO-format set")
+    p.add_argument("--val-ann", default=None, metavar="FILE", help="coco: COCO instances JSON of those images")
+    p.add_argument("--boxes", default=None, metavar="FILE|DIR",
+                   help="coco: a detector's COCO results JSON (SAM uses ViTDet-H's) as box prompts; seginw: a folder "
+                        "of such files, <set>.json per set; results keep the detector's categories and scores "
+                        "(default: the ground truth's boxes, scored by SAM's predicted IoU)")
     p.add_argument("--score-thr", type=float_range(0.0, 1.0), default=None,
                    help="--boxes: keep detections scoring at least this (default 0.0: all)")
-    p.add_argument("--prompts", nargs="*", choices=PROMPT_CHOICES, default=list(PROMPT_CHOICES),
-                   help="which evaluations to run (default: box point)")
+    p.add_argument("--prompts", nargs="*", choices=PROMPT_CHOICES, default=None,
+                   help="coco: which evaluations to run (default: box point)")
     p.add_argument("--max-images", type=int_range(1), default=None, metavar="N",
-                   help="evaluate the first N images (by id) only")
-    p.add_argument("--output", "-o", default="sam_eval", metavar="DIR",
-                   help="folder for scores.json, results.json, points.json (default sam_eval/)")
+                   help="evaluate the first N images (by id; edges: by name; seginw: of each set) only")
+    p.add_argument("--output", "-o", default=None, metavar="DIR",
+                   help="folder for the task's files (default sam_eval/, sam_eval_edges/, sam_eval_seginw/)")
     p.add_argument("--strict", action="store_true",
-                   help="refuse the set if an image is unreadable (default: skip it, count and name it in "
-                        "scores.json)")
+                   help="coco, seginw: refuse a set if an image is unreadable (default: skip it, count and name it "
+                        "in scores.json)")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one), cpu, cuda, cuda:N, mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_arguments(p)
@@ -182,7 +191,7 @@ def run_distill(args: argparse.Namespace) -> int:
     import logging
 
     from ..runs.config import resolve_recipe
-    from .distill import SCHEMA
+    from .embedding_distill import SCHEMA
 
     flags = {key: getattr(args, flag) for flag, key in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
     if args.output is not None:
@@ -196,7 +205,7 @@ def run_distill(args: argparse.Namespace) -> int:
     _check_distill(cfg, args.resume)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     from ..runs.harness import run
-    from .distill import SamDistillTask
+    from .embedding_distill import SamDistillTask
 
     result = run(SamDistillTask(), cfg, cfg.task.student, resume=args.resume, show_bar=not args.no_progress)
     print(f"done: {result.epochs} epochs, held-out MSE {-result.best['score']:.5f} (best), run folder {result.run_dir}")
@@ -256,8 +265,7 @@ def _build(args: argparse.Namespace):
 
 def run_predict(args: argparse.Namespace) -> int:
     """``regla sam predict``: check image, prompts and output, then predict and draw."""
-    from ..dense.predict import png_info
-    from ..outputs import atomic_output, check_new_output, png_written_by
+    from ..outputs import atomic_output, check_new_output, png_info, png_written_by
     from .prompt import check_box, check_point, draw_prediction, load_image, parse_numbers, predict_mask
 
     if args.box is None and args.point is None:
@@ -286,8 +294,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``regla sam export``: both ONNX files, each checked against PyTorch."""
-    from ..deploy.cli import SAME_KIND
     from ..deploy.export import is_mlpackage
+    from ..deploy.files import SAME_KIND
     from ..outputs import check_new_output
     from .export import export_sam_onnx
 
@@ -323,7 +331,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _check_eval_args(args: argparse.Namespace) -> tuple[list[str], Path]:
     """The prompts to run and the output folder, checked (paths and data are checked by ``load_eval_data``)."""
-    prompts = list(dict.fromkeys(args.prompts))
+    prompts = list(dict.fromkeys(args.prompts if args.prompts is not None else PROMPT_CHOICES))
     if not prompts:
         raise UsageError(f"--prompts: no prompt selected; expected one or more of {', '.join(PROMPT_CHOICES)}")
     if args.val_images is None or args.val_ann is None:
@@ -353,6 +361,11 @@ def run_eval(args: argparse.Namespace) -> int:
     import time
 
     from ..outputs import write_report_files
+    from .eval_tasks import EvalHooks, check_task_flags, run_task
+
+    check_task_flags(args)  # --task edges|seginw: regla.sam.eval_tasks
+    if args.task != "coco":
+        return run_task(args, EvalHooks(EVAL_WRITER, _check_model_args, _resolve_device, _build))
     from .evaluate import SamMasks, evaluate_zero_shot, load_eval_data
 
     prompts, out = _check_eval_args(args)

@@ -31,7 +31,7 @@ from ..outputs import atomic_output, atomic_write_text
 from ..runs.config import RUN_RULES, run_fields
 from ..runs.task import Built
 from .build import build_sam
-from .distill import preprocess
+from .embedding_distill import preprocess
 from .prompt import mask_iou
 
 #: The demo's recipe (docs/sam.md, "Demo"): ReGLA-T-SAM at 352 px (22x22 embedding), crops of 0.9-1 of the photo's

@@ -4,7 +4,7 @@
   mask (``multimask_output=False``, SAM's mode for an unambiguous prompt). The boxes are the ground truth's
   (non-crowd instances; the result's score is SAM's predicted IoU, which ranks the masks) or a detector's COCO
   results (SAM §7.4 uses ViTDet-H's; the result keeps the detector's category and score). The masks are scored as
-  COCO ``segm`` results with pycocotools through :func:`regla.dense.metrics.coco_scores`: mask AP, AP50, AP75,
+  COCO ``segm`` results with pycocotools through :func:`regla.eval.metrics.coco_scores`: mask AP, AP50, AP75,
   APs/APm/APl.
 * **One point -> mIoU** (SAM §7.1): one foreground point per non-crowd ground-truth instance, the mask's point
   farthest from its boundary (:func:`regla.sam.prompt.interior_point`, a distance transform), SAM's three masks
@@ -208,10 +208,10 @@ def _box_prompts(data: EvalData, image_id: int, anns: list[dict[str, Any]],
 
 def _box_results(source: MaskSource, data: EvalData, image_id: int, boxes: np.ndarray, cats: list[int],
                  det_scores: list[float] | None) -> list[dict[str, Any]]:
-    """COCO ``segm`` results of one image's box prompts (RLE through :func:`regla.dense.metrics.coco_results`)."""
+    """COCO ``segm`` results of one image's box prompts (RLE through :func:`regla.eval.metrics.coco_results`)."""
     import torch
 
-    from ..dense.metrics import coco_results
+    from ..eval.metrics import coco_results
 
     masks, predicted_iou = source.boxes(boxes)
     label = {c: i + 1 for i, c in enumerate(data.cat_ids)}
@@ -242,7 +242,7 @@ def evaluate_zero_shot(source: MaskSource, data: EvalData, prompts: Sequence[str
     """Box-prompted mask AP and/or single-point mIoU of ``source`` over ``data`` (see the module docstring)."""
     from tqdm import tqdm
 
-    from ..dense.metrics import coco_scores
+    from ..eval.metrics import coco_scores
 
     unknown = [p for p in prompts if p not in PROMPTS]
     if unknown or not prompts:

@@ -77,7 +77,9 @@ def resolve_config(args: argparse.Namespace) -> Recipe:
         try:
             import sklearn  # noqa: F401
 
-            from .demo import DEMO_RECIPE, write_digits
+            from regla.data.digits import write_digits
+
+            from .demo import DEMO_RECIPE
         except ImportError as e:
             raise UsageError("the demo reads scikit-learn's digits: pip install 'regla[train]'") from e
 

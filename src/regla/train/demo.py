@@ -8,13 +8,11 @@ as ImageNet.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from ..data.digits import DEMO_SIZE, cache_dir, write_digits
+from ..data.digits import DEMO_SIZE, DEMO_THREADS
 
-__all__ = ["DEMO_RECIPE", "DEMO_SIZE", "cache_dir", "demo_base", "write_digits"]
+__all__ = ["DEMO_RECIPE"]
 
 # A short CPU recipe: same optimizer/schedule family as Table 2, with the heavy ImageNet augmentations off
 # (RandAugment, mixup and large random crops destroy 8x8 digits) and 32 px inputs.
@@ -39,12 +37,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "ratio": [0.9, 1.1],
     "model_ema": False,
     "workers": 0,
-    "torch_threads": max(1, min(4, (os.cpu_count() or 2) // 2)),  # one per physical core; oversubscription is slow
+    "torch_threads": DEMO_THREADS,
     "device": "auto",
     "output": "runs/demo",
 }
-
-
-def demo_base(data_dir: Path) -> dict[str, Any]:
-    """The demo recipe pointing at the digits folder."""
-    return {**DEMO_RECIPE, "data_dir": str(data_dir)}

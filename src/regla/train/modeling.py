@@ -15,6 +15,7 @@ def create_student(cfg: Recipe, num_classes: int) -> nn.Module:
     import timm
 
     import regla  # noqa: F401  (registers our models)
+    from regla.errors import UsageError
 
     kwargs: dict[str, Any] = dict(cfg.task.model_kwargs or {}, num_classes=num_classes)
     if cfg.task.drop_path:  # stochastic depth; some peers (RepViT) have none and reject the argument
@@ -31,7 +32,9 @@ def create_student(cfg: Recipe, num_classes: int) -> nn.Module:
                              "timm.list_models() all") from e
         raise
     except TypeError as e:
-        raise ValueError(f"{cfg.task.model} does not accept {sorted(kwargs)}: {e}") from e
+        raise UsageError(f"{cfg.task.model} does not accept {sorted(kwargs)}: {e}") from e
+    except ValueError as e:  # a constructor switch with a value it does not allow (the message names the allowed)
+        raise UsageError(f"{cfg.task.model} model_kwargs {cfg.task.model_kwargs or {}}: {e}") from e
     if cfg.task.distillation_type != "none":
         if not hasattr(model, "set_distilled_training"):
             raise ValueError(f"{cfg.task.model} has no distillation head (set_distilled_training); "

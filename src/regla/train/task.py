@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from regla.checkpoints import CheckpointError, WeightsInfo, info_from_train_checkpoint, read_weights
+from regla.checkpoints import CheckpointError, WeightsInfo, info_from_train_checkpoint, load_weights, read_weights
 from regla.config import Recipe
-from regla.runs.checkpoint_sets import load_weights
+from regla.data.folders import read_skipped
+from regla.eval.loop import evaluate
 from regla.runs.harness import RunError
 from regla.runs.task import Built
 
-from .data import Datasets, build_datasets, build_eval_loader, build_train_loader, read_skipped
-from .distill import DistillationLoss, load_teacher
-from .evaluate import evaluate
+from .data import Datasets, build_datasets, build_eval_loader, build_train_loader
+from .deit_kd import DistillationLoss, load_teacher
 from .modeling import create_student
 
 _logger = logging.getLogger("regla.train")
@@ -43,7 +43,7 @@ def load_initial(model: nn.Module, path: str | Path) -> None:
         state = {k: v for k, v in state.items() if k not in fresh}
         state.update({k: own[k] for k in fresh})
         _logger.info("%s: no classifier of this shape in the file; %s initialised fresh", path, ", ".join(fresh))
-    load_weights(model, state, path)
+    load_weights(model, state, source=path)
 
 
 class ClassificationTask:

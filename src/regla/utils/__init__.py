@@ -1,6 +1,5 @@
-"""Small shared utilities (complexity counting, atomic file writes)."""
+"""Small shared utilities: parameter and MAC counting (atomic file writes are :mod:`regla.outputs`)."""
 
 from .complexity import count_macs, count_params
-from .io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["count_macs", "count_params", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["count_macs", "count_params"]

@@ -20,7 +20,7 @@ from typing import Any
 from regla.errors import UsageError
 from regla.preflight import float_range, int_range
 
-__all__ = ["add_arguments", "folder_batches", "few_shot_indices", "knn_cli", "run"]
+__all__ = ["add_arguments", "knn_cli", "run"]
 
 POOLS = ("auto", "avg", "prelogits")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
@@ -64,8 +64,9 @@ def _folder(path: str, flag: str) -> Path:
 
 def _check(args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
     """Paths, classes and flags, before any model is built."""
+    from regla.data.errors import DataError
+    from regla.data.folders import check_class_folders
     from regla.preflight import check_device, existing_file, require_model
-    from regla.train.data import DataError, check_class_folders
 
     if not args.checkpoint and not args.model:
         raise UsageError("give --checkpoint FILE (and --model if the file does not record it), or --model NAME "
@@ -102,58 +103,10 @@ def _build_model(args: argparse.Namespace) -> tuple[Any, Any]:
     return timm.create_model(args.model, pretrained=False).eval(), WeightsInfo()
 
 
-def few_shot_indices(targets: list[int], per_class: int, seed: int = 0) -> list[int]:
-    """``per_class`` indices of each class drawn with a fixed seed (a few-shot bank), in index order."""
-    import random
-
-    rng = random.Random(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, t in enumerate(targets):
-        by_class.setdefault(int(t), []).append(i)
-    return sorted(i for c in sorted(by_class) for i in rng.sample(by_class[c], min(per_class, len(by_class[c]))))
-
-
-class _Subset:
-    """Some samples of a dataset whose ``transform`` is the wrapped one's (timm's loader sets it)."""
-
-    def __init__(self, dataset: Any, indices: list[int]):
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[self.indices[index]]
-
-    @property
-    def transform(self) -> Any:
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value: Any) -> None:
-        self.dataset.transform = value
-
-
-def folder_batches(folder: Path, class_map: dict[str, int], config: dict[str, Any], *, batch_size: int,
-                   workers: int, device: Any, rank: int = 0, world: int = 1, per_class: int | None = None,
-                   seed: int = 0, strict: bool = False) -> Any:
-    """``(images, labels)`` batches of a folder of class folders (this rank's shard) with the evaluation transform
-    of ``config`` (a timm data config); ``per_class``: only that many images per class (seeded). Unreadable images
-    are left out and recorded in the result's ``skipped`` (``strict``: the first one is an error)."""
-    from timm.data import create_dataset
-
-    from .samples import CountingBatches, build_loader, wrap_dataset
-
-    ds = create_dataset("", root=str(folder), search_split=False, class_map=class_map)
-    view = wrap_dataset(ds)
-    if per_class:
-        view = _Subset(view, few_shot_indices([t for _, t in ds.reader.samples], per_class, seed))
-    return CountingBatches(build_loader(view, config, batch_size=batch_size, workers=workers, device=device,
-                                        rank=rank, world=world), strict=strict)
-
-
 def _loader(args: argparse.Namespace, folder: Path, class_map: dict[str, int], config: dict[str, Any], d: Any,
             per_class: int | None = None):
+    from .knn import folder_batches
+
     return folder_batches(folder, class_map, config, batch_size=args.batch_size, workers=args.workers,
                           device=d.device, rank=d.rank, world=d.world_size, per_class=per_class, seed=args.seed,
                           strict=getattr(args, "strict", False))
@@ -163,8 +116,8 @@ def knn_cli(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation (also used by tests): ``top1_k20`` ... in percent, ``n``, ``bank`` and the settings."""
     import torch
 
+    from regla.data.folders import class_map_for
     from regla.runs.distributed import setup_distributed
-    from regla.train.data import class_map_for
 
     from .cli import settings_fields
     from .knn import extract_features, knn_scores

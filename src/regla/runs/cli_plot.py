@@ -26,7 +26,7 @@ WRITER = "regla plot"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``regla plot`` options on ``parser``."""
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) of any regla trainer")
+    parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folder(s) of any regla trainer")
     parser.add_argument("-o", "--out", help=f"PNG path (default RUN_DIR/{DEFAULT_NAME} of the first run); "
                                             f"a folder receives {DEFAULT_NAME}")
 
@@ -117,6 +117,8 @@ def output_png(out: str | None, first_run: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Draw the curves of ``args.run_dirs``; print where the PNG went."""
+    if not args.run_dirs:
+        raise UsageError("give one or more RUN_DIR (run folders), or --paper fig1|fig4 for ReGLA's figures")
     runs = check_run_dirs(args.run_dirs)
     path = plot_runs(runs, output_png(args.out, runs[0]))
     print(f"wrote {path}")
