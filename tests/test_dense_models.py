@@ -234,7 +234,7 @@ def test_regla_seg_recipes_hold_the_lr_fixed_and_peers_decay_it() -> None:
     for name, fixed in (("regla_t", True), ("regla_m", True), ("regla_x", True), ("repnext_m3", False)):
         cfg = SEG_SCHEMA.build(str(configs / f"{name}.yaml"))
         param = torch.nn.Parameter(torch.zeros(1))
-        opt, sched, _ = build_optimizer_and_schedule(cfg, [param], cfg["lr"], cfg["iters_per_epoch"])
+        opt, sched, _ = build_optimizer_and_schedule(cfg.run, [param], cfg.run.lr, cfg.task.iters_per_epoch)
         lrs = []
         for update in (0, 1, 20_000, 40_000, 79_999, 80_000):
             sched.step_update(update)

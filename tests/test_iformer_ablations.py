@@ -248,7 +248,7 @@ def test_one_recipe_per_row() -> None:
 @pytest.mark.parametrize("row,model", ROWS.items())
 def test_row_recipe_differs_from_iformer_m_only_in_model_and_output(row: str, model: str, capsys) -> None:
     path = PEERS / f"{row}.yaml"
-    cfg, base = _print_config(path, capsys), build_config("iformer_m")
+    cfg, base = _print_config(path, capsys), build_config("iformer_m").flat()
     changed = {k for k in cfg if cfg[k] != base[k]}
     assert changed == ({"model", "output"} if model != "iformer_m" else {"output"})
     assert cfg["model"] == model and cfg["output"] == f"runs/peers/iformer/{row}"
@@ -258,7 +258,7 @@ def test_row_recipe_differs_from_iformer_m_only_in_model_and_output(row: str, mo
 
 
 def test_iformer_h_recipe_table8(capsys) -> None:
-    cfg, base = _print_config(CONFIGS / "iformer_h.yaml", capsys), build_config("iformer_m")
+    cfg, base = _print_config(CONFIGS / "iformer_h.yaml", capsys), build_config("iformer_m").flat()
     changed = {k: cfg[k] for k in cfg if cfg[k] != base[k]}
     assert changed == dict(model="iformer_h", batch_size=128, lr_base=8e-3, lr_base_batch=1024, drop_path=0.6,
                            model_ema=True, output="runs/iformer_h")

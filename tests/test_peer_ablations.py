@@ -162,13 +162,13 @@ def test_unknown_constructor_argument_is_an_error() -> None:
         timm.create_model("repnext_m1", small_kernels="plain")
     timm.create_model("repnext_m0", drop_path_rate=0.0)  # timm's generic callers pass 0: accepted
     from regla.errors import UsageError
+    from regla.train.config import build_config
     from regla.train.modeling import create_student
 
-    cfg = dict(model="repnext_m1", model_kwargs={"bogus": 1}, drop_path=0.0, in_chans=3, distillation_type="none",
-               grad_checkpointing=False)
+    cfg = build_config(None, base=dict(model="repnext_m1", model_kwargs={"bogus": 1}, drop_path=0.0))
     with pytest.raises(UsageError, match=r"repnext_m1 does not accept \['bogus', 'num_classes'\]"):
         create_student(cfg, num_classes=3)
-    cfg["model_kwargs"] = {"small_kernel": "dilated"}  # a recipe's bad switch value: bad input, exit code 2
+    cfg = cfg.replace(model_kwargs={"small_kernel": "dilated"})  # a recipe's bad switch value: bad input, exit 2
     with pytest.raises(UsageError, match=r"model_kwargs .*small_kernel must be one of \('plain'") as err:
         create_student(cfg, num_classes=3)
     assert err.value.exit_code == 2
@@ -315,10 +315,11 @@ def test_recipe_differs_from_its_base_only_in_its_row(recipe: str, capsys: pytes
 
 @pytest.mark.parametrize("recipe", sorted(r for r, (ch, _) in RECIPES.items() if "model" in ch or "model_kwargs" in ch))
 def test_recipe_model_builds_through_the_trainer(recipe: str, capsys: pytest.CaptureFixture) -> None:
+    from regla.train.config import build_config
     from regla.train.modeling import create_student
 
     cfg = _print_config(CONFIGS / recipe, capsys)
-    model = create_student(cfg, num_classes=3)
+    model = create_student(build_config(None, base=cfg), num_classes=3)
     want = timm.create_model(cfg["model"], num_classes=3, **cfg["model_kwargs"])
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in want.state_dict().items()}
 
