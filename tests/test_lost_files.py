@@ -380,7 +380,7 @@ def test_same_seed_same_student_whether_or_not_the_run_filled_the_cache(sam_imag
 # --- det eval matches classes by name ---------------------------------------------------------------------------
 
 def test_classes_are_matched_by_name_not_by_id(capsys):
-    from regla.dense.det_cli import map_classes
+    from regla.dense.cli_det import map_classes
 
     # the weights learned [cat, dog]; the val set numbers them the other way round
     assert map_classes(["cat", "dog"], ["dog", "cat"], [1, 2], "w", "val.json") == [2, 1]
@@ -424,7 +424,7 @@ def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, mon
         seen["cat_ids"] = cat_ids
         return {"bbox_AP": 0.0}, {"bbox_AP50": {}}, []
 
-    monkeypatch.setattr("regla.dense.det_cli._trained_model", lambda cfg, w, names=None: (None, names))
+    monkeypatch.setattr("regla.dense.cli_det._trained_model", lambda cfg, w, names=None: (None, names))
     monkeypatch.setattr("regla.dense.evaluate.evaluate_detector", fake_eval)
     assert main(["det", "eval", "--weights", str(weights), "--no-progress"]) == 0
     assert seen["cat_ids"] == [2, 1]  # label 1 (cat) -> id 2, label 2 (dog) -> id 1
@@ -434,7 +434,7 @@ def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, mon
 # --- settings that mean nothing --------------------------------------------------------------------------------
 
 def test_seg_slide_stride_larger_than_the_crop_is_refused(folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, "regla.dense.seg_cli._trained_model")
+    tripwire(monkeypatch, "regla.dense.cli_seg._trained_model")
     weights = _weights_with_recipe(tmp_path / "run", "seg", folders)
     refused(["seg", "eval", "--weights", str(weights), "--set", "test_mode=slide", "--set", "test_stride=1000"],
             capsys, "test_stride = 1000 > crop_size = 128")
