@@ -222,7 +222,7 @@ def test_eval_reports_are_replaced_by_the_next_eval_only_while_unchanged(tmp_pat
     ``results.json`` is the user's and is kept."""
     from argparse import Namespace
 
-    from regla.dense.cli_common import eval_outputs, write_reports
+    from regla.dense.commands import eval_outputs, write_reports
 
     args = Namespace(output=str(tmp_path), weights=str(tmp_path / "w.pth"))
     files, writer = ("results.json", "scores.json"), "regla det eval"

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..preflight import float_range
-from . import cli_common as common
+from . import commands as common
 
 KIND = "det"
-#: What ``det eval`` writes, and the name it signs ``scores.json`` with (:func:`cli_common.write_reports`).
+#: What ``det eval`` writes, and the name it signs ``scores.json`` with (:func:`commands.write_reports`).
 EVAL_FILES = ("results.json", "scores.json")
 EVAL_WRITER = "regla det eval"
 PREDICT_WRITER = "regla det predict"

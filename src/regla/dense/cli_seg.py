@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import cli_common as common
+from . import commands as common
 
 KIND = "seg"
 EVAL_WRITER = "regla seg eval"
