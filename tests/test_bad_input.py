@@ -20,7 +20,7 @@ from regla.cli import main
 # what each command's long work is (one or more functions); a case whose check must happen before it replaces
 # them with a tripwire
 WORK: dict[str, str | tuple[str, ...]] = {
-    "train": "regla.train.trainer.train",
+    "train": ("regla.train.trainer.train", "regla.runs.harness.run"),
     "export": "regla.deploy.export.export_model",
     "bench": ("regla.bench.runner.run_bench", "regla.bench.dense.run_dense_bench"),
     "plot": "regla.runs.plot_cli.plot_runs",
@@ -29,6 +29,8 @@ WORK: dict[str, str | tuple[str, ...]] = {
     "sam": ("regla.runs.harness.run", "regla.sam.build.build_sam"),
     "knn": "regla.eval.knn.extract_features",
     "distill": "regla.runs.harness.run",
+    "det": "regla.runs.harness.run",
+    "seg": "regla.runs.harness.run",
 }
 
 
@@ -153,6 +155,15 @@ CASES: dict[str, Case] = {
     "sam --demo -o file": case("sam", "--demo", "-o", "{file}", says="is a file"),
     "sam --demo --resume missing": case("sam", "--demo", "--resume", "{missing}", says="no such file or folder"),
     "sam --demo --set unknown": case("sam", "--demo", "--set", "bogus=1", says="unknown option 'bogus'"),
+    # regla det --demo, regla seg --demo (the demo form every trainer shares)
+    "det --demo -o file": case("det", "--demo", "-o", "{file}", says="is a file"),
+    "det --demo --resume missing": case("det", "--demo", "--resume", "{missing}", says="no such file or folder"),
+    "det --demo --set unknown": case("det", "--demo", "--set", "bogus=1", says="unknown option 'bogus'"),
+    "det --demo with an action": case("det", "--demo", "train", says="--demo runs on its own"),
+    "seg --demo -o file": case("seg", "--demo", "-o", "{file}", says="is a file"),
+    "seg --demo --resume missing": case("seg", "--demo", "--resume", "{missing}", says="no such file or folder"),
+    "seg --demo --set unknown": case("seg", "--demo", "--set", "bogus=1", says="unknown option 'bogus'"),
+    "seg no action": case("seg", says="needs an action"),
     "bench --sam-encoders bad mode": case(*BENCH, "--task", "sam", "--sam-encoders", "repvit_sam:fuse",
                                           says="applies to regla_*_sam only"),
     # regla sam eval

@@ -1,11 +1,11 @@
-"""What ``regla det`` and ``regla seg`` share: recipe resolution (defaults < demo < ``--config`` < flags <
-``--set``), checks before any work, the model of a weights file for eval/predict, and the demo report."""
+"""What ``regla det`` and ``regla seg`` share besides the front door (:mod:`regla.runs.frontdoor`): the declaration
+of their trainers (:func:`trainer`), the recipe and checks of ``eval``/``predict``, the model of a weights file,
+the report files and the demo report."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,32 +16,23 @@ from ..errors import RunFailure, UsageError
 from ..outputs import atomic_write_text, check_new_output, check_report_folder, check_writable, write_report_files
 from ..preflight import check_device, existing_file
 
-SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "output": "output", "device": "device",
-             "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "workers": "workers"}
+#: Recipe keys the flags of ``eval`` and ``predict`` give (the trainers' flags are the front door's).
+SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "device": "device"}
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser, kind: str) -> None:
-    """``--config`` / ``--set`` and the shortcut flags."""
+    """``eval``/``predict``: ``--config`` / ``--set`` and the shortcut flags."""
     p.add_argument("-c", "--config", help=f"recipe YAML, or a name under configs/{kind}/ (regla_m, repvit_m1_1 ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key (repeatable), e.g. --set lr=1e-4")
-    p.add_argument("--backbone", help="timm model name with features_only (regla_m, repnext_m4, iformer_m ...)")
-    p.add_argument("--pretrained", help="classification checkpoint the backbone starts from")
+    add_backbone_arguments(p)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_train_arguments(p: argparse.ArgumentParser, kind: str, demo_help: str) -> None:
-    add_recipe_arguments(p, kind)
-    p.add_argument("--output", help="run folder")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--resume", metavar="RUN_DIR|CKPT", help="continue a run")
-    p.add_argument("--demo", action="store_true", help=demo_help)
-    p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    add_strict_argument(p)
+def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", help="timm model name with features_only (regla_m, repnext_m4, iformer_m ...)")
+    p.add_argument("--pretrained", help="classification checkpoint the backbone starts from")
 
 
 def add_strict_argument(p: argparse.ArgumentParser) -> None:
@@ -65,38 +56,24 @@ def add_weights_arguments(p: argparse.ArgumentParser, kind: str) -> None:
 
 def resolve_config(schema: Schema, args: argparse.Namespace, kind: str,
                    base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The recipe (:func:`regla.runs.config.resolve_recipe`): schema defaults < ``base`` (demo, or a checkpoint's) <
-    the resumed run's recipe < ``--config`` (a YAML, or a name under ``configs/<kind>/``) < flags < ``--set``."""
+    """The recipe of ``eval``/``predict`` (:func:`regla.runs.config.resolve_recipe`): schema defaults < ``base``
+    (the run's own recipe) < ``--config`` (a YAML, or a name under ``configs/<kind>/``) < flags < ``--set``."""
     from ..runs.config import resolve_recipe
 
     flags = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
-    resume = getattr(args, "resume", None)
-    return resolve_recipe(schema, getattr(args, "config", None), list(getattr(args, "overrides", [])), flags=flags,
-                          base=dict(base or {}), resume=resume, output=getattr(args, "output", None),
+    return resolve_recipe(schema, args.config, list(args.overrides), flags=flags, base=dict(base or {}),
                           configs_dir=kind)
 
 
-def preflight(cfg: dict[str, Any], train: bool = True) -> None:
-    """Device, backbone name, the checkpoint file and the output folder, before any work."""
+def check_recipe(cfg: Mapping[str, Any], train: bool = True) -> None:
+    """Backbone name, the checkpoint file and (training) the run folder's checkpoint place, before any work."""
     from ..preflight import require_model
 
-    check_device(cfg["device"])
     require_model(cfg["backbone"], "backbone")
     if cfg.get("pretrained"):
         existing_file(cfg["pretrained"], "pretrained")
     if train and cfg.get("output"):
         check_writable(Path(cfg["output"]) / "last.pth")
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-
-
-def print_config(cfg: Mapping[str, Any]) -> int:
-    import yaml
-
-    print(yaml.safe_dump(dict(cfg), sort_keys=False), end="")
-    return 0
 
 
 def recipe_of_weights(path: Path) -> dict[str, Any] | None:
@@ -127,7 +104,8 @@ def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> dict[str
         base = {k: v for k, v in base.items() if k in schema.fields}
     cfg = resolve_config(schema, args, kind, base)
     cfg["pretrained"] = None  # the trained weights replace the classification checkpoint
-    preflight(cfg, train=False)
+    check_device(cfg["device"])
+    check_recipe(cfg, train=False)
     return cfg
 
 
@@ -161,12 +139,13 @@ def load_trained(model: Any, path: str | Path) -> None:
 
 
 def device_of(cfg: Mapping[str, Any]) -> Any:
+    """The device of ``eval``/``predict``: the front door's resolver (``auto``: a CUDA GPU if there is one, else
+    the CPU, as in training)."""
     import torch
 
-    name = cfg["device"]
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    return torch.device(name)
+    from ..runs.frontdoor import resolve_device
+
+    return torch.device(resolve_device(cfg["device"]))
 
 
 def present_classes(per_class: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
@@ -212,29 +191,45 @@ def demo_report(run_dir: Path, scores: Mapping[str, float], targets: Mapping[str
     return 0
 
 
-def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind: str,
-                  demo_base: Any, demo_targets: Mapping[str, float]) -> int:
-    """``regla det|seg train``: the recipe, every input check (the data is read and checked by ``task.prepare``,
-    the backbone must have ``features_only``), then the task on the one run harness; ``--demo`` reports its targets."""
-    cfg = resolve_config(schema, args, kind, demo_base() if args.demo else None)
-    if args.print_config:
-        return print_config(cfg)
-    preflight(cfg)
-    from ..runs.config import check_output
-    from ..runs.harness import batch_too_large
-    from .backbone import create_features
+def trainer(kind: str, schema: Any, make_task: Any, demo_base: Any, demo_targets: Mapping[str, float],
+            demo_help: str) -> Any:
+    """The front door's declaration of ``regla det|seg train`` (:class:`regla.runs.frontdoor.Trainer`): the
+    backbone flags and ``--strict``, the recipe checks, the task (its data read and checked by ``task.prepare``,
+    the backbone's ``features_only`` and the batch checked) and the summary; ``--demo`` reports its targets."""
+    from ..runs import frontdoor
 
-    task = make_task(show_bar=not args.no_progress, strict=args.strict)
-    check_output(cfg, args.resume, task.command)
-    task.prepare(cfg)  # bad data stops here, before the run starts
-    create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only too
-    why = batch_too_large(len(task.train_set), cfg["batch_size"])
-    if why:
-        raise UsageError(f"{task.command}: {why}")
-    from ..runs.harness import run as run_harness
+    def add_flags(p: argparse.ArgumentParser) -> None:
+        add_backbone_arguments(p)
+        add_strict_argument(p)
 
-    result = run_harness(task, cfg, resume=args.resume, show_bar=not args.no_progress)
-    if args.demo:
-        return demo_report(Path(result.run_dir), result.last, demo_targets, f"regla {kind} train --demo",
-                           getattr(task, "per_class", None))
-    return 0
+    def flags(args: argparse.Namespace) -> dict[str, Any]:
+        return {k: getattr(args, k) for k in ("backbone", "pretrained") if getattr(args, k, None) is not None}
+
+    def task(cfg: dict[str, Any], args: argparse.Namespace) -> Any:
+        from ..runs.harness import batch_too_large
+        from .backbone import create_features
+
+        made = make_task(show_bar=not args.no_progress, strict=args.strict)
+        made.prepare(cfg)  # bad data stops here, before the run starts
+        create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only
+        why = batch_too_large(len(made.train_set), cfg["batch_size"])
+        if why:
+            raise UsageError(f"{made.command}: {why}")
+        return made
+
+    def summary(f: frontdoor.Finished) -> str:
+        key = f.task.score_key
+        score = f"{key} {f.result.last[key]:.2f}, " if isinstance(f.result.last.get(key), (int, float)) else ""
+        return f"{f.result.epochs} epochs, {score}run folder {f.result.run_dir}"
+
+    def finish(f: frontdoor.Finished) -> str:
+        demo_report(Path(f.result.run_dir), f.result.last, demo_targets, f"regla {kind} --demo",
+                    getattr(f.task, "per_class", None))
+        return summary(f)
+
+    return frontdoor.Trainer(
+        command=f"regla {kind} train", schema=schema, task=task, summary=summary, name_key="backbone",
+        check=lambda cfg, args: check_recipe(cfg), add_flags=add_flags, flags=flags, configs_dir=kind,
+        config_help=f"recipe YAML, or a name under configs/{kind}/ (regla_m, repvit_m1_1 ...)",
+        output_help="run folder",
+        demo=frontdoor.Demo(demo_help, lambda args: demo_base(), finish, short=f"regla {kind} --demo"))
