@@ -195,7 +195,7 @@ def _weights_with_recipe(folder: Path, kind: str, data: Path, **recipe) -> Path:
 
 @pytest.mark.parametrize("kind", ["det", "seg"])
 def test_eval_output_naming_a_file_is_refused_before_the_model(kind, folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
+    tripwire(monkeypatch, f"regla.dense.cli_{kind}._trained_model")
     weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     (tmp_path / "taken.json").write_text("{}")
     refused([kind, "eval", "--weights", str(weights), "--output", str(tmp_path / "taken.json")], capsys,
@@ -206,7 +206,7 @@ def test_eval_output_naming_a_file_is_refused_before_the_model(kind, folders, tm
 @pytest.mark.parametrize(("kind", "name"), [("det", "results.json"), ("det", "scores.json"), ("seg", "scores.json")])
 def test_eval_never_replaces_a_report_it_did_not_write(kind, name, folders, tmp_path, capsys, monkeypatch):
     """A ``regla bench`` folder's ``results.json`` (beside the weights, or in ``--output``) survives ``det eval``."""
-    tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
+    tripwire(monkeypatch, f"regla.dense.cli_{kind}._trained_model")
     weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     bench = json.dumps({"machine": {}, "results": []})
     for folder, extra in ((tmp_path / "run", []), (tmp_path / "out", ["--output", str(tmp_path / "out")])):
@@ -241,7 +241,7 @@ def test_eval_reports_are_replaced_by_the_next_eval_only_while_unchanged(tmp_pat
 
 @pytest.mark.parametrize("kind", ["det", "seg"])
 def test_dense_predict_refuses_to_write_over_its_input_image(kind, folders, tmp_path, capsys, monkeypatch):
-    tripwire(monkeypatch, f"regla.dense.{kind}_cli._trained_model")
+    tripwire(monkeypatch, f"regla.dense.cli_{kind}._trained_model")
     weights = _weights_with_recipe(tmp_path / "run", kind, folders)
     image = tmp_path / "photo.png"
     image.write_bytes((folders / "photo.png").read_bytes())
