@@ -261,7 +261,7 @@ def trainer(kind: str, task_class: str, demo_base: Any, demo_targets: Mapping[st
         return f"{f.result.epochs} epochs, {score}run folder {f.result.run_dir}"
 
     def finish(f: frontdoor.Finished) -> str:
-        demo_report(Path(f.result.run_dir), f.result.last, demo_targets, f"regla {kind} --demo",
+        demo_report(Path(f.result.run_dir), f.result.last, demo_targets, f"regla {kind} train --demo",
                     getattr(f.task, "per_class", None))
         return summary(f)
 
