@@ -86,5 +86,8 @@ def test_a_run_named_by_another_key_gets_it_as_its_name():
 
     cfg = {"student": "regla_t_sam", "output": None}
     assert frontdoor.run_name(cfg, DISTILL)["model"] == "regla_t_sam" and "model" not in cfg
+    from regla.sam.cli import SAM_DEMO
+
+    assert frontdoor.run_name({"encoder": "regla_t_sam"}, SAM_DEMO)["model"] == "sam_demo"  # config.yaml as before
     dense = {"backbone": "regla_t"}
     assert frontdoor.run_name(dense, frontdoor.Trainer("x", dict, dict, str, name_key="backbone")) is dense

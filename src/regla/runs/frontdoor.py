@@ -93,6 +93,7 @@ class Trainer:
     demo: Demo | None = None
     device_help: str = "auto (a CUDA GPU if there is one, else the CPU) | cpu | cuda | cuda:N | mps"
     short_output: bool = False  # -o as well as --output
+    run_label: str = ""  # the run's name when no recipe key gives it (``sam --demo``: ``sam_demo``)
 
 
 # --- flags --------------------------------------------------------------------------------------------------------
@@ -199,7 +200,10 @@ def resolve(args: argparse.Namespace, trainer: Trainer, base: Mapping[str, Any] 
 def run_name(cfg: Any, trainer: Trainer) -> Any:
     """The recipe with the run's name where the harness looks for it (``model``, or ``backbone``: the default run
     folder ``runs/<name>`` and the first log line). A recipe that names its run by another key (``sam distill``'s
-    ``student``) gets it as ``model``; with the typed recipes the harness takes the name itself."""
+    ``student``, or none: ``run_label``) gets it as ``model``; with the typed recipes the harness takes the name
+    itself."""
+    if trainer.run_label:
+        return {**cfg, "model": trainer.run_label}
     if trainer.name_key in ("model", "backbone"):
         return cfg
     return {**cfg, "model": cfg[trainer.name_key]}

