@@ -29,7 +29,7 @@ from regla.train import trainer
 # what each command's long work is (one or more functions); a case whose check must happen before it replaces
 # them with a tripwire
 WORK: dict[str, tuple[tuple[ModuleType, str], ...]] = {
-    "train": ((trainer, "train"),),
+    "train": ((trainer, "train"), (harness, "run")),
     "export": ((export, "export_model"),),
     "bench": ((runner, "run_bench"), (bench_dense, "run_dense_bench")),
     "plot": ((cli_plot, "plot_runs"), (paper_figures, "draw")),
@@ -38,6 +38,8 @@ WORK: dict[str, tuple[tuple[ModuleType, str], ...]] = {
     "sam": ((harness, "run"), (sam_build, "build_sam")),
     "knn": ((knn, "extract_features"),),
     "distill": ((harness, "run"),),
+    "det": ((harness, "run"),),
+    "seg": ((harness, "run"),),
 }
 
 
@@ -162,6 +164,15 @@ CASES: dict[str, Case] = {
     "sam --demo -o file": case("sam", "--demo", "-o", "{file}", says="is a file"),
     "sam --demo --resume missing": case("sam", "--demo", "--resume", "{missing}", says="no such file or folder"),
     "sam --demo --set unknown": case("sam", "--demo", "--set", "bogus=1", says="unknown option 'bogus'"),
+    # regla det --demo, regla seg --demo (the demo form every trainer shares)
+    "det --demo -o file": case("det", "--demo", "-o", "{file}", says="is a file"),
+    "det --demo --resume missing": case("det", "--demo", "--resume", "{missing}", says="no such file or folder"),
+    "det --demo --set unknown": case("det", "--demo", "--set", "bogus=1", says="unknown option 'bogus'"),
+    "det --demo with an action": case("det", "--demo", "train", says="--demo runs on its own"),
+    "seg --demo -o file": case("seg", "--demo", "-o", "{file}", says="is a file"),
+    "seg --demo --resume missing": case("seg", "--demo", "--resume", "{missing}", says="no such file or folder"),
+    "seg --demo --set unknown": case("seg", "--demo", "--set", "bogus=1", says="unknown option 'bogus'"),
+    "seg no action": case("seg", says="needs an action"),
     "bench --sam-encoders bad mode": case(*BENCH, "--task", "sam", "--sam-encoders", "repvit_sam:fuse",
                                           says="applies to regla_*_sam only"),
     # regla sam eval

@@ -246,7 +246,7 @@ def test_regla_seg_recipes_hold_the_lr_fixed_and_peers_decay_it() -> None:
 
 
 def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from regla.dense.cli_common import demo_report
+    from regla.dense.commands import demo_report
     from regla.errors import RunFailure
 
     assert demo_report(tmp_path, {"mIoU": 85.0, "aAcc": 97.0}, {"mIoU": 80.0}, "regla seg train --demo") == 0
@@ -259,7 +259,7 @@ def test_demo_report_writes_demo_json_and_fails_below_target(tmp_path: Path, cap
 
 
 def test_demo_report_gives_the_per_class_breakdown(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from regla.dense.cli_common import demo_report
+    from regla.dense.commands import demo_report
 
     per_class = {"bbox_AP50": {"person": 100.0, "chair": 87.456, "dog": None},
                  "segm_AP50": {"person": 99.0, "chair": 0.0, "dog": None}}

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 
 from regla.cli import main
-from regla.dense import det_cli, seg_cli
+from regla.dense import cli_det, cli_seg
 from regla.dense import evaluate as dense_evaluate
 from regla.deploy import export
 from regla.errors import UsageError
@@ -32,7 +32,7 @@ from regla.runs import cli_plot, harness
 from regla.sam import build as sam_build
 from regla.train import trainer
 
-DENSE_CLI = {"det": det_cli, "seg": seg_cli}
+DENSE_CLI = {"det": cli_det, "seg": cli_seg}
 SENTINEL = "# the user's own recipe: it must survive\nepochs: 2\nwarmup_epochs: 1\n"
 
 
@@ -210,7 +210,7 @@ def test_eval_reports_are_replaced_by_the_next_eval_only_while_unchanged(tmp_pat
     ``results.json`` is the user's and is kept."""
     from argparse import Namespace
 
-    from regla.dense.cli_common import eval_outputs, write_reports
+    from regla.dense.commands import eval_outputs, write_reports
 
     args = Namespace(output=str(tmp_path), weights=str(tmp_path / "w.pth"))
     files, writer = ("results.json", "scores.json"), "regla det eval"
@@ -368,7 +368,7 @@ def test_same_seed_same_student_whether_or_not_the_run_filled_the_cache(sam_imag
 # --- det eval matches classes by name ---------------------------------------------------------------------------
 
 def test_classes_are_matched_by_name_not_by_id(capsys):
-    from regla.dense.det_cli import map_classes
+    from regla.dense.cli_det import map_classes
 
     # the weights learned [cat, dog]; the val set numbers them the other way round
     assert map_classes(["cat", "dog"], ["dog", "cat"], [1, 2], "w", "val.json") == [2, 1]
@@ -412,7 +412,7 @@ def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, pat
         seen["cat_ids"] = cat_ids
         return {"bbox_AP": 0.0}, {"bbox_AP50": {}}, []
 
-    patch(det_cli, "_trained_model", lambda cfg, w, names=None: (None, names))
+    patch(cli_det, "_trained_model", lambda cfg, w, names=None: (None, names))
     patch(dense_evaluate, "evaluate_detector", fake_eval)
     assert main(["det", "eval", "--weights", str(weights), "--no-progress"]) == 0
     assert seen["cat_ids"] == [2, 1]  # label 1 (cat) -> id 2, label 2 (dog) -> id 1
@@ -422,7 +422,7 @@ def test_det_eval_maps_a_permuted_val_set_by_name(folders, tmp_path, capsys, pat
 # --- settings that mean nothing --------------------------------------------------------------------------------
 
 def test_seg_slide_stride_larger_than_the_crop_is_refused(folders, tmp_path, refused, tripwire):
-    tripwire((seg_cli, "_trained_model"))
+    tripwire((cli_seg, "_trained_model"))
     weights = _weights_with_recipe(tmp_path / "run", "seg", folders)
     refused(["seg", "eval", "--weights", str(weights), "--set", "test_mode=slide", "--set", "test_stride=1000"],
             "test_stride = 1000 > crop_size = 128")

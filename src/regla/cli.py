@@ -32,8 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("regla.bench.cli", "params, MACs, CPU latency (ORT, PyTorch, ExecuTorch; fp32, int8), memory vs peers"),
     "export": ("regla.deploy.cli", "fused export to ONNX, ExecuTorch, Core ML or TorchScript (int8 too), checked"),
     "sam": ("regla.sam.cli", "segment anything on a fast encoder (RepViT-SAM, ReGLA-SAM): predict, export, distill"),
-    "det": ("regla.dense.det_cli", "Mask R-CNN on COCO-format data with any backbone: train, eval, predict, --demo"),
-    "seg": ("regla.dense.seg_cli", "Semantic FPN on ADE-format data with any backbone: train, eval, predict, --demo"),
+    "det": ("regla.dense.cli_det", "Mask R-CNN on COCO-format data with any backbone: train, eval, predict, --demo"),
+    "seg": ("regla.dense.cli_seg", "Semantic FPN on ADE-format data with any backbone: train, eval, predict, --demo"),
 }
 
 MAX_MESSAGE_LINES = 2

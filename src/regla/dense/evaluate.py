@@ -80,7 +80,7 @@ def evaluate_detector(model: nn.Module, dataset: Any, limit: int | None = None, 
                       ) -> tuple[dict[str, float], dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """``bbox_*`` and ``segm_*`` COCO scores and the per-category AP50 ``{"bbox_AP50": {name: AP50 or None},
     "segm_AP50": {...}}`` (every rank), and the results (rank 0; [] elsewhere). ``cat_ids``: the category of each
-    model label (:func:`regla.dense.det_cli.map_classes`), default the dataset's ids in order."""
+    model label (:func:`regla.dense.cli_det.map_classes`), default the dataset's ids in order."""
     merged = gather_results(detect(model, dataset, limit, show_bar, cat_ids))
     scores = None
     if merged is not None:

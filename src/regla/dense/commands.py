@@ -1,47 +1,38 @@
-"""What ``regla det`` and ``regla seg`` share: recipe resolution (defaults < demo < ``--config`` < flags <
-``--set``), checks before any work, the model of a weights file for eval/predict, and the demo report."""
+"""What ``regla det`` and ``regla seg`` share besides the front door (:mod:`regla.runs.frontdoor`): the declaration
+of their trainers (:func:`trainer`), the recipe and checks of ``eval``/``predict``, the model of a weights file,
+the report files and the demo report."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import Recipe, Schema, dump
+from ..config import Recipe, Schema
 from ..errors import RunFailure, UsageError
 from ..outputs import atomic_write_text, check_new_output, check_report_folder, check_writable, write_report_files
 from ..preflight import check_device, existing_file
 
-SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "output": "output", "device": "device",
-             "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "workers": "workers"}
+#: Recipe keys the flags of ``eval`` and ``predict`` give (the trainers' flags are the front door's).
+SHORTCUTS = {"backbone": "backbone", "pretrained": "pretrained", "device": "device"}
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser, kind: str) -> None:
-    """``--config`` / ``--set`` and the shortcut flags."""
+    """``eval``/``predict``: ``--config`` / ``--set`` and the shortcut flags."""
     p.add_argument("-c", "--config", help=f"recipe YAML, or a name under configs/{kind}/ (regla_m, repvit_m1_1 ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key (repeatable), e.g. --set lr=1e-4")
-    p.add_argument("--backbone", help="timm model name with features_only (regla_m, repnext_m4, iformer_m ...)")
-    p.add_argument("--pretrained", help="classification checkpoint the backbone starts from")
+    add_backbone_arguments(p)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_train_arguments(p: argparse.ArgumentParser, kind: str, demo_help: str) -> None:
-    add_recipe_arguments(p, kind)
-    p.add_argument("--output", help="run folder")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--resume", metavar="RUN_DIR|CKPT", help="continue a run")
-    p.add_argument("--demo", action="store_true", help=demo_help)
-    p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    add_strict_argument(p)
+def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", help="timm model name with features_only (regla_m, repnext_m4, iformer_m ...)")
+    p.add_argument("--pretrained", help="classification checkpoint the backbone starts from")
 
 
 def add_strict_argument(p: argparse.ArgumentParser) -> None:
@@ -65,36 +56,24 @@ def add_weights_arguments(p: argparse.ArgumentParser, kind: str) -> None:
 
 def resolve_config(schema: Schema, args: argparse.Namespace, kind: str,
                    base: Mapping[str, Any] | None = None) -> Recipe:
-    """The recipe (:func:`regla.runs.config.resolve_recipe`): schema defaults < ``base`` (demo, or a checkpoint's) <
-    the resumed run's recipe < ``--config`` (a YAML, or a name under ``configs/<kind>/``) < flags < ``--set``."""
+    """The recipe of ``eval``/``predict`` (:func:`regla.runs.config.resolve_recipe`): schema defaults < ``base``
+    (the run's own recipe) < ``--config`` (a YAML, or a name under ``configs/<kind>/``) < flags < ``--set``."""
     from ..runs.config import resolve_recipe
 
     flags = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
-    resume = getattr(args, "resume", None)
-    return resolve_recipe(schema, getattr(args, "config", None), list(getattr(args, "overrides", [])), flags=flags,
-                          base=dict(base or {}), resume=resume, output=getattr(args, "output", None),
+    return resolve_recipe(schema, args.config, list(args.overrides), flags=flags, base=dict(base or {}),
                           configs_dir=kind)
 
 
-def preflight(cfg: Recipe, train: bool = True) -> None:
-    """Device, backbone name, the checkpoint file and the output folder, before any work."""
+def check_recipe(cfg: Recipe, train: bool = True) -> None:
+    """Backbone name, the checkpoint file and (training) the run folder's checkpoint place, before any work."""
     from ..preflight import require_model
 
-    check_device(cfg.run.device)
     require_model(cfg.task.backbone, "backbone")
     if cfg.task.pretrained:
         existing_file(cfg.task.pretrained, "pretrained")
     if train and cfg.run.output:
         check_writable(Path(cfg.run.output) / "last.pth")
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-
-
-def print_config(cfg: Recipe) -> int:
-    print(dump(cfg), end="")
-    return 0
 
 
 def recipe_of_weights(path: Path) -> dict[str, Any] | None:
@@ -113,8 +92,9 @@ def recipe_of_weights(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> Recipe:
+def eval_config(args: argparse.Namespace, kind: str) -> Recipe:
     """The recipe of eval/predict: ``--config``, else the run's own (beside the weights); no backbone init."""
+    schema = schema_of(kind)
     weights = existing_file(args.weights, "--weights")
     base = None
     if not args.config:
@@ -125,7 +105,8 @@ def eval_config(schema: Schema, args: argparse.Namespace, kind: str) -> Recipe:
         base = {k: v for k, v in base.items() if k in schema.fields}
     cfg = resolve_config(schema, args, kind, base)
     cfg = cfg.replace(pretrained=None)  # the trained weights replace the classification checkpoint
-    preflight(cfg, train=False)
+    check_device(cfg.run.device)
+    check_recipe(cfg, train=False)
     return cfg
 
 
@@ -159,10 +140,11 @@ def load_trained(model: Any, path: str | Path) -> None:
 
 
 def device_of(cfg: Recipe) -> Any:
-    """The recipe's device (``auto``: :func:`regla.runs.distributed.resolve_device`)."""
+    """The device of ``eval``/``predict``: the front door's resolver (``auto``: a CUDA GPU if there is one, else
+    the CPU, as in training)."""
     import torch
 
-    from ..runs.distributed import resolve_device
+    from ..runs.frontdoor import resolve_device
 
     return torch.device(resolve_device(cfg.run.device))
 
@@ -210,29 +192,82 @@ def demo_report(run_dir: Path, scores: Mapping[str, float], targets: Mapping[str
     return 0
 
 
-def train_command(args: argparse.Namespace, schema: Schema, make_task: Any, kind: str,
-                  demo_base: Any, demo_targets: Mapping[str, float]) -> int:
-    """``regla det|seg train``: the recipe, every input check (the data is read and checked by ``task.prepare``,
-    the backbone must have ``features_only``), then the task on the one run harness; ``--demo`` reports its targets."""
-    cfg = resolve_config(schema, args, kind, demo_base() if args.demo else None)
-    if args.print_config:
-        return print_config(cfg)
-    preflight(cfg)
-    from ..runs.config import check_output
-    from ..runs.harness import batch_too_large
-    from .backbone import create_features
+def schema_of(kind: str) -> Schema:
+    """The recipe schema of ``regla det`` or ``regla seg`` (:mod:`regla.dense.config`)."""
+    from . import config
 
-    task = make_task(show_bar=not args.no_progress, strict=args.strict)
-    check_output(cfg.run, cfg.task.backbone, args.resume, task.command)
-    task.prepare(cfg)  # bad data stops here, before the run starts
-    create_features(cfg.task.backbone, model_kwargs=cfg.task.backbone_kwargs)  # a backbone without features_only too
-    why = batch_too_large(len(task.train_set), cfg.run.batch_size)
-    if why:
-        raise UsageError(f"{task.command}: {why}")
-    from ..runs.harness import run as run_harness
+    return getattr(config, f"{kind.upper()}_SCHEMA")
 
-    result = run_harness(task, cfg, cfg.task.backbone, resume=args.resume, show_bar=not args.no_progress)
-    if args.demo:
-        return demo_report(Path(result.run_dir), result.last, demo_targets, f"regla {kind} train --demo",
-                           getattr(task, "per_class", None))
-    return 0
+
+def add_actions(parser: argparse.ArgumentParser, trainer: Any, train_help: str) -> Any:
+    """``regla det|seg``'s parent: ``--demo`` (:func:`regla.runs.frontdoor.add_demo_arguments`), the actions'
+    subparsers and ``train`` (the front door's flags); returns the subparsers for ``eval`` and ``predict``."""
+    from ..runs import frontdoor
+
+    frontdoor.add_demo_arguments(parser, trainer)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    frontdoor.add_arguments(sub.add_parser("train", help=train_help), trainer)
+    return sub
+
+
+def run_action(args: argparse.Namespace, trainer: Any, actions: Mapping[str, Any]) -> int:
+    """``regla det|seg [--demo | train | eval | predict]``: the demo and ``train`` on the front door, else the
+    action (``actions``: name -> function of the parsed flags), logging as the front door does."""
+    from ..runs import frontdoor
+
+    if frontdoor.demo_requested(args, args.action, trainer):
+        return frontdoor.run_demo(args, trainer)
+    if args.action is None:
+        kind = trainer.configs_dir
+        raise UsageError(f"regla {kind} needs an action: train, {', '.join(actions)}, or --demo "
+                         f"(see `regla {kind} --help`)")
+    if args.action == "train":
+        return frontdoor.run(args, trainer)
+    frontdoor.setup_logging()
+    return actions[args.action](args)
+
+
+def trainer(kind: str, task_class: str, demo_base: Any, demo_targets: Mapping[str, float],
+            demo_help: str) -> Any:
+    """The front door's declaration of ``regla det|seg train`` (:class:`regla.runs.frontdoor.Trainer`): the backbone
+    flags and ``--strict``, the recipe checks, the task (``task_class`` of :mod:`regla.dense.tasks`; its data read
+    and checked by ``task.prepare``, the backbone's ``features_only`` and the batch checked) and the summary;
+    ``--demo`` reports its targets."""
+    from ..runs import frontdoor
+
+    def add_flags(p: argparse.ArgumentParser) -> None:
+        add_backbone_arguments(p)
+        add_strict_argument(p)
+
+    def flags(args: argparse.Namespace) -> dict[str, Any]:
+        return {k: getattr(args, k) for k in ("backbone", "pretrained") if getattr(args, k, None) is not None}
+
+    def task(cfg: Recipe, args: argparse.Namespace) -> Any:
+        from ..runs.harness import batch_too_large
+        from . import tasks
+        from .backbone import create_features
+
+        made = getattr(tasks, task_class)(show_bar=not args.no_progress, strict=args.strict)
+        made.prepare(cfg)  # bad data stops here, before the run starts
+        create_features(cfg.task.backbone, model_kwargs=cfg.task.backbone_kwargs)  # a backbone without features_only
+        why = batch_too_large(len(made.train_set), cfg.run.batch_size)
+        if why:
+            raise UsageError(f"{made.command}: {why}")
+        return made
+
+    def summary(f: frontdoor.Finished) -> str:
+        key = f.task.score_key
+        score = f"{key} {f.result.last[key]:.2f}, " if isinstance(f.result.last.get(key), (int, float)) else ""
+        return f"{f.result.epochs} epochs, {score}run folder {f.result.run_dir}"
+
+    def finish(f: frontdoor.Finished) -> str:
+        demo_report(Path(f.result.run_dir), f.result.last, demo_targets, f"regla {kind} train --demo",
+                    getattr(f.task, "per_class", None))
+        return summary(f)
+
+    return frontdoor.Trainer(
+        command=f"regla {kind} train", schema=lambda: schema_of(kind), task=task, summary=summary, name_key="backbone",
+        check=lambda cfg, args: check_recipe(cfg), add_flags=add_flags, flags=flags, configs_dir=kind,
+        config_help=f"recipe YAML, or a name under configs/{kind}/ (regla_m, repvit_m1_1 ...)",
+        output_help="run folder",
+        demo=frontdoor.Demo(demo_help, lambda args: demo_base(), finish, short=f"regla {kind} --demo"))

