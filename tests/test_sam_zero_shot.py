@@ -308,7 +308,9 @@ def test_cli_edges_writes_ods_ois_ap_and_per_image_scores(tmp_path, capsys):
     scores = json.loads((out / "scores.json").read_text())
     images = json.loads((out / "images.json").read_text())
     assert scores["task"] == "edges" and scores["images"] == 2 and scores["thresholds"] == 99
-    assert all(0 <= scores[k] <= 1 for k in ("ODS", "OIS", "AP")) and scores["OIS"] >= scores["ODS"] - 1e-12
+    # No OIS >= ODS here: ODS is interpolated between thresholds and OIS is not (collect_eval_bdry), so on two
+    # random-weight maps OIS may fall just below ODS.
+    assert all(0 <= scores[k] <= 1 for k in ("ODS", "OIS", "AP"))
     assert len(scores["curve"]) == 99 and [i["name"] for i in images] == ["0", "1"]
     assert "ODS" in printed.out and "random weights" in printed.out
     assert load_bsds(root).names == ["0", "1"]
