@@ -170,6 +170,26 @@ def test_compile_matches_eager():
             assert torch.allclose(compiled(x), model(x), atol=1e-4, rtol=1e-4) and seconds > 0
 
 
+def test_compile_freezes_weights_and_prepacks_convolutions():
+    """inductor's freezing is on: the convolutions' weights are pre-packed for oneDNN and the ReLU fused into them
+    (with ``torch.compile(options={"freezing": True})`` torch 2.15 froze nothing and both counters stayed 0)."""
+    from torch._dynamo.utils import counters
+
+    from regla.deploy.compiled import compile_for
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN is not in this torch build")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 5, padding=2, groups=8)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    counters.clear()
+    compiled, _ = compile_for(model, x)
+    assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] == 2, dict(counters["inductor"])
+    assert counters["inductor"]["mkldnn_unary_fusion_matcher_count"] >= 1, dict(counters["inductor"])
+    with torch.inference_mode():
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
 class Unlowerable(torch.nn.Module):
     """Data-dependent control flow: torch.export (and so ExecuTorch) refuses it; eager runs it."""
 

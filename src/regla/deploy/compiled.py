@@ -4,9 +4,11 @@
 server running at a fixed size uses it) and returns the compiled callable with the compile time (the first call,
 which traces, lowers and builds the C++ kernels) measured separately from the steady-state latency.
 
-Weights are frozen (inductor's ``freezing`` option, what PyTorch recommends for CPU inference): they become
-constants, so inductor folds them and pre-packs the convolution weights for oneDNN. Without it, regla_t at 224 px
-ran slower compiled than eager on this CPU.
+Weights are frozen (inductor's ``freezing``, what PyTorch recommends for CPU inference): they become constants,
+so inductor folds them, pre-packs the convolution weights for oneDNN and fuses the activation into the
+convolution. The setting is patched into inductor's config around the compiling call: passed as
+``torch.compile(options={"freezing": True})`` (as regla did until 2026-12-05) torch 2.15 compiles without
+freezing, the weights stay graph inputs and no convolution is pre-packed.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ class CompileError(RunFailure):
 def compile_for(model: nn.Module, example: torch.Tensor) -> tuple[Callable, float]:
     """Compile ``model`` for ``example``'s shape; return ``(compiled, compile_seconds)`` after one checked call."""
     import torch._dynamo
+    import torch._inductor.config
 
     torch._dynamo.reset()  # a fresh cache: compile time is this model's alone
-    compiled = torch.compile(model, backend="inductor", dynamic=False, fullgraph=False,
-                             options={"freezing": True})
+    compiled = torch.compile(model, backend="inductor", dynamic=False, fullgraph=False)
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode():
+        # inductor reads ``freezing`` when the first call compiles, under no grad
+        with torch._inductor.config.patch(freezing=True), torch.inference_mode():
             compiled(example)
     except Exception as e:  # noqa: BLE001 - a backend failure names the model's error in one line
         lines = str(e).strip().splitlines()
