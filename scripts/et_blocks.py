@@ -15,7 +15,7 @@ Units are exported and run on channels-last inputs, so that XNNPACK (NHWC inside
 edges; an int8 unit still quantizes its input and dequantizes its output, which the whole model does once. The
 whole model is timed in the same rounds (also channels-last) so that the sums can be read against it.
 
-Prints and writes (``--out``): blocks.md / convs.md, the tables grouped by kind and stage, and blocks.json.
+Prints and writes (``--out``): whole.md, blocks.md and convs.md (the tables, grouped by kind and stage) and blocks.json.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -111,6 +110,7 @@ def collect(name: str, size: int, calib: Calibration, limit: int) -> list[Unit]:
             model(torch.from_numpy(batch))
     for h in hooks:
         h.remove()
+    # pieces[0] is the stem: its inputs are the model's
     units: dict[tuple, Unit] = {("model",): Unit(name, "model:whole", "all", model, seen[0])}
     for i, (kind, stage, m, level) in enumerate(pieces):
         key = (level, stage, kind, signature(m, seen[i][0]))
@@ -134,9 +134,10 @@ def lower_all(units: list[Unit], threads: int) -> dict[tuple[int, str], object]:
     return runners
 
 
-def time_all(units: list[Unit], runners: dict, rounds: int, reps: int) -> None:
-    """Median ms per unit and precision over ``rounds`` interleaved rounds of ``reps`` runs each."""
-    samples: dict[tuple[int, str], list[float]] = defaultdict(list)
+def interleaved_medians(runners: dict, rounds: int, reps: int) -> dict:
+    """Median ms per runner over ``rounds`` interleaved rounds (one warm-up call each first); a round's sample is
+    the mean of ``reps`` back-to-back calls."""
+    samples: dict = defaultdict(list)
     for fn in runners.values():  # warm-up
         fn()
     for _ in tqdm(range(rounds), desc="timing", unit="round"):
@@ -145,8 +146,13 @@ def time_all(units: list[Unit], runners: dict, rounds: int, reps: int) -> None:
             for _ in range(reps):
                 fn()
             samples[key].append((time.perf_counter() - t0) / reps * 1e3)
-    for (u_i, prec), s in samples.items():
-        units[u_i].ms[prec] = statistics.median(s)
+    return {key: statistics.median(s) for key, s in samples.items()}
+
+
+def time_all(units: list[Unit], runners: dict, rounds: int, reps: int) -> None:
+    """Median ms per unit and precision, into ``Unit.ms``."""
+    for (u_i, prec), ms in interleaved_medians(runners, rounds, reps).items():
+        units[u_i].ms[prec] = ms
 
 
 def table(units: list[Unit], level: str) -> str:
@@ -160,8 +166,9 @@ def table(units: list[Unit], level: str) -> str:
         r[0] += u.count
         r[1] += u.count * u.ms["fp32"]
         r[2] += u.count * u.ms["int8"]
-        totals[u.model][0] += u.count * u.ms["fp32"]
-        totals[u.model][1] += u.count * u.ms["int8"]
+        if level != "model":  # a whole model is its own total
+            totals[u.model][0] += u.count * u.ms["fp32"]
+            totals[u.model][1] += u.count * u.ms["int8"]
     lines = [f"| Model | {level} | stage | n | ET fp32 ms | ET int8 ms | fp32/int8 |",
              "|---|---|---|---:|---:|---:|---:|"]
     for (model, kind, stage), (n, f, q) in rows.items():
@@ -179,7 +186,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--calib", type=int, default=4, help="calibration images (the digits set, as regla bench)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for blocks.md, convs.md, blocks.json")
+    parser.add_argument("--out", type=Path, default=None, help="folder for whole.md, blocks.md, convs.md, blocks.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     calib = Calibration(None, args.calib)
@@ -200,5 +207,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

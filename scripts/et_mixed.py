@@ -7,23 +7,21 @@ ReGLA-M's ELRF blocks spend more of their time in depthwise convolutions than Re
 whole three ways: int8 everywhere (as ``regla export --format executorch --int8``), int8 with every depthwise
 convolution left unquantized (fp32 inside the same XNNPACK graph, with quantize/dequantize around it), and int8 with
 only the 5x5 depthwise convolutions left in fp32; prints partitions, agreement with eager and the medians of
-interleaved timing rounds (two runs per round).
+interleaved timing rounds (two runs per round, as ``scripts/et_blocks.py`` times).
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-import warnings
 from collections.abc import Callable
 
 import torch
+from et_blocks import interleaved_medians  # this folder: the same interleaved rounds as the per-block profile
 
 import regla  # noqa: F401  registers regla_* and repnext_*
 from regla.bench.backends import Calibration
 from regla.checkpoints import create_fused_model
-from regla.deploy.executorch import import_executorch, load_method, set_threads
+from regla.deploy.executorch import delegation_summary, load_method, set_threads, to_edge
 
 KEEP_FP32: dict[str, Callable[[tuple[int, int]], bool]] = {
     "int8": lambda k: False,
@@ -58,22 +56,13 @@ def quantizer(keep_fp32: Callable[[tuple[int, int]], bool]):
 
 def build(name: str, keep_fp32: Callable, size: int, calib: Calibration) -> Callable[[], object]:
     """``name`` fused, quantized with ``keep_fp32``, lowered whole; prints partitions and agreement with eager."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    exir, partitioner = import_executorch()
     model = create_fused_model(name).eval()
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        prepared = prepare_pt2e(torch.export.export(model, (x,), strict=False).module(), quantizer(keep_fp32))
-        for batch in calib.get(model, (size, size)).batches(1):
-            prepared(torch.from_numpy(batch))
-        program = torch.export.export(convert_pt2e(prepared), (x,), strict=False)
-        edge = exir.to_edge_transform_and_lower(program, partitioner=[partitioner()])
-        ref = model(x)
-    graph = edge.exported_program().graph_module.graph
-    parts = sum(1 for n in graph.nodes if n.op == "call_function" and "call_delegate" in str(n.target))
+    edge = to_edge(model, x, int8=True, calib=calib.get(model, (size, size)), quantizer=quantizer(keep_fp32))
+    parts, _ = delegation_summary(edge.exported_program().graph)
     method = load_method(edge.to_executorch().buffer)
+    with torch.no_grad():
+        ref = model(x)
     y = method.execute((x,))[0]
     cos = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), dim=0).item()
     print(f"  {name}: {parts} partition(s), cosine to eager {cos:.4f}", flush=True)
@@ -98,18 +87,10 @@ def main() -> None:
             if label == "int8, dw5x5 fp32" and not name.startswith("regla"):
                 continue  # the peers have no 5x5 depthwise convolutions
             runs[name, label] = build(name, keep, args.size, calib)
-    samples: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
-    for fn in runs.values():
-        fn()
-    for _ in range(args.rounds):
-        for key, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            fn()
-            samples[key].append((time.perf_counter() - t0) / 2 * 1e3)
+    medians = interleaved_medians(runs, args.rounds, reps=2)
     print("| Model | int8 program | ET ms |\n|---|---|---:|")
-    for (name, label), s in samples.items():
-        print(f"| {name} | {label} | {statistics.median(s):.1f} |")
+    for (name, label), ms in medians.items():
+        print(f"| {name} | {label} | {ms:.1f} |")
 
 
 if __name__ == "__main__":

@@ -54,10 +54,11 @@ def import_executorch():
     return exir, XnnpackPartitioner
 
 
-def to_edge(model: nn.Module, example: torch.Tensor, *, int8: bool = False, calib: ImageSet | None = None):
+def to_edge(model: nn.Module, example: torch.Tensor, *, int8: bool = False, calib: ImageSet | None = None,
+            quantizer=None):
     """``model`` (fused, eval) exported at ``example``'s shape and lowered to XNNPACK: the edge program manager.
 
-    int8 quantizes first with the XNNPACK quantizer, calibrated on ``calib``.
+    int8 quantizes first with the XNNPACK quantizer (or ``quantizer``), calibrated on ``calib``.
     """
     exir, partitioner = import_executorch()
     if int8 and calib is None:
@@ -68,7 +69,7 @@ def to_edge(model: nn.Module, example: torch.Tensor, *, int8: bool = False, cali
             if int8:
                 from .quantize import quantize_pt2e
 
-                model = quantize_pt2e(model, example, calib)
+                model = quantize_pt2e(model, example, calib, quantizer)
             program = torch.export.export(model, (example,), strict=False)
             return exir.to_edge_transform_and_lower(program, partitioner=[partitioner()])
         except Exception as e:  # noqa: BLE001 - any exporter/lowering failure names the stage and the error

@@ -70,10 +70,12 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
     return Path(out_path)
 
 
-def quantize_pt2e(model: nn.Module, example: torch.Tensor, images: ImageSet) -> nn.Module:
+def quantize_pt2e(model: nn.Module, example: torch.Tensor, images: ImageSet, quantizer=None) -> nn.Module:
     """``model`` (fused, eval) as a PT2E int8 graph module for XNNPACK, calibrated on ``images`` at ``example``'s size.
 
     Calibration runs one image at a time at the example's shape (the exported program's shapes are static).
+    ``quantizer`` replaces the default (ExecuTorch's ``XNNPACKQuantizer``, symmetric, per-channel weights), e.g. one
+    that leaves some operators in fp32.
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -81,8 +83,9 @@ def quantize_pt2e(model: nn.Module, example: torch.Tensor, images: ImageSet) -> 
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    if quantizer is None:
+        quantizer = XNNPACKQuantizer()
+        quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
     with torch.inference_mode(False), torch.no_grad():
         graph = torch.export.export(model, (example,), strict=False).module()
         prepared = prepare_pt2e(graph, quantizer)
