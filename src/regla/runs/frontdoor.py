@@ -93,7 +93,6 @@ class Trainer:
     check: Callable[[Any, argparse.Namespace], None] | None = None
     demo: Demo | None = None
     device_help: str = "auto (a CUDA GPU if there is one, else the CPU) | cpu | cuda | cuda:N | mps"
-    short_output: bool = False  # -o as well as --output
     run_label: str = ""  # the run's name when no recipe key gives it (``sam --demo``: ``sam_demo``)
     complete: Callable[[Any], Any] | None = None
 
@@ -104,8 +103,7 @@ class Trainer:
 def add_arguments(parser: argparse.ArgumentParser, trainer: Trainer) -> None:
     """The shared flags, then the trainer's own (``trainer.add_flags``)."""
     parser.add_argument("-c", "--config", help=trainer.config_help)
-    outputs = ("-o", "--output") if trainer.short_output else ("--output",)
-    parser.add_argument(*outputs, dest="output", help=trainer.output_help)
+    parser.add_argument("-o", "--output", dest="output", help=trainer.output_help)
     if trainer.add_flags is not None:
         trainer.add_flags(parser)
     parser.add_argument("--epochs", type=int)

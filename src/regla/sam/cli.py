@@ -227,7 +227,7 @@ def _distill_summary(f: frontdoor.Finished) -> str:
 DISTILL = frontdoor.Trainer(
     command="regla sam distill", schema=_distill_schema, task=_distill_task, summary=_distill_summary,
     check=_check_distill, add_flags=_add_distill_flags, flags=_distill_flags, name_key="student",
-    short_output=True, output_help="run folder (default runs/<student>)")
+    output_help="run folder (default runs/<student>)")
 
 
 def run_distill(args: argparse.Namespace) -> int:
