@@ -100,3 +100,36 @@ def test_bad_input_exits_2_before_any_model_is_built(tmp_path, capsys, extra, sa
 def test_dense_flags_are_refused_for_other_tasks(tmp_path, capsys):
     assert main(["bench", "--models", "regla_t", "--sizes", "64x64", "-o", str(tmp_path)]) == 2
     assert "apply to --task det|seg only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task,name", [("det", "det_results.md"), ("seg", "seg_latency.png"),
+                                       ("sam", "sam_results.json")])
+def test_a_file_of_the_same_name_that_no_bench_run_wrote_is_refused_first(task, name, tmp_path, capsys, monkeypatch):
+    """``--task det|seg|sam`` writes its own files into ``-o``; a user's file of one of those names is refused
+    (exit 2, one line) before any model is built, and left as it was."""
+    def never(*args, **kwargs):
+        raise AssertionError("the benchmark ran although its output was refused")
+
+    monkeypatch.setattr(bench_dense, "run_dense_bench", never)
+    monkeypatch.setattr("regla.bench.sam.run_sam_bench", never)
+    (tmp_path / name).write_text("the user's own file")
+    extra = TINY if task != "sam" else ["--sam-encoders", "regla_t"]
+    assert main(["bench", "--task", task, *extra, "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{name} exists and is not a result of an earlier regla bench run" in err
+    assert (tmp_path / name).read_text() == "the user's own file"
+
+
+@pytest.mark.parametrize("task", ["det", "seg", "sam"])
+def test_the_folder_of_an_earlier_run_of_the_task_takes_the_next_one(task, tmp_path):
+    from regla.bench.cli import output_folder, task_files
+
+    files = task_files(task)
+    (tmp_path / files[1]).write_text("an earlier run's table\n")
+    (tmp_path / "notes.txt").write_text("the user's own notes: never touched, not refused")
+    (tmp_path / files[0]).write_text(json.dumps({"task": task, "command": f"regla bench --task {task}"}))
+    assert output_folder(str(tmp_path), task) == tmp_path
+    other = "seg" if task == "det" else "det"  # another task's document does not make the folder this task's
+    (tmp_path / files[0]).write_text(json.dumps({"task": other, "command": f"regla bench --task {other}"}))
+    with pytest.raises(UsageError, match="is not a result of an earlier regla bench run"):
+        output_folder(str(tmp_path), task)

@@ -14,8 +14,8 @@ from regla.cli import build_parser, main
 from regla.errors import UsageError
 from regla.runs import frontdoor
 
-SHARED = ("--config", "--set", "--resume", "--print-config", "--output", "-o", "--no-progress", "--epochs", "--batch-size",
-          "--lr", "--device", "--workers", "--seed", "--amp")
+SHARED = ("--config", "--set", "--resume", "--print-config", "--output", "-o", "--no-progress", "--epochs",
+          "--batch-size", "--lr", "--device", "--workers", "--seed", "--amp")
 #: each trainer's argv prefix
 TRAINERS = {"train": ["train"], "distill": ["distill"], "det train": ["det", "train"], "seg train": ["seg", "train"],
             "sam distill": ["sam", "distill"]}

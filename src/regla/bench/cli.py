@@ -113,32 +113,50 @@ RESULT_FILES = ("results.json", "results.csv", "results.md", "latency_vs_resolut
                 "latency_by_backend.png")
 
 
-def output_folder(path: str) -> Path:
+def task_files(task: str) -> tuple[str, ...]:
+    """The files ``regla bench --task <task>`` writes into ``--output``; the first is its JSON document."""
+    if task == "classify":
+        return RESULT_FILES
+    if task in ("det", "seg"):  # dense.write_dense_outputs
+        return tuple(f"{task}_{name}" for name in ("results.json", "results.csv", "results.md", "latency.png"))
+    if task == "sam":  # sam.write_sam_outputs
+        return ("sam_results.json", "sam_results.md", "sam_latency.png")
+    raise ValueError(f"unknown bench task {task!r}")
+
+
+def output_folder(path: str, task: str = "classify") -> Path:
     """The ``--output`` folder, checked before any work: not a file, writable, with free space, and every file of
-    :data:`RESULT_FILES` already in it an earlier ``regla bench`` run's (a folder whose ``results.json`` is one)."""
+    :func:`task_files` already in it an earlier ``regla bench --task <task>`` run's (a folder whose JSON document,
+    the first of those files, is one). Other files in the folder are neither refused nor touched."""
     from ..outputs import check_new_output, check_output_folder
 
-    out = check_output_folder(path, RESULT_FILES)
-    earlier = out / "results.json"
-    ours = earlier.is_file() and _is_bench_results(earlier)
-    what = "a result of an earlier regla bench run (its results.json is not one)"
-    for name in RESULT_FILES:
+    files = task_files(task)
+    out = check_output_folder(path, files)
+    earlier = out / files[0]
+    ours = earlier.is_file() and _is_bench_document(earlier, task)
+    what = f"a result of an earlier regla bench run (its {files[0]} is not one)"
+    for name in files:
         check_new_output(out / name, lambda _p: ours, what=what)
     return out
 
 
-def _is_bench_results(path: Path) -> bool:
-    """Whether ``path`` is a ``results.json`` that ``regla bench`` wrote (its schema, :data:`tables.RESULTS_RULES`)."""
+def _is_bench_document(path: Path, task: str) -> bool:
+    """Whether ``path`` is the JSON document ``regla bench --task <task>`` wrote: for classify its schema
+    (:data:`tables.RESULTS_RULES`), for det/seg/sam its task and a ``regla bench`` command line."""
     import json
 
     from ..errors import ReglaError
     from .tables import validate_results
 
     try:
-        validate_results(json.loads(path.read_text(encoding="utf-8")), str(path))
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if task == "classify":
+            validate_results(doc, str(path))
+            return True
     except (OSError, ValueError, ReglaError):
         return False
-    return True
+    return (isinstance(doc, dict) and doc.get("task") == task
+            and str(doc.get("command", "")).startswith("regla bench"))
 
 
 def config_of(args: argparse.Namespace):
@@ -164,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from .report import compile_vs_ort, errors, int8_speedups, latency_ratios, text_table, write_outputs
     from .runner import run_bench
 
-    out = output_folder(args.output)
+    out = output_folder(args.output, "classify" if args.tables is not None or args.profile else args.task)
     if args.tables is not None:
         from .tables import write_tables
 
