@@ -4,8 +4,9 @@
   optimisation, as ONNX Runtime recommends) then ``quantize_static`` in the QDQ format, int8 weights per output
   channel, uint8 activations (the U8S8 layout ONNX Runtime's x86 kernels are fastest with), MinMax calibration fed
   by a :class:`ImageReader` (an ``onnxruntime.quantization.CalibrationDataReader``). Weights use 7 bits
-  (``reduce_range=True``): ONNX Runtime's U8S8 kernels on x86 CPUs without VNNI (AVX2, this machine's EPYC) add
-  pairs of u8*s8 products in 16 bits, which saturates with full-range weights. On the `regla train --demo` model
+  (``reduce_range=True``): ONNX Runtime's U8S8 kernels on x86 CPUs without VNNI (AVX2: the AMD EPYC host this was
+  measured on; not re-measured on the VNNI Xeon of later runs) add pairs of u8*s8 products in 16 bits, which
+  saturates with full-range weights. On the `regla train --demo` model
   (digits validation set, 32 px) full range gave 98.61 % top-1 agreement with fp32 and mean logit cosine 0.9932;
   7-bit weights 99.72 % and 0.9996.
 * ExecuTorch / XNNPACK: :func:`quantize_pt2e` = ``torch.export`` then torchao's PT2E flow
