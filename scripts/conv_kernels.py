@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import io
 import json
+import tempfile
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,9 @@ import regla  # noqa: F401  registers regla_* and repnext_*
 from regla.bench.backends import Calibration
 from regla.deploy.calib import ImageSet
 from regla.deploy.executorch import load_method, set_threads, to_edge
+from regla.deploy.export import ort_session
 from regla.deploy.quantize import quantize_onnx
+from regla.utils import count_macs
 
 BACKENDS = ("et", "et-int8", "ort", "ort-int8", "eager-cl")
 
@@ -54,12 +57,10 @@ class Kernel:
     count: int
     ms: dict[str, float] = field(default_factory=dict)  # backend -> per-link kernel ms
 
-    @property
+    @cached_property
     def macs(self) -> int:
         """MACs of the model's convolution (one occurrence)."""
-        c = self.conv
-        h, w = self.inputs[0].shape[-2:]
-        return c.out_channels * (c.in_channels // c.groups) * c.kernel_size[0] * c.kernel_size[1] * h * w
+        return count_macs(self.conv, tuple(self.inputs[0].shape[-2:]), self.conv.in_channels)
 
     @property
     def link_macs(self) -> int:
@@ -98,26 +99,17 @@ def chain(k: Kernel, links: int) -> nn.Module:
 
 
 def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, int8: bool, inputs: list[torch.Tensor]):
-    """An ONNX Runtime session (one thread, no spinning) on ``model``, int8 QDQ calibrated on ``inputs``."""
-    import onnxruntime as ort
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, input_names=["input"], dynamo=False)
-    data = buf.getvalue()
-    if int8:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="regla-kernels-") as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(data)
+    """An ONNX Runtime session on ``model`` (not spinning between runs: the sessions are timed in turn), int8 QDQ
+    calibrated on ``inputs``. ``regla.deploy.export.export_onnx`` takes RGB images only, hence the plain export."""
+    with tempfile.TemporaryDirectory(prefix="regla-kernels-") as tmp:
+        path = Path(tmp) / "fp32.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(path), input_names=["input"], dynamo=False)
+        if int8:
             images = ImageSet(np.concatenate([t.numpy() for t in inputs]), [])
-            data = quantize_onnx(src, dst, images).read_bytes()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+            path = quantize_onnx(path, Path(tmp) / "int8.onnx", images)
+        return ort_session(path, threads, spin=False)  # the session holds the model; the folder may go
 
 
 def eager_call(model: nn.Module, x: torch.Tensor):
@@ -160,27 +152,25 @@ def table(kernels: list[Kernel]) -> str:
     head = ("| Model | conv | stage | n | GMACs | "
             + " | ".join(f"{b} GMAC/s | {b} ms" for b in BACKENDS) + " |")
     lines = [head, "|" + "---|" * 5 + "---:|" * (2 * len(BACKENDS))]
-    totals: dict = {}
+    models = list(dict.fromkeys(k.model for k in kernels))  # the order asked for
+    totals = {(m, kind): {"macs": 0, **{b: 0.0 for b in BACKENDS}}
+              for m in models for kind in ("depthwise", "pointwise", "all")}
     for k in kernels:
         rates = {b: k.link_macs / k.ms[b] / 1e6 for b in BACKENDS}
         model_ms = {b: k.count * k.macs / rates[b] / 1e6 for b in BACKENDS}
         cells = " | ".join(f"{rates[b]:.1f} | {model_ms[b]:.1f}" for b in BACKENDS)
         lines.append(f"| {k.model} | {k.kind} | {k.stage} | {k.count} | {k.count * k.macs / 1e9:.3f} | {cells} |")
         for key in ((k.model, "depthwise" if k.kind.startswith("dw") else "pointwise"), (k.model, "all")):
-            t = totals.setdefault(key, {"macs": 0, **{b: 0.0 for b in BACKENDS}})
+            t = totals[key]
             t["macs"] += k.count * k.macs
             for b in BACKENDS:
                 t[b] += model_ms[b]
-    order = {"depthwise": 0, "pointwise": 1, "all": 2}
-    for (model, kind), t in sorted(totals.items(), key=lambda kv: (kernels_order(kernels, kv[0][0]), order[kv[0][1]])):
+    for (model, kind), t in totals.items():
+        if not t["macs"]:
+            continue
         cells = " | ".join(f"{t['macs'] / t[b] / 1e6:.1f} | **{t[b]:.1f}**" for b in BACKENDS)
         lines.append(f"| {model} | **{kind}** | | | {t['macs'] / 1e9:.3f} | {cells} |")
     return "\n".join(lines)
-
-
-def kernels_order(kernels: list[Kernel], model: str) -> int:
-    """The position of ``model`` among the models asked for (totals print in that order)."""
-    return [k.model for k in kernels].index(model)
 
 
 def main() -> None:

@@ -183,3 +183,15 @@ def test_num_classes_for_weights_without_metadata(tmp_path, capsys):
 
     out = ort.InferenceSession(str(tmp_path / "regla_t.onnx")).get_outputs()[0]
     assert out.shape[-1] == 10
+
+
+def test_ort_session_stops_spinning_only_when_asked(tmp_path):
+    """``spin=False`` (sessions timed in turn) sets ONNX Runtime's no-spinning entry; the default leaves it unset."""
+    from regla.deploy.export import ort_session
+
+    path = tmp_path / "conv.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False)
+    key = "session.intra_op.allow_spinning"
+    assert ort_session(path, 1, spin=False).get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(Exception, match="does not have configuration with key"):
+        ort_session(path, 1).get_session_options().get_session_config_entry(key)

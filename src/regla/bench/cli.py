@@ -117,10 +117,14 @@ def task_files(task: str) -> tuple[str, ...]:
     """The files ``regla bench --task <task>`` writes into ``--output``; the first is its JSON document."""
     if task == "classify":
         return RESULT_FILES
-    if task in ("det", "seg"):  # dense.write_dense_outputs
-        return tuple(f"{task}_{name}" for name in ("results.json", "results.csv", "results.md", "latency.png"))
-    if task == "sam":  # sam.write_sam_outputs
-        return ("sam_results.json", "sam_results.md", "sam_latency.png")
+    if task in ("det", "seg"):
+        from .dense import result_files
+
+        return result_files(task)
+    if task == "sam":
+        from .sam import RESULT_FILES as SAM_FILES
+
+        return SAM_FILES
     raise ValueError(f"unknown bench task {task!r}")
 
 

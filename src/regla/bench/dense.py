@@ -334,14 +334,19 @@ def _note(doc: dict) -> str:
             f"`{doc['command']}`")
 
 
+def result_files(task: str) -> tuple[str, str, str, str]:
+    """What :func:`write_dense_outputs` writes for ``task``: its JSON document first, then CSV, Markdown, PNG."""
+    return f"{task}_results.json", f"{task}_results.csv", f"{task}_results.md", f"{task}_latency.png"
+
+
 def write_dense_outputs(doc: dict, folder: Path, plots: bool = True) -> list[Path]:
     """``<task>_results.json``, ``.csv``, ``.md`` and ``<task>_latency.png`` in ``folder`` (each atomically)."""
-    task = doc["task"]
-    paths = [atomic_write_text(folder / f"{task}_results.json", json.dumps(doc, indent=2) + "\n"),
-             atomic_write_text(folder / f"{task}_results.csv", csv_text(CSV_FIELDS, csv_rows(doc))),
-             atomic_write_text(folder / f"{task}_results.md", dense_markdown(doc) + "\n\n" + _note(doc) + "\n")]
+    js, csv, md, png = result_files(doc["task"])
+    paths = [atomic_write_text(folder / js, json.dumps(doc, indent=2) + "\n"),
+             atomic_write_text(folder / csv, csv_text(CSV_FIELDS, csv_rows(doc))),
+             atomic_write_text(folder / md, dense_markdown(doc) + "\n\n" + _note(doc) + "\n")]
     if plots and any(r["latency"] for r in doc["results"]):
         from .plots import dense_latency_png
 
-        paths.append(atomic_write_bytes(folder / f"{task}_latency.png", dense_latency_png(doc)))
+        paths.append(atomic_write_bytes(folder / png, dense_latency_png(doc)))
     return paths

@@ -155,15 +155,20 @@ def sam_markdown(doc: dict, reference: str = "repvit_sam") -> str:
     return markdown_table(header, rows)
 
 
+#: What :func:`write_sam_outputs` writes: its JSON document first, then Markdown and PNG
+RESULT_FILES = ("sam_results.json", "sam_results.md", "sam_latency.png")
+
+
 def write_sam_outputs(doc: dict, folder: Path, plots: bool = True) -> list[Path]:
     """``sam_results.json``, ``sam_results.md`` and ``sam_latency.png`` in ``folder`` (each atomically)."""
+    js, md, png = RESULT_FILES
     m = doc["machine"]
     note = (f"\n\n{doc['img_size']}x{doc['img_size']}, batch 1, ONNX Runtime {m['onnxruntime']} CPU, "
             f"{doc['threads']} thread(s), {m['cpu']}; {doc['date']}; `{doc['command']}`\n")
-    paths = [atomic_write_text(folder / "sam_results.json", json.dumps(doc, indent=2)),
-             atomic_write_text(folder / "sam_results.md", sam_markdown(doc) + note)]
+    paths = [atomic_write_text(folder / js, json.dumps(doc, indent=2)),
+             atomic_write_text(folder / md, sam_markdown(doc) + note)]
     if plots:
         from .plots import sam_latency_png
 
-        paths.append(atomic_write_bytes(folder / "sam_latency.png", sam_latency_png(doc)))
+        paths.append(atomic_write_bytes(folder / png, sam_latency_png(doc)))
     return paths
